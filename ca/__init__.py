@@ -1,0 +1,1 @@
+"""tincay certificate-authority core: keys, profiles, issuance, store and services."""

@@ -1,0 +1,81 @@
+"""One exception tree for the CA core.
+
+Every error an operator or a client can cause derives from :class:`TincayError`, so the CLI and
+the HTTP layers can turn it into a one-line message or a protocol-level error without catching
+unrelated bugs.
+"""
+from __future__ import annotations
+
+
+class TincayError(Exception):
+    """Base of every error the CA core raises on purpose."""
+
+
+class ConfigurationError(TincayError):
+    """A setting (environment variable, PIN file, hierarchy spec) is missing or invalid."""
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+class KeyBackendError(TincayError):
+    """The key backend (HSM or in-memory store) failed or refused an operation."""
+
+
+class TokenNotFoundError(KeyBackendError):
+    """No PKCS#11 token carries the configured label."""
+
+
+class PinError(KeyBackendError):
+    """The PIN is wrong, locked or missing."""
+
+
+class KeyNotFoundError(KeyBackendError):
+    """No key with the requested label exists on the token."""
+
+
+class KeyExistsError(KeyBackendError):
+    """A key with the requested label already exists; we never overwrite key material."""
+
+
+class UnsupportedKeyError(KeyBackendError):
+    """The token or backend does not support the requested algorithm, size or mechanism."""
+
+
+class BackendUnavailableError(KeyBackendError):
+    """The HSM cannot be reached right now; the caller may try again later."""
+
+
+# --- profiles and issuance ------------------------------------------------------------------
+
+class ProfileError(TincayError):
+    """A profile file or hierarchy spec is invalid; the message names the file and field."""
+
+
+class IssuanceError(TincayError):
+    """A certificate request cannot be honoured under its profile."""
+
+
+class SubjectError(IssuanceError):
+    """The subject is malformed or violates the profile's subject rules."""
+
+
+class CSRError(IssuanceError):
+    """A PKCS#10 request does not parse or its signature does not verify."""
+
+
+class KeyPolicyError(IssuanceError):
+    """The subscriber's key algorithm or size is not allowed by the profile."""
+
+
+# --- store ----------------------------------------------------------------------------------
+
+class StoreError(TincayError):
+    """The database refused an operation."""
+
+
+class NotFoundError(StoreError):
+    """A named authority or certificate does not exist."""
+
+
+class AlreadyExistsError(StoreError):
+    """An authority or record with that name already exists."""

@@ -1,0 +1,72 @@
+"""In-memory keys from cryptography, for throwaway hierarchies and unit tests.
+
+Same interface as the HSM backend; keys vanish with the process (or can be exported as PEM for
+test suites that need the private key, which is the point of a throwaway hierarchy).
+"""
+from __future__ import annotations
+
+import threading
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from ca.errors import KeyExistsError, KeyNotFoundError
+from ca.keys.base import CURVES, KeySpec, PrivateKey, SigningKey
+from ca.keys.uri import Pkcs11Uri
+
+
+def generate_private_key(spec: KeySpec) -> PrivateKey:
+    if spec.algorithm == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=spec.size or 2048)
+    if spec.algorithm == "ec":
+        return ec.generate_private_key(CURVES[spec.curve or "P-256"])
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+class MemoryBackend:
+    """Keys held in a dict; URIs look like ``memory:<label>``."""
+
+    scheme = "memory"
+
+    def __init__(self) -> None:
+        self._keys: dict[str, SigningKey] = {}
+        self._lock = threading.Lock()
+
+    def generate(self, label: str, spec: KeySpec) -> SigningKey:
+        with self._lock:
+            if label in self._keys:
+                raise KeyExistsError(f"key {label!r} already exists")
+            private = generate_private_key(spec)
+            key = SigningKey(f"memory:{label}", spec, private, private.public_key())
+            self._keys[label] = key
+            return key
+
+    def add(self, label: str, private: PrivateKey) -> SigningKey:
+        """Adopt an existing private key (tests that bring their own)."""
+        with self._lock:
+            public = private.public_key()
+            key = SigningKey(f"memory:{label}", KeySpec.of_public_key(public), private, public)
+            self._keys[label] = key
+            return key
+
+    def load(self, uri_or_label: str) -> SigningKey:
+        label = _label(uri_or_label)
+        with self._lock:
+            try:
+                return self._keys[label]
+            except KeyError:
+                raise KeyNotFoundError(f"no key {label!r} in the in-memory key store") from None
+
+    def exists(self, label: str) -> bool:
+        with self._lock:
+            return label in self._keys
+
+    def close(self) -> None:
+        pass
+
+
+def _label(uri_or_label: str) -> str:
+    if uri_or_label.startswith("memory:"):
+        return uri_or_label[len("memory:"):]
+    if uri_or_label.startswith("pkcs11:"):
+        return Pkcs11Uri.parse(uri_or_label).object or ""
+    return uri_or_label

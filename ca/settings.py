@@ -1,0 +1,88 @@
+"""Settings from the environment, read once at the composition root (CLI or app factory).
+
+Secrets never live in a field that prints: the PIN is read on demand from the environment or a
+file, so it cannot leak through a repr, a log line or argv.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ca.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOFTHSM_MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+)
+
+
+def find_softhsm_module() -> str | None:
+    """Where Debian and friends install SoftHSM's PKCS#11 library, if anywhere."""
+    for candidate in SOFTHSM_MODULE_CANDIDATES:
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class PinSource:
+    """Where the PIN comes from: an environment variable's value or a file's first line."""
+
+    env: Mapping[str, str] = field(repr=False, compare=False)
+
+    def read(self) -> str:
+        pin = self.env.get("TINCAY_PKCS11_PIN")
+        if pin:
+            return pin
+        pin_file = self.env.get("TINCAY_PKCS11_PIN_FILE")
+        if pin_file:
+            try:
+                text = Path(pin_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"TINCAY_PKCS11_PIN_FILE {pin_file}: cannot read ({exc.strerror})"
+                ) from None
+            pin = text.splitlines()[0].strip() if text.strip() else ""
+            if not pin:
+                raise ConfigurationError(f"TINCAY_PKCS11_PIN_FILE {pin_file}: file is empty")
+            return pin
+        raise ConfigurationError(
+            "no HSM PIN: set TINCAY_PKCS11_PIN or TINCAY_PKCS11_PIN_FILE"
+        )
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.env.get("TINCAY_PKCS11_PIN") or self.env.get("TINCAY_PKCS11_PIN_FILE"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    pkcs11_module: str | None
+    pkcs11_token: str
+    pin: PinSource
+    public_url: str
+    profiles_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("TINCAY_HOME") or "./var").resolve()
+        database_url = env.get("TINCAY_DATABASE_URL") or f"sqlite:///{home / 'tincay.db'}"
+        module = env.get("TINCAY_PKCS11_MODULE") or find_softhsm_module()
+        return cls(
+            home=home,
+            database_url=database_url,
+            pkcs11_module=module,
+            pkcs11_token=env.get("TINCAY_PKCS11_TOKEN") or "tincay",
+            pin=PinSource(env),
+            public_url=(env.get("TINCAY_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/"),
+            profiles_dir=Path(env.get("TINCAY_PROFILES_DIR") or REPO_ROOT / "profiles"),
+        )
