@@ -21,7 +21,7 @@ RSA_SIZES = (2048, 3072, 4096)
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
 _CURVE_ALIASES = {"p256": "P-256", "p-256": "P-256", "secp256r1": "P-256", "prime256v1": "P-256",
                   "p384": "P-384", "p-384": "P-384", "secp384r1": "P-384"}
-_SPEC_RE = re.compile(r"^(rsa)[-_:]?(\d+)$|^(ec|ecdsa)[-_:]?([A-Za-z0-9-]+)$|^(ed25519)$", re.I)
+_SPEC_RE = re.compile(r"^(rsa)[-_:]?(\d+)$|^(ecdsa|ec)[-_:]?([A-Za-z0-9-]+)$|^(ed25519)$", re.I)
 
 
 @dataclass(frozen=True)

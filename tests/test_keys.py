@@ -1,0 +1,206 @@
+"""Key backends against a real SoftHSM token and in memory."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from pkcs11 import Attribute, ObjectClass
+
+from ca.errors import (ConfigurationError, KeyBackendError, KeyExistsError, KeyNotFoundError,
+                       UnsupportedKeyError)
+from ca.keys.base import KeySpec
+from ca.keys.uri import Pkcs11Uri
+from ca.settings import PinSource
+
+SPECS = ["rsa-2048", "ec-p256", "ec-p384", "ed25519"]
+
+
+def verify(public, signature: bytes, data: bytes, pad=None) -> None:
+    if isinstance(public, rsa.RSAPublicKey):
+        public.verify(signature, data, pad or padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    else:
+        public.verify(signature, data)
+
+
+def sign(private, data: bytes, pad=None) -> bytes:
+    if isinstance(private, rsa.RSAPrivateKey):
+        return private.sign(data, pad or padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return private.sign(data, ec.ECDSA(hashes.SHA256()))
+    return private.sign(data)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("rsa-2048", KeySpec("rsa", size=2048)), ("RSA3072", KeySpec("rsa", size=3072)),
+    ("ec-p256", KeySpec("ec", curve="P-256")), ("ecdsa-secp384r1", KeySpec("ec", curve="P-384")),
+    ("ed25519", KeySpec("ed25519")),
+])
+def test_key_spec_parses_and_prints_canonically(text: str, expected: KeySpec) -> None:
+    assert KeySpec.parse(text) == expected
+    assert KeySpec.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["rsa-1024", "rsa-abc", "ec-p521", "dsa-2048", ""])
+def test_key_spec_rejects_unsupported(text: str) -> None:
+    with pytest.raises(UnsupportedKeyError):
+        KeySpec.parse(text)
+
+
+def test_pkcs11_uri_round_trip_and_pin_refused() -> None:
+    uri = Pkcs11Uri.parse("pkcs11:token=my%20ca;object=issuing-ca;type=private")
+    assert (uri.token, uri.object, uri.type) == ("my ca", "issuing-ca", "private")
+    assert Pkcs11Uri.parse(str(uri)) == uri
+    with pytest.raises(ConfigurationError, match="PIN"):
+        Pkcs11Uri.parse("pkcs11:token=ca;object=k?pin-value=1234")
+    with pytest.raises(ConfigurationError, match="unknown attribute"):
+        Pkcs11Uri.parse("pkcs11:token=ca;bogus=1")
+
+
+def test_pin_source_reads_env_then_file(tmp_path) -> None:
+    assert PinSource({"TINCAY_PKCS11_PIN": "1234"}).read() == "1234"
+    pin_file = tmp_path / "pin"
+    pin_file.write_text("98765\n")
+    assert PinSource({"TINCAY_PKCS11_PIN_FILE": str(pin_file)}).read() == "98765"
+    pin_file.write_text("")
+    with pytest.raises(ConfigurationError, match="empty"):
+        PinSource({"TINCAY_PKCS11_PIN_FILE": str(pin_file)}).read()
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        PinSource({"TINCAY_PKCS11_PIN_FILE": str(tmp_path / "missing")}).read()
+    assert "1234" not in repr(PinSource({"TINCAY_PKCS11_PIN": "1234"}))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_memory_keys_sign(memory_backend, spec: str) -> None:
+    key = memory_backend.generate("k", KeySpec.parse(spec))
+    assert key.spec == KeySpec.parse(spec)
+    verify(key.public_key, sign(key.private_key, b"data"), b"data")
+    assert memory_backend.load(key.uri) is key
+    with pytest.raises(KeyExistsError):
+        memory_backend.generate("k", KeySpec.parse(spec))
+    with pytest.raises(KeyNotFoundError):
+        memory_backend.load("memory:other")
+
+
+@pytest.mark.softhsm
+@pytest.mark.parametrize("spec", SPECS)
+def test_hsm_generates_non_extractable_keys_that_sign(hsm_backend, unique_label, spec: str) -> None:
+    key = hsm_backend.generate(unique_label, KeySpec.parse(spec))
+    assert key.uri == f"pkcs11:token={hsm_backend.token_label};object={unique_label}"
+    assert key.spec == KeySpec.parse(spec)
+    verify(key.public_key, sign(key.private_key, b"payload"), b"payload")
+    with pytest.raises(InvalidSignature):
+        verify(key.public_key, sign(key.private_key, b"payload"), b"other")
+
+    def attributes(session):
+        obj = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=unique_label)
+        return (obj[Attribute.SENSITIVE], obj[Attribute.EXTRACTABLE],
+                obj[Attribute.NEVER_EXTRACTABLE], obj[Attribute.TOKEN])
+    assert hsm_backend._session.run(attributes) == (True, False, True, True)
+    with pytest.raises(KeyBackendError, match="non-extractable"):
+        key.private_key.private_bytes(None, None, None)
+
+
+@pytest.mark.softhsm
+def test_hsm_rsa_pss_signature_verifies(hsm_backend, unique_label) -> None:
+    key = hsm_backend.generate(unique_label, KeySpec.parse("rsa-2048"))
+    pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
+    signature = key.private_key.sign(b"m", pss, hashes.SHA256())
+    key.public_key.verify(signature, b"m", pss, hashes.SHA256())
+
+
+@pytest.mark.softhsm
+def test_hsm_key_found_again_by_uri_in_new_backend(hsm_backend, softhsm_env, unique_label) -> None:
+    from ca.keys.pkcs11 import Pkcs11Backend
+    created = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    other = Pkcs11Backend(softhsm_env["TINCAY_PKCS11_MODULE"], softhsm_env["TINCAY_PKCS11_TOKEN"],
+                          PinSource(softhsm_env))
+    found = other.load(created.uri)
+    assert found.public_key == created.public_key
+    assert other.exists(unique_label) and not other.exists(unique_label + "-x")
+    with pytest.raises(KeyExistsError):
+        other.generate(unique_label, KeySpec.parse("ec-p256"))
+    with pytest.raises(KeyNotFoundError):
+        other.load(unique_label + "-missing")
+    with pytest.raises(KeyNotFoundError, match="not 'tincay-test'"):
+        other.load(f"pkcs11:token=elsewhere;object={unique_label}")
+
+
+@pytest.mark.softhsm
+def test_hsm_signs_from_many_threads_without_crashing(hsm_backend, unique_label) -> None:
+    """SoftHSM runs without mutexes under python-pkcs11: the one-session-one-lock rule holds."""
+    ec_key = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    rsa_key = hsm_backend.generate(unique_label + "-r", KeySpec.parse("rsa-2048"))
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(40):
+                key = ec_key if (n + i) % 2 else rsa_key
+                data = f"{n}-{i}".encode()
+                verify(key.public_key, sign(key.private_key, data), data)
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def _sign_in_child(uri: str, queue) -> None:
+    from ca.keys.pkcs11 import Pkcs11Backend
+    env = os.environ
+    backend = Pkcs11Backend(env["TINCAY_PKCS11_MODULE"], env["TINCAY_PKCS11_TOKEN"], PinSource(env))
+    key = backend.load(uri)
+    queue.put(key.private_key.sign(b"child", ec.ECDSA(hashes.SHA256())))
+
+
+@pytest.mark.softhsm
+def test_hsm_key_usable_after_fork(hsm_backend, unique_label) -> None:
+    """gunicorn forks workers after the parent may have used the token."""
+    key = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    key.private_key.sign(b"parent", ec.ECDSA(hashes.SHA256()))
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_sign_in_child, args=(key.uri, queue))
+    child.start()
+    signature = queue.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0
+    key.public_key.verify(signature, b"child", ec.ECDSA(hashes.SHA256()))
+    key.private_key.sign(b"parent-again", ec.ECDSA(hashes.SHA256()))
+
+
+@pytest.mark.softhsm
+@pytest.mark.parametrize("override,expected", [
+    ({"TINCAY_PKCS11_PIN": "000000"}, "PinError: wrong PIN"),
+    ({"TINCAY_PKCS11_TOKEN": "no-such-token"}, "TokenNotFoundError: no PKCS#11 token labelled"),
+])
+def test_hsm_login_failures_are_clear(softhsm_env, override, expected) -> None:
+    """Login state is per process in PKCS#11, so each failure is checked in a fresh process."""
+    code = ("import os, sys\n"
+            "from ca.keys.pkcs11 import Pkcs11Backend\nfrom ca.settings import PinSource\n"
+            "from ca.errors import TincayError\n"
+            "e = os.environ\n"
+            "try:\n"
+            "    Pkcs11Backend(e['TINCAY_PKCS11_MODULE'], e['TINCAY_PKCS11_TOKEN'], PinSource(e))"
+            ".load('x')\n"
+            "except TincayError as exc:\n"
+            "    print(type(exc).__name__ + ': ' + str(exc)); sys.exit(3)\n")
+    env = {**os.environ, **softhsm_env, **override}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.startswith(expected)
+    assert "000000" not in result.stdout + result.stderr
