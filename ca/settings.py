@@ -35,12 +35,13 @@ class PinSource:
     """Where the PIN comes from: an environment variable's value or a file's first line."""
 
     env: Mapping[str, str] = field(repr=False, compare=False)
+    default_file: str | None = None  # TINCAY_HOME/pkcs11-pin, used when it exists
 
     def read(self) -> str:
         pin = self.env.get("TINCAY_PKCS11_PIN")
         if pin:
             return pin
-        pin_file = self.env.get("TINCAY_PKCS11_PIN_FILE")
+        pin_file = self.env.get("TINCAY_PKCS11_PIN_FILE") or self.default_file
         if pin_file:
             try:
                 text = Path(pin_file).read_text(encoding="utf-8")
@@ -58,7 +59,8 @@ class PinSource:
 
     @property
     def configured(self) -> bool:
-        return bool(self.env.get("TINCAY_PKCS11_PIN") or self.env.get("TINCAY_PKCS11_PIN_FILE"))
+        return bool(self.env.get("TINCAY_PKCS11_PIN") or self.env.get("TINCAY_PKCS11_PIN_FILE")
+                    or self.default_file)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ class Settings:
     pin: PinSource
     public_url: str
     profiles_dir: Path
+    softhsm_conf: Path | None  # the demo token's config under TINCAY_HOME, if present
+
+    @property
+    def pin_file(self) -> Path:
+        """Where the demo keeps its generated PIN (mode 0600) and where we look by default."""
+        return self.home / "pkcs11-pin"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -77,12 +85,15 @@ class Settings:
         home = Path(env.get("TINCAY_HOME") or "./var").resolve()
         database_url = env.get("TINCAY_DATABASE_URL") or f"sqlite:///{home / 'tincay.db'}"
         module = env.get("TINCAY_PKCS11_MODULE") or find_softhsm_module()
+        default_pin = home / "pkcs11-pin"
+        conf = home / "softhsm" / "softhsm2.conf"
         return cls(
             home=home,
             database_url=database_url,
             pkcs11_module=module,
             pkcs11_token=env.get("TINCAY_PKCS11_TOKEN") or "tincay",
-            pin=PinSource(env),
+            pin=PinSource(env, str(default_pin) if default_pin.exists() else None),
             public_url=(env.get("TINCAY_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/"),
             profiles_dir=Path(env.get("TINCAY_PROFILES_DIR") or REPO_ROOT / "profiles"),
+            softhsm_conf=conf if "SOFTHSM2_CONF" not in env and conf.exists() else None,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pty
+import secrets
 import select
 import shutil
 import subprocess
@@ -80,6 +81,40 @@ def token_exists(conf: Path, label: str) -> bool:
         return False
     out = subprocess.run([tool, "--show-slots"], capture_output=True, text=True,
                          env={**os.environ, "SOFTHSM2_CONF": str(conf)}, check=False).stdout
-    return any(line.strip() == f"Label:            {label}".strip() or
-               (line.strip().startswith("Label:") and line.split(":", 1)[1].strip() == label)
+    return any(line.strip().startswith("Label:") and line.split(":", 1)[1].strip() == label
                for line in out.splitlines())
+
+
+def ensure_demo_token(home: Path, label: str, pin_file: Path, env: dict[str, str]) -> dict[str, str]:
+    """Make a SoftHSM token under ``home`` ready, creating config, PINs and token as needed.
+
+    For demos and local development only. A PIN is generated into ``pin_file`` (mode 0600) unless
+    the environment already provides one; the SO PIN goes beside it. Returns the environment
+    variables the caller must export (SOFTHSM2_CONF, and TINCAY_PKCS11_PIN_FILE when generated)
+    before the PKCS#11 module is loaded.
+    """
+    exports: dict[str, str] = {}
+    conf_text = env.get("SOFTHSM2_CONF")
+    conf = Path(conf_text) if conf_text else write_config(home)
+    exports["SOFTHSM2_CONF"] = str(conf)
+    if env.get("TINCAY_PKCS11_PIN"):
+        pin = env["TINCAY_PKCS11_PIN"]
+    else:
+        path = Path(env.get("TINCAY_PKCS11_PIN_FILE") or pin_file)
+        if not path.exists():
+            _write_secret(path, secrets.token_hex(12))
+        pin = path.read_text(encoding="utf-8").splitlines()[0].strip()
+        exports["TINCAY_PKCS11_PIN_FILE"] = str(path)
+    if not token_exists(conf, label):
+        so_pin_file = conf.parent / "so-pin"
+        if not so_pin_file.exists():
+            _write_secret(so_pin_file, secrets.token_hex(12))
+        init_token(conf, label, pin, so_pin_file.read_text(encoding="utf-8").strip())
+    return exports
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")

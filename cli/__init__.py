@@ -1,0 +1,1 @@
+"""The tincay command line: a thin shell over ca.service; the composition root."""
