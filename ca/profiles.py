@@ -257,7 +257,8 @@ def _str_list(where: _Where, path: str, value: object) -> list[str]:
 def _choice(where: _Where, path: str, value: object, choices: tuple[str, ...] | Mapping) -> str:
     text = _str(where, path, value)
     if text not in choices:
-        raise where.error(path, f"{text!r} is not one of {', '.join(choices)}{_hint(text, choices)}")
+        raise where.error(path, f"{text!r} is not one of {', '.join(choices)}"
+                                f"{_hint(text, choices)}")
     return text
 
 
@@ -540,20 +541,20 @@ def _profile_name(path: Path, raw: Mapping[str, Any]) -> str:
     return name
 
 
-def _merge(where: _Where, parent: Profile, raw: Mapping[str, Any]
-           ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+def _merge(where: _Where, parent: Profile, inherited: Mapping[str, Any],
+           raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """The child's mapping laid over the parent's resolved one (rules in the module docstring).
 
     Returns the merged top-level mapping and the subject entries paired with the path to report
     errors under (the child's own index where the child wrote the entry).
     """
-    inherited = profile_as_dict(parent)
-    merged = {k: v for k, v in inherited.items() if k in _TOP_KEYS and k not in _NOT_INHERITED
-              and k != "subject"}
+    merged = {k: v for k, v in inherited.items() if k != "subject"}
     merged.update({k: v for k, v in raw.items() if k != "subject"})
+    if "subject" in inherited or "subject" in raw:
+        merged["subject"] = True  # marks the key as set; the entries travel separately
     entries: list[tuple[str, dict[str, Any]]] = [
         (f"subject (inherited from {parent.name}) [{i}]", dict(e))
-        for i, e in enumerate(inherited["subject"])]
+        for i, e in enumerate(inherited.get("subject", []))]
     for i, name in enumerate(_str_list(where, "subject_remove", raw.get("subject_remove", []))):
         canonical = subject_types.canonical_name(name)
         if not any(e["name"] == canonical for _, e in entries):
@@ -569,11 +570,17 @@ def _merge(where: _Where, parent: Profile, raw: Mapping[str, Any]
                 entries[index] = (path, {**old, **entry, "name": canonical})
                 break
         else:
-            entries.append((path, dict(entry)))
+            entries.append((path, {**entry, "name": canonical}))
     return merged, list(entries)
 
 
-def _build(path: Path, raw: Mapping[str, Any], parent: Profile | None) -> Profile:
+def _build(path: Path, raw: Mapping[str, Any], parent: Profile | None,
+           inherited: Mapping[str, Any] | None = None) -> tuple[Profile, dict[str, Any]]:
+    """The validated profile, and its resolved mapping (what a child of it inherits).
+
+    The resolved mapping holds only keys set somewhere along the ``extends`` chain, so a
+    concrete child of an incomplete abstract base is told which required key nobody set.
+    """
     name = _profile_name(path, raw)
     where = _Where(path, name)
     _mapping(where, "", raw, _TOP_KEYS)
@@ -584,11 +591,11 @@ def _build(path: Path, raw: Mapping[str, Any], parent: Profile | None) -> Profil
         entries = [(f"subject[{i}]", e)
                    for i, e in enumerate(_list(where, "subject", raw.get("subject", [])))]
     else:
-        merged, entries = _merge(where, parent, raw)
+        merged, entries = _merge(where, parent, inherited or _inheritable(parent), raw)
     abstract = _bool(where, "abstract", raw.get("abstract", False))
     if not abstract:
         for key in _REQUIRED:
-            if key not in merged and not (key == "subject" and entries):
+            if key not in merged or (key == "subject" and not entries):
                 raise where.error("", f"missing required key {key!r}" + (
                     f" (not set here nor in {parent.name})" if parent else ""))
     fields = {key: parser(where, key, merged[key]) for key, parser in _FIELDS.items()
@@ -597,7 +604,16 @@ def _build(path: Path, raw: Mapping[str, Any], parent: Profile | None) -> Profil
     profile = Profile(name=name, source=path, abstract=abstract,
                       extends=parent.name if parent else None, **fields)
     _check_consistency(where, profile, merged)
-    return profile
+    resolved = {k: v for k, v in merged.items() if k not in _NOT_INHERITED and k != "subject"}
+    if "subject" in merged:
+        resolved["subject"] = [_rule_as_dict(rule) for rule in profile.subject]
+    return profile, resolved
+
+
+def _inheritable(profile: Profile) -> dict[str, Any]:
+    """What a child inherits from a profile known only as an object (every field counts)."""
+    return {k: v for k, v in profile_as_dict(profile).items()
+            if k in _TOP_KEYS and k not in _NOT_INHERITED}
 
 
 def _subject_rules(where: _Where, entries: list[tuple[str, Any]]
@@ -637,15 +653,21 @@ class ProfileSet:
     :func:`check_profile_file`, never handed out for issuance by default.
     """
 
-    def __init__(self, profiles: Mapping[str, Profile] | list[Profile] | tuple[Profile, ...]):
+    def __init__(self, profiles: Mapping[str, Profile] | list[Profile] | tuple[Profile, ...],
+                 *, _resolved: Mapping[str, Mapping[str, Any]] | None = None):
         items = profiles.values() if isinstance(profiles, Mapping) else profiles
         self._profiles: dict[str, Profile] = {p.name: p for p in items}
+        self._resolved = dict(_resolved or {})  # what children inherit, keyed by name
+
+    def _inherited(self, name: str) -> dict[str, Any]:
+        resolved = self._resolved.get(name)
+        return dict(resolved) if resolved is not None else _inheritable(self._profiles[name])
 
     def get(self, name: str, *, allow_abstract: bool = False) -> Profile:
         """The profile called ``name``; ProfileError listing the known names otherwise."""
         profile = self._profiles.get(name)
         if profile is None:
-            raise ProfileError(f"no profile {name!r}{_hint(name, self.names())}; known: "
+            raise ProfileError(f"no profile {name!r}{_hint(name, self._profiles)}; known: "
                                f"{', '.join(self.names()) or 'none'}")
         if profile.abstract and not allow_abstract:
             raise ProfileError(f"profile {name!r} is abstract (a base for extends:); issue from "
@@ -686,6 +708,7 @@ def load_profiles(directory: Path) -> ProfileSet:
             raw = _read_yaml(path)
             raws[_profile_name(path, raw)] = (path, raw)
     resolved: dict[str, Profile] = {}
+    mappings: dict[str, dict[str, Any]] = {}
 
     def resolve(name: str, chain: tuple[str, ...]) -> Profile:
         if name in resolved:
@@ -703,12 +726,13 @@ def load_profiles(directory: Path) -> ProfileSet:
                     "extends", f"no profile {parent_name!r}{_hint(parent_name, raws)}; known: "
                                f"{', '.join(sorted(raws))}")
             parent = resolve(parent_name, chain + (name,))
-        resolved[name] = _build(path, raw, parent)
+        resolved[name], mappings[name] = _build(
+            path, raw, parent, mappings[parent.name] if parent else None)
         return resolved[name]
 
     for name in raws:
         resolve(name, ())
-    return ProfileSet(resolved)
+    return ProfileSet(resolved, _resolved=mappings)
 
 
 def _extends(path: Path, name: str, raw: Mapping[str, Any]) -> str | None:
@@ -725,7 +749,7 @@ def check_profile_file(path: Path, base: ProfileSet | None = None) -> Profile:
     raw = _read_yaml(path)
     name = _profile_name(path, raw)
     parent_name = _extends(path, name, raw)
-    parent = None
+    parent, inherited = None, None
     if parent_name is not None:
         where = _Where(path, name)
         if parent_name == name:
@@ -737,7 +761,8 @@ def check_profile_file(path: Path, base: ProfileSet | None = None) -> Profile:
             parent = base.get(parent_name, allow_abstract=True)
         except ProfileError as exc:
             raise where.error("extends", str(exc)) from None
-    return _build(path, raw, parent)
+        inherited = base._inherited(parent_name)
+    return _build(path, raw, parent, inherited)[0]
 
 
 # --- back to plain data ---------------------------------------------------------------------

@@ -5,7 +5,8 @@ Which attributes a certificate may carry, in which order and with which values i
 ``UID=MST:...``) and Circular 28/2025 live there. This module only knows the attribute *types*:
 short name, OID, ASN.1 string type and upper bound. Values are normalised to Unicode NFC and
 encoded as UTF8String unless the type demands PrintableString (C, serialNumber) or IA5String
-(E, DC), so a name with diacritics such as ``Nguyễn Thị Hồng Nhung`` round-trips byte for byte.
+(E, DC), so a name with diacritics such as ``Nguyễn Thị Hồng Nhung`` round-trips byte for
+byte.
 
 Pure: imports no flask, sqlalchemy or click.
 """
@@ -80,6 +81,7 @@ _BY_OID: dict[str, AttributeType] = {a.oid.dotted_string: a for a in ATTRIBUTES}
 _OID_RE = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
 _PRINTABLE_RE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CN_MAX_OCTETS = 64  # cryptography refuses longer CNs (it counts UTF-8 bytes, not characters)
 
 
 def attribute_type(name: str) -> AttributeType | None:
@@ -135,7 +137,7 @@ def parse_subject(text: str) -> list[tuple[str, str]]:
     """
     if not isinstance(text, str):
         raise TypeError("parse_subject expects a str")
-    text = unicodedata.normalize("NFC", text).strip()
+    text = _strip_unescaped(unicodedata.normalize("NFC", text))
     if not text:
         return []
     separator = "/" if text.startswith("/") else ","
@@ -152,6 +154,16 @@ def parse_subject(text: str) -> list[tuple[str, str]]:
         if cursor.peek() != separator:  # pragma: no cover - _parse_value stops only there
             raise SubjectError(f"position {cursor.pos + 1}: expected {separator!r}")
         cursor.pos += 1
+
+
+def _strip_unescaped(text: str) -> str:
+    """Strip surrounding whitespace, but keep a trailing space escaped as ``\\ ``."""
+    text = text.lstrip()
+    stripped = text.rstrip()
+    backslashes = len(stripped) - len(stripped.rstrip("\\"))
+    if backslashes % 2 and len(stripped) < len(text):
+        return stripped + " "
+    return stripped
 
 
 def _parse_pair(cursor: _Cursor, separator: str) -> tuple[str, str]:
@@ -332,6 +344,11 @@ def check_value(profile_name: str, rule: "SubjectAttributeRule", value: str) -> 
     limit = min(rule.max_length, attr_type.max_length)
     if len(value) > limit:
         raise SubjectError(f"{where} {value!r} is {len(value)} characters, at most {limit}")
+    octets = len(value.encode("utf-8"))
+    if attr_type.name == "CN" and octets > _CN_MAX_OCTETS:
+        raise SubjectError(f"{where} {value!r} is {octets} bytes in UTF-8, at most "
+                           f"{_CN_MAX_OCTETS} (cryptography counts ub-common-name in bytes; "
+                           "diacritics take 2-3 bytes each)")
     if attr_type.string_type == _PRINTABLE and not _PRINTABLE_RE.fullmatch(value):
         raise SubjectError(f"{where} {value!r} is not a PrintableString (A-Z a-z 0-9 space "
                            "' ( ) + , - . / : = ?)")
