@@ -770,8 +770,9 @@ def check_profile_file(path: Path, base: ProfileSet | None = None) -> Profile:
 def profile_as_dict(profile: Profile) -> dict[str, Any]:
     """The resolved profile as plain JSON-able data in the YAML schema (``tincay profiles show``).
 
-    Apart from ``source`` (where it was loaded from), the result is itself a valid profile
-    mapping: dumped to ``<name>.yaml`` it loads back into an equal profile.
+    ``source`` (where it was loaded from) and ``extends`` (the parent's name) are informative;
+    without those two keys the result is itself a valid profile mapping: dumped to
+    ``<name>.yaml`` it loads back into an equal profile (a test keeps it so).
     """
     return {
         "name": profile.name,
