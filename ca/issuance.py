@@ -43,7 +43,7 @@ from ca.profiles import Profile
 
 __all__ = [
     "CertificateRequest", "IssuerInfo", "PreparedCertificate", "Urls", "check_key", "load_csr",
-    "new_serial", "prepare", "sign", "urls_for",
+    "new_serial", "placeholder_public_key", "prepare", "sign", "urls_for",
 ]
 
 SERIAL_MAX_BITS = 159  # 20 octets, top bit clear: RFC 5280 4.1.2.2 positive, <= 20 octets
@@ -277,6 +277,15 @@ def _lint_key(spec: KeySpec) -> PrivateKey:
         if key is None:
             key = _LINT_KEYS[spec] = generate_private_key(spec)
         return key
+
+
+def placeholder_public_key(spec: KeySpec) -> PublicKey:
+    """A throwaway public key of ``spec``, to dry-run :func:`prepare` before an HSM key exists.
+
+    Generating a subscriber key on an HSM is a side effect; checking the request first means a
+    typo in the subject or validity never leaves an orphaned key on the token.
+    """
+    return _lint_key(spec).public_key()
 
 
 def _sign_builder(builder: x509.CertificateBuilder, key: PrivateKey,

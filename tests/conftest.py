@@ -68,3 +68,36 @@ def clock() -> FrozenClock:
 def unique_label() -> str:
     """Key labels must be unique on the shared session token."""
     return f"k-{secrets.token_hex(6)}"
+
+
+# --- databases: the same tests on SQLite and PostgreSQL ---------------------------------------
+
+POSTGRES_URL = os.environ.get("TINCAY_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh database on the test PostgreSQL server.
+
+    PostgreSQL runs when TINCAY_TEST_POSTGRES_URL is set (``make test`` starts a throwaway
+    server and sets it); elsewhere those cases skip with the reason.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tincay.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("TINCAY_TEST_POSTGRES_URL is not set (make test starts a PostgreSQL server)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(POSTGRES_URL)
+    name = f"tincay_{secrets.token_hex(6)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

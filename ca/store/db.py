@@ -1,0 +1,87 @@
+"""Engines, sessions and schema migrations for SQLite (embedded default) and PostgreSQL.
+
+Built by the composition root (CLI, app factory, test fixtures); nothing here is module-level
+state. Migrations are Alembic's, run programmatically so an operator never needs an alembic.ini.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from ca.errors import ConfigurationError, StoreError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def create_engine_for(url: str) -> Engine:
+    """An engine for ``url`` with the settings each backend needs.
+
+    SQLite: the parent directory is created, WAL journaling (readers never block the writer),
+    foreign keys enforced, a busy timeout so concurrent CLI and server processes wait instead of
+    failing; ``sqlite://`` (in-memory) shares one connection so every session sees the same data.
+    PostgreSQL: pre-ping, so a worker survives a database restart.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"TINCAY_DATABASE_URL {url!r} is not a database URL") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise ConfigurationError(f"TINCAY_DATABASE_URL: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (Alembic); safe to call on every start."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except OperationalError as exc:
+        raise StoreError(f"database {engine.url.render_as_string(hide_password=True)}: "
+                         f"{exc.orig}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit, so describe() works on returned rows."""
+    return sessionmaker(engine, expire_on_commit=False)

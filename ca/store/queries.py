@@ -1,0 +1,185 @@
+"""Query functions over the CA tables. Each takes the caller's Session and never commits.
+
+Not-found and duplicate conditions become :class:`NotFoundError` / :class:`AlreadyExistsError`
+with a message an operator can act on; anything else SQLAlchemy raises is a real fault.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Any, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ca.errors import AlreadyExistsError, NotFoundError
+from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, AuditEvent, Authority,
+                             Certificate, ServiceUnit)
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def normalize_serial(text: str) -> str:
+    """A serial as operators type it (``openssl x509 -serial``: ``serial=0A1B...``, colons,
+    any case, leading zeros, ``0x``) -> the stored form: lower-case hex, no leading zeros."""
+    value = text.strip().lower()
+    for prefix in ("serial=", "0x"):
+        if value.startswith(prefix):
+            value = value[len(prefix):]
+    value = value.replace(":", "").replace(" ", "")
+    if not value or not _HEX.fullmatch(value):
+        raise NotFoundError(f"{text!r} is not a hexadecimal serial number")
+    return value.lstrip("0") or "0"
+
+
+# --- authorities ----------------------------------------------------------------------------
+
+def list_authorities(session: Session) -> Sequence[Authority]:
+    return session.scalars(select(Authority).order_by(Authority.id)).all()
+
+
+def find_authority(session: Session, name: str) -> Authority | None:
+    return session.scalars(select(Authority).where(Authority.name == name)).one_or_none()
+
+
+def get_authority(session: Session, name: str) -> Authority:
+    authority = find_authority(session, name)
+    if authority is None:
+        known = ", ".join(a.name for a in list_authorities(session)) or "none yet"
+        raise NotFoundError(f"no CA named {name!r} (known: {known})")
+    return authority
+
+
+def add_authority(session: Session, *, name: str, profile: str, key_uri: str, subject: str,
+                  parent: Authority | None, created_at: datetime) -> Authority:
+    authority = Authority(name=name, status="pending", profile=profile, key_uri=key_uri,
+                          subject=subject, parent=parent, created_at=created_at)
+    session.add(authority)
+    _flush(session, f"CA {name!r} already exists")
+    return authority
+
+
+def set_authority_certificate(session: Session, authority: Authority,
+                              certificate: Certificate) -> None:
+    authority.certificate = certificate
+    authority.status = "active"
+    session.flush()
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+def add_pending_certificate(session: Session, *, issuer: Authority, serial_hex: str, profile: str,
+                            subject: str, san: list[str] | None, not_before: datetime,
+                            not_after: datetime, tbs_der: bytes, key_uri: str | None,
+                            created_at: datetime) -> Certificate:
+    """Record a certificate about to be signed: its serial and exact TBSCertificate."""
+    row = Certificate(issuer=issuer, serial_hex=serial_hex, status="pending", profile=profile,
+                      subject=subject, san=san, not_before=not_before, not_after=not_after,
+                      tbs_der=tbs_der, key_uri=key_uri, created_at=created_at)
+    session.add(row)
+    _flush(session, f"serial {serial_hex} already exists under CA {issuer.name}")
+    return row
+
+
+def mark_issued(session: Session, row: Certificate, der: bytes, at: datetime) -> None:
+    row.der = der
+    row.fingerprint_sha256 = hashlib.sha256(der).hexdigest()
+    row.status = ISSUED
+    row.issued_at = at
+    session.flush()
+
+
+def mark_failed(session: Session, row: Certificate, reason: str, at: datetime) -> None:
+    row.status = FAILED
+    row.failure = reason[:2000]
+    row.issued_at = None
+    session.flush()
+
+
+def get_certificate(session: Session, issuer: Authority, serial: str) -> Certificate:
+    serial_hex = normalize_serial(serial)
+    row = session.scalars(select(Certificate).where(
+        Certificate.issuer_id == issuer.id, Certificate.serial_hex == serial_hex)).one_or_none()
+    if row is None:
+        raise NotFoundError(f"CA {issuer.name} has no certificate with serial {serial_hex}")
+    return row
+
+
+def certificates_by_serial(session: Session, serial: str) -> Sequence[Certificate]:
+    """Every certificate with this serial, whichever CA issued it (serials are per issuer)."""
+    return session.scalars(select(Certificate).where(
+        Certificate.serial_hex == normalize_serial(serial)).order_by(Certificate.id)).all()
+
+
+def find_certificates(session: Session, *, issuer: Authority | None = None,
+                      profile: str | None = None, status: str | None = None,
+                      subject_contains: str | None = None, limit: int = 100,
+                      offset: int = 0) -> Sequence[Certificate]:
+    """Newest first. ``subject_contains`` matches the readable subject line, case-sensitively."""
+    query = select(Certificate)
+    if issuer is not None:
+        query = query.where(Certificate.issuer_id == issuer.id)
+    if profile is not None:
+        query = query.where(Certificate.profile == profile)
+    if status is not None:
+        if status not in CERTIFICATE_STATUSES:
+            raise NotFoundError(f"status {status!r} is not one of {', '.join(CERTIFICATE_STATUSES)}")
+        query = query.where(Certificate.status == status)
+    if subject_contains:
+        query = query.where(Certificate.subject.contains(subject_contains, autoescape=True))
+    query = query.order_by(Certificate.created_at.desc(), Certificate.id.desc())
+    return session.scalars(query.limit(limit).offset(offset)).all()
+
+
+# --- service units --------------------------------------------------------------------------
+
+def list_service_units(session: Session) -> Sequence[ServiceUnit]:
+    return session.scalars(select(ServiceUnit).order_by(ServiceUnit.id)).all()
+
+
+def add_service_unit(session: Session, *, name: str, kind: str, authority: Authority,
+                     certificate: Certificate, key_uri: str, created_at: datetime) -> ServiceUnit:
+    unit = ServiceUnit(name=name, kind=kind, authority=authority, certificate=certificate,
+                       key_uri=key_uri, created_at=created_at)
+    session.add(unit)
+    _flush(session, f"service unit {name!r} already exists")
+    return unit
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+def record_event(session: Session, *, at: datetime, action: str, authority: str | None = None,
+                 serial_hex: str | None = None, subject: str | None = None,
+                 details: str | None = None) -> AuditEvent:
+    event = AuditEvent(at=at, action=action, authority=authority, serial_hex=serial_hex,
+                       subject=subject, details=details)
+    session.add(event)
+    return event
+
+
+def list_events(session: Session, *, authority: str | None = None, serial_hex: str | None = None,
+                limit: int = 100) -> Sequence[AuditEvent]:
+    query = select(AuditEvent)
+    if authority is not None:
+        query = query.where(AuditEvent.authority == authority)
+    if serial_hex is not None:
+        query = query.where(AuditEvent.serial_hex == normalize_serial(serial_hex))
+    return session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit)).all()
+
+
+def _flush(session: Session, duplicate_message: str) -> None:
+    """Flush so a unique-constraint violation surfaces here, as an operator-facing error."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if _is_unique_violation(exc):
+            raise AlreadyExistsError(duplicate_message) from None
+        raise
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    text = str(exc.orig).lower()
+    code: Any = getattr(exc.orig, "pgcode", None)
+    return code == "23505" or "unique" in text

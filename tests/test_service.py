@@ -1,0 +1,444 @@
+"""The CA service over a real database (SQLite and PostgreSQL): hierarchies, issuance, the
+persist-before-sign order, audit, and bad input that must leave nothing behind.
+
+Certificates are judged by OpenSSL, pkilint and pyhanko-certvalidator (tests/test_issuance.py's
+assert_acceptable), not by the code that made them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import NameOID
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from ca import issuance
+from ca.clock import FrozenClock
+from ca.errors import (AlreadyExistsError, BackendUnavailableError, IssuanceError,
+                       KeyPolicyError, NotFoundError, SubjectError)
+from ca.hierarchy import HierarchySpec, load_hierarchy
+from ca.keys.base import KeySpec, SigningKey
+from ca.keys.memory import MemoryBackend
+from ca.profiles import ProfileSet, load_profiles
+from ca.service import CertificateAuthorityService, KeySource
+from ca.store import models
+from ca.store.db import create_engine_for, make_session_factory, migrate
+from ca.subject import format_name, parse_subject
+from tests import helpers_x509 as hx
+from tests.test_issuance import Chain, assert_acceptable, sample_subject
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "profiles" / "hierarchies" / "demo.yaml"
+NOW = dt.datetime(2026, 11, 24, 8, 0, 0, tzinfo=dt.timezone.utc)
+PUBLIC_URL = "http://pki.benhvien-q11.example.vn"
+DOCTOR = [("C", "VN"), ("O", "Bệnh viện Quận 11"), ("T", "BS CK II"),
+          ("CN", "Nguyễn Văn A, A101.0001 - 003848/HCM-CCHN"), ("UID", "CCCD:079073009568"),
+          ("UID", "MST:0301824642")]
+END_ENTITY_PROFILES = ("clinician", "pharmacist", "teacher", "citizen", "organization-seal",
+                       "tls-server", "ocsp-responder", "tsa", "clinician-qualified",
+                       "organization-seal-qualified")
+
+
+@pytest.fixture(scope="module")
+def profiles() -> ProfileSet:
+    return load_profiles(ROOT / "profiles")
+
+
+@pytest.fixture(scope="module")
+def demo(profiles: ProfileSet) -> HierarchySpec:
+    return load_hierarchy(DEMO, profiles)
+
+
+@dataclasses.dataclass
+class World:
+    service: CertificateAuthorityService
+    keys: Any
+    engine: Any
+
+    def count(self, model: type) -> int:
+        with self.service.read() as session:
+            return session.scalar(select(func.count()).select_from(model))
+
+
+def make_world(url: str, keys: Any, profiles: ProfileSet, clock: FrozenClock) -> World:
+    engine = create_engine_for(url)
+    migrate(engine)
+    service = CertificateAuthorityService(make_session_factory(engine), keys, profiles, clock,
+                                          PUBLIC_URL)
+    return World(service, keys, engine)
+
+
+@pytest.fixture
+def world(database_url: str, profiles: ProfileSet, demo: HierarchySpec) -> Iterator[World]:
+    """The demo hierarchy with in-memory keys, in a fresh database."""
+    w = make_world(database_url, MemoryBackend(), profiles, FrozenClock(NOW))
+    w.service.init_hierarchy(demo)
+    yield w
+    w.engine.dispose()
+
+
+def chain_of(world: World) -> Chain:
+    root = world.service.authority_certificate("root-ca")
+    issuing = world.service.authority_certificate("issuing-ca")
+    return Chain({}, root, None, issuing, None)  # type: ignore[arg-type]
+
+
+# --- hierarchies ----------------------------------------------------------------------------
+
+def test_demo_hierarchy_is_created_once_and_chains(world: World, demo: HierarchySpec,
+                                                   tmp_path: Path) -> None:
+    service = world.service
+    assert [a["name"] for a in service.list_authorities()] == ["root-ca", "issuing-ca"]
+    assert {u["name"]: u["kind"] for u in service.list_service_units()} == \
+        {"ocsp-issuing-ca": "ocsp", "tsa": "tsa"}
+    assert service.init_hierarchy(demo) == []  # idempotent: nothing replaced
+
+    issuing, root = service.chain("issuing-ca")
+    assert root.subject == root.issuer and issuing.issuer == root.subject
+    root_pem = hx.write_pem(tmp_path / "root.pem", root)
+    issuing_pem = hx.write_pem(tmp_path / "issuing.pem", issuing)
+    result = hx.openssl_verify(issuing_pem, root_pem, attime=NOW + dt.timedelta(hours=1))
+    assert result.returncode == 0, result.stderr
+    for unit in service.list_service_units():
+        der = service.certificate_der(unit["serial"], "issuing-ca")
+        leaf = hx.write_pem(tmp_path / f"{unit['name']}.pem", der)
+        result = hx.openssl_verify(leaf, root_pem, issuing_pem,
+                                   attime=NOW + dt.timedelta(hours=1))
+        assert result.returncode == 0, result.stderr
+
+    shown = service.show_authority("issuing-ca")
+    assert shown["status"] == "active" and shown["parent"] == "root-ca"
+    assert shown["key_uri"] == "memory:issuing-ca"
+    assert shown["not_before"] == NOW and shown["not_before"].tzinfo is not None
+    actions = [e["action"] for e in service.list_events(limit=1000)]
+    assert actions.count("key.generate") == 4
+    assert actions.count("authority.create") == 2 and actions.count("service.create") == 2
+    assert actions.count("certificate.prepare") == actions.count("certificate.issue") == 4
+
+
+def test_a_ca_profile_needs_the_right_parent(world: World, profiles: ProfileSet) -> None:
+    from ca.hierarchy import AuthoritySpec
+
+    spec = AuthoritySpec("second-root", "issuing-ca", KeySpec.parse("ec-p256"),
+                         (("C", "VN"), ("O", "X"), ("CN", "Second")))
+    with pytest.raises(IssuanceError, match="must have a parent"):
+        world.service.create_authority(spec)
+    with pytest.raises(AlreadyExistsError):
+        world.service.create_authority(dataclasses.replace(spec, name="issuing-ca",
+                                                           parent="root-ca"))
+    assert not world.keys.exists("second-root")
+
+
+# --- issuance -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile_name", END_ENTITY_PROFILES)
+def test_every_end_entity_profile_through_the_service(world: World, profiles: ProfileSet,
+                                                      profile_name: str, tmp_path: Path) -> None:
+    profile = profiles.get(profile_name)
+    pairs = parse_subject(format_name(sample_subject(profile)))
+    extra: dict[str, Any] = {}
+    if profile.dns_san == "required":
+        extra["dns_names"] = ("ocsp.benhvien-q11.example.vn",)
+    issued = world.service.issue("issuing-ca", profile_name, pairs,
+                                 KeySource(generate=profile.key_algorithms[0]), **extra)
+    assert_acceptable(chain_of(world), issued.certificate, profile, tmp_path, lint_level="ERROR")
+    row = world.service.show_certificate(issued.serial_hex, "issuing-ca")
+    assert row["status"] == "issued" and row["profile"] == profile_name
+    assert row["fingerprint_sha256"] == issued.certificate.fingerprint(hashes.SHA256()).hex()
+    assert world.service.certificate_der(issued.serial_hex) == \
+        issued.certificate.public_bytes(serialization.Encoding.DER)
+
+
+def test_csr_contributes_only_its_key(world: World, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Evil CA")]))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+           .sign(key, hashes.SHA256()))
+    issued = world.service.issue("issuing-ca", "clinician", DOCTOR,
+                                 KeySource(csr=issuance.load_csr(
+                                     csr.public_bytes(serialization.Encoding.PEM))))
+    cert = issued.certificate
+    assert cert.public_key() == key.public_key() and issued.private_key is None
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == \
+        "Nguyễn Văn A, A101.0001 - 003848/HCM-CCHN"
+    # the CSR's basicConstraints cA=TRUE was not copied: the profile decides extensions
+    assert x509.BasicConstraints.oid not in [e.oid for e in cert.extensions]
+    raw_cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0]
+    assert raw_cn._type.name == "UTF8String"  # noqa: SLF001 - the encoding is the point
+    # the Vietnamese subject survives the database byte for byte
+    assert world.service.show_certificate(issued.serial_hex)["subject"] == format_name(cert.subject)
+    result = hx.openssl_verify(hx.write_pem(tmp_path / "leaf.pem", cert),
+                               hx.write_pem(tmp_path / "root.pem", chain_of(world).root),
+                               hx.write_pem(tmp_path / "ca.pem", chain_of(world).issuing),
+                               attime=NOW + dt.timedelta(hours=1))
+    assert result.returncode == 0, result.stderr
+
+
+def test_serials_are_random_positive_and_within_20_octets(world: World) -> None:
+    serials = []
+    for _ in range(5):
+        issued = world.service.issue("issuing-ca", "citizen",
+                                     [("CN", "Bùi Sĩ Tuấn"), ("UID", "CCCD:038093015572")],
+                                     KeySource(generate=KeySpec.parse("ec-p256")))
+        serials.append(issued.certificate.serial_number)
+    assert len(set(serials)) == 5
+    assert all(0 < s < 2 ** 159 and s.bit_length() >= 64 for s in serials)
+
+
+def test_serial_collision_is_caught_by_the_database_and_redrawn(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = world.service.issue("issuing-ca", "citizen",
+                                [("CN", "A"), ("UID", "CCCD:038093015572")],
+                                KeySource(generate=KeySpec.parse("ec-p256")))
+    draws = iter([first.certificate.serial_number, first.certificate.serial_number,
+                  issuance.new_serial()])
+    real = issuance.new_serial
+    monkeypatch.setattr(issuance, "new_serial", lambda: next(draws, None) or real())
+    csr_key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .sign(csr_key, hashes.SHA256()))
+    second = world.service.issue("issuing-ca", "citizen",
+                                 [("CN", "B"), ("UID", "CCCD:038093015573")], KeySource(csr=csr))
+    assert second.certificate.serial_number != first.certificate.serial_number
+    # the duplicate never became a row
+    rows = world.service.list_certificates(ca="issuing-ca", limit=1000)
+    assert len({r["serial"] for r in rows}) == len(rows)
+
+
+class _SpyKey(ec.EllipticCurvePrivateKey):
+    """An issuer key that, at the moment it is asked to sign, runs ``check`` first."""
+
+    def __init__(self, real: ec.EllipticCurvePrivateKey, check) -> None:
+        self._real, self._check = real, check
+
+    def sign(self, data: bytes, signature_algorithm: Any) -> bytes:
+        self._check(data)
+        return self._real.sign(data, signature_algorithm)
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._real.public_key()
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._real.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._real.key_size
+
+    def exchange(self, *a: Any) -> bytes:
+        raise NotImplementedError
+
+    def private_numbers(self) -> Any:
+        raise NotImplementedError
+
+    def private_bytes(self, *a: Any) -> bytes:
+        raise NotImplementedError
+
+    def __copy__(self) -> "_SpyKey":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "_SpyKey":
+        return self
+
+
+def _spy_on_issuer(world: World, check) -> None:
+    keys: MemoryBackend = world.keys
+    real = keys.load("issuing-ca")
+    spy = SigningKey(real.uri, real.spec, _SpyKey(real.private_key, check), real.public_key)
+    keys._keys["issuing-ca"] = spy  # noqa: SLF001 - swap the CA key for the spy
+
+
+def test_the_tbs_is_committed_before_the_key_signs(world: World) -> None:
+    """Boulder's order: a crash during signing leaves a row that names the serial and TBS."""
+    seen: list[dict[str, Any]] = []
+
+    def check(tbs: bytes) -> None:
+        if tbs.startswith(b"\x30"):  # the certificate TBS (CA key signs nothing else here)
+            pending = world.service.list_certificates(ca="issuing-ca", status="pending")
+            seen.extend(pending)
+            with world.service.read() as session:  # a separate session: only committed data
+                row = session.scalars(select(models.Certificate).where(
+                    models.Certificate.status == "pending")).one()
+                assert row.tbs_der == tbs
+
+    _spy_on_issuer(world, check)
+    issued = world.service.issue("issuing-ca", "clinician", DOCTOR,
+                                 KeySource(generate=KeySpec.parse("ec-p256")))
+    assert [r["serial"] for r in seen] == [issued.serial_hex]
+    assert world.service.show_certificate(issued.serial_hex)["status"] == "issued"
+
+
+def test_a_signing_failure_leaves_a_failed_row_and_no_certificate(world: World) -> None:
+    def fail(_: bytes) -> None:
+        raise BackendUnavailableError("HSM token 'tincay' unavailable: DeviceRemoved")
+
+    _spy_on_issuer(world, fail)
+    before = world.count(models.Certificate)
+    with pytest.raises(BackendUnavailableError):
+        world.service.issue("issuing-ca", "clinician", DOCTOR,
+                            KeySource(generate=KeySpec.parse("ec-p256")))
+    assert world.count(models.Certificate) == before + 1
+    [row] = world.service.list_certificates(status="failed")
+    assert row["issued_at"] is None and "unavailable" in world.service.list_events(
+        serial=row["serial"])[0]["details"]["error"]
+    with pytest.raises(IssuanceError, match="never signed"):
+        world.service.certificate_der(row["serial"])
+
+
+# --- bad input leaves nothing behind --------------------------------------------------------
+
+def _ed25519_csr() -> x509.CertificateSigningRequest:
+    key = ed25519.Ed25519PrivateKey.generate()
+    return x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, None)
+
+
+def _small_rsa_csr() -> x509.CertificateSigningRequest:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    return (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256()))
+
+
+BAD_REQUESTS = {
+    "missing required O": (SubjectError, "O is required",
+                           dict(subject=[("CN", "Nguyễn Văn A"), ("UID", "CCCD:079073009568")])),
+    "bad CCCD": (SubjectError, "UID", dict(subject=[("O", "X"), ("CN", "A"),
+                                                    ("UID", "CCCD:123")])),
+    "attribute the profile lacks": (SubjectError, "not allowed",
+                                    dict(subject=DOCTOR + [("DC", "example")])),
+    "forbidden generated key": (KeyPolicyError, "does not allow ed25519",
+                                dict(source=KeySource(generate=KeySpec.parse("ed25519")))),
+    "forbidden CSR key": (KeyPolicyError, "does not allow ed25519",
+                          dict(source="ed25519-csr")),
+    "small RSA CSR": (KeyPolicyError, "too small", dict(source="rsa-1024-csr")),
+    "validity beyond profile": (IssuanceError, "exceeds", dict(days=5000)),
+    "CA profile": (IssuanceError, "for CAs", dict(profile="issuing-ca")),
+    "unknown CA": (NotFoundError, "no CA named", dict(ca="issuing-cA")),
+    "email where forbidden": (IssuanceError, "does not allow email",
+                              dict(profile="organization-seal", subject=[
+                                  ("O", "Sở Y tế"), ("CN", "Sở Y tế"),
+                                  ("UID", "MST:0400260612")], emails=("a@b.vn",))),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_are_refused_and_write_nothing(world: World, case: str) -> None:
+    error, message, overrides = BAD_REQUESTS[case]
+    args: dict[str, Any] = dict(ca="issuing-ca", profile="clinician", subject=DOCTOR,
+                                source=KeySource(generate=KeySpec.parse("ec-p256")))
+    args.update(overrides)
+    if args["source"] == "ed25519-csr":
+        args["source"] = KeySource(csr=_ed25519_csr())
+    elif args["source"] == "rsa-1024-csr":
+        args["source"] = KeySource(csr=_small_rsa_csr())
+    counts = (world.count(models.Certificate), world.count(models.AuditEvent))
+    keys_before = set(world.keys._keys)  # noqa: SLF001
+    with pytest.raises(error, match=message):
+        world.service.issue(args["ca"], args["profile"], args["subject"], args["source"],
+                            emails=args.get("emails", ()), days=args.get("days"))
+    assert (world.count(models.Certificate), world.count(models.AuditEvent)) == counts
+    assert set(world.keys._keys) == keys_before  # noqa: SLF001 - no orphaned subscriber key
+
+
+@pytest.mark.parametrize("blob, message", [
+    (b"", "does not parse"),
+    (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+     "does not parse"),
+    (b"\x30\x03\x02\x01\x00", "does not parse"),
+])
+def test_malformed_csrs(blob: bytes, message: str) -> None:
+    from ca.errors import CSRError
+
+    with pytest.raises(CSRError, match=message):
+        issuance.load_csr(blob)
+
+
+def test_csr_with_a_wrong_signature() -> None:
+    from ca.errors import CSRError
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = bytearray((x509.CertificateSigningRequestBuilder()
+                     .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "A")]))
+                     .sign(key, hashes.SHA256())).public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # inside the signature's r or s
+    with pytest.raises(CSRError, match="signature does not verify"):
+        issuance.load_csr(bytes(der))
+
+
+# --- the store ------------------------------------------------------------------------------
+
+def test_audit_log_is_append_only_in_the_database(world: World) -> None:
+    for statement in ("UPDATE audit_events SET action = 'forged'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            with world.engine.begin() as connection:
+                connection.execute(text(statement))
+    assert world.count(models.AuditEvent) > 0
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = create_engine_for(database_url)
+    migrate(engine)
+    migrate(engine)  # idempotent
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), models.Base.metadata) == []
+    engine.dispose()
+
+
+def test_serial_lookup_accepts_what_operators_type(world: World) -> None:
+    issued = world.service.issue("issuing-ca", "citizen",
+                                 [("CN", "A"), ("UID", "CCCD:038093015572")],
+                                 KeySource(generate=KeySpec.parse("ec-p256")))
+    hex_upper = format(issued.certificate.serial_number, "X")
+    colons = ":".join(hex_upper.zfill(40)[i:i + 2] for i in range(0, 40, 2))
+    for typed in (hex_upper, colons, f"serial={hex_upper}", "0x" + hex_upper.lower()):
+        assert world.service.show_certificate(typed)["serial"] == issued.serial_hex
+    with pytest.raises(NotFoundError, match="not a hexadecimal"):
+        world.service.show_certificate("xyz")
+
+
+# --- on the HSM -----------------------------------------------------------------------------
+
+@pytest.mark.softhsm
+def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: ProfileSet,
+                                                  unique_label: str, tmp_path: Path) -> None:
+    spec = load_hierarchy({
+        "authorities": [
+            {"name": f"{unique_label}-root", "profile": "root-ca", "key": "ec-p256",
+             "subject": "C=VN, O=Tincay, CN=HSM Root"},
+            {"name": f"{unique_label}-ca", "parent": f"{unique_label}-root",
+             "profile": "issuing-ca", "key": "rsa-3072",
+             "subject": "C=VN, O=Bệnh viện Quận 11, CN=HSM Issuing CA"}],
+        "services": [],
+    }, profiles)
+    w = make_world(f"sqlite:///{tmp_path / 'hsm.db'}", hsm_backend, profiles, FrozenClock(NOW))
+    w.service.init_hierarchy(spec)
+    issued = w.service.issue(f"{unique_label}-ca", "clinician", DOCTOR,
+                             KeySource(generate=KeySpec.parse("rsa-2048")))
+    assert issued.key_uri == f"pkcs11:token=tincay-test;object={unique_label}-ca.{issued.serial_hex}"
+    with pytest.raises(Exception, match="non-extractable"):
+        issued.private_key.private_bytes(serialization.Encoding.PEM,  # type: ignore[union-attr]
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+    # the subscriber's HSM key signs, and the certificate's key verifies it
+    signature = issued.private_key.sign(b"medical record", padding.PKCS1v15(),  # type: ignore
+                                        hashes.SHA256())
+    issued.certificate.public_key().verify(signature, b"medical record",  # type: ignore
+                                           padding.PKCS1v15(), hashes.SHA256())
+    issuing, root = w.service.chain(f"{unique_label}-ca")
+    result = hx.openssl_verify(hx.write_pem(tmp_path / "leaf.pem", issued.certificate),
+                               hx.write_pem(tmp_path / "root.pem", root),
+                               hx.write_pem(tmp_path / "ca.pem", issuing),
+                               attime=NOW + dt.timedelta(hours=1))
+    assert result.returncode == 0, result.stderr
+    w.engine.dispose()
