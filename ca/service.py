@@ -120,7 +120,7 @@ class CertificateAuthorityService:
         urls = issuance.urls_for(self.public_url, issuer_info.name) if issuer_info else None
         if key_uri is None:
             self._dry_run(profile, subject, spec.key, issuer_info, spec.name, urls, now, not_after)
-        key = self._obtain_key(spec.name, spec.key, key_uri, progress)
+        key = self._obtain_key(spec.name, spec.key, key_uri, progress, authority=spec.name)
         _say(progress, f"certifying CA {spec.name} ({profile.name})")
         if issuer_info is None:
             issuer_info = IssuerInfo(spec.name, None, key)
@@ -194,7 +194,8 @@ class CertificateAuthorityService:
                           not_after, tuple(emails), tuple(dns_names))
             # Name the subscriber's key after the serial it is certified under.
             serial = issuance.new_serial()
-            key = self._obtain_key(f"{ca}.{serial:x}", source.generate, None, progress)
+            key = self._obtain_key(f"{ca}.{serial:x}", source.generate, None, progress,
+                                   authority=ca)
             public_key, private_key, key_uri = key.public_key, key.private_key, key.uri
         _say(progress, f"issuing {profile.name} certificate under {ca}")
 
@@ -219,7 +220,7 @@ class CertificateAuthorityService:
         self._dry_run(profile, build_name(profile, spec.subject), spec.key, issuer_info,
                       spec.name, issuance.urls_for(self.public_url, issuer_info.name), now,
                       _not_after(now, spec.validity_days))
-        key = self._obtain_key(spec.name, spec.key, None, progress)
+        key = self._obtain_key(spec.name, spec.key, None, progress, authority=spec.issuer)
         issued = self._issue_with_key(issuer_info, profile, spec.subject, key, spec.validity_days,
                                       progress)
         with self._transaction() as session:
@@ -348,7 +349,9 @@ class CertificateAuthorityService:
                                             dns_names=dns_names), issuer, urls)
 
     def _obtain_key(self, label: str, spec: KeySpec, key_uri: str | None,
-                    progress: Progress | None) -> SigningKey:
+                    progress: Progress | None, *, authority: str) -> SigningKey:
+        """Adopt ``key_uri`` or generate a key; every generation is an audit event of the CA
+        the key belongs to (its own key, or a key it certifies)."""
         if key_uri is not None:
             return self.keys.load(key_uri)
         _say(progress, f"generating {spec} key {label!r}")
@@ -358,7 +361,7 @@ class CertificateAuthorityService:
             raise KeyExistsError(f"{exc}; remove it or adopt it explicitly") from None
         with self._transaction() as session:
             queries.record_event(session, at=self.clock.now(), action="key.generate",
-                                 details=_json({"key_uri": key.uri, "spec": str(spec)}))
+                                 authority=authority, details=_json({"key_uri": key.uri, "spec": str(spec)}))
         return key
 
     def _record_pending(self, session: Session, issuer: Authority,

@@ -1,0 +1,60 @@
+"""The composition root: settings -> engine, key backend, profiles, clock -> services.
+
+Everything is built lazily, so ``tincay profiles list`` touches neither the database nor the HSM,
+and an HSM problem surfaces only in commands that need a key.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Mapping
+
+from ca.clock import Clock, SystemClock
+from ca.keys.base import KeyBackend
+from ca.profiles import ProfileSet, load_profiles
+from ca.service import CertificateAuthorityService
+from ca.settings import Settings
+
+
+class AppContext:
+    """One per CLI invocation (or per app worker); owns the engine and the HSM session."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
+        self.settings = Settings.from_env(env)
+        self.clock = clock or SystemClock()
+
+    @cached_property
+    def profiles(self) -> ProfileSet:
+        return load_profiles(self.settings.profiles_dir)
+
+    @cached_property
+    def engine(self):  # type: ignore[no-untyped-def]  # sqlalchemy stays behind ca.store
+        from ca.store.db import create_engine_for, migrate
+
+        engine = create_engine_for(self.settings.database_url)
+        migrate(engine)
+        return engine
+
+    @cached_property
+    def keys(self) -> KeyBackend:
+        from ca.keys.pkcs11 import Pkcs11Backend
+
+        # The demo token's config under TINCAY_HOME, unless the operator chose one: SoftHSM reads
+        # SOFTHSM2_CONF once, when the module is loaded, so it must be set before that.
+        if self.settings.softhsm_conf is not None and "SOFTHSM2_CONF" not in os.environ:
+            os.environ["SOFTHSM2_CONF"] = str(self.settings.softhsm_conf)
+        return Pkcs11Backend(self.settings.pkcs11_module, self.settings.pkcs11_token,
+                             self.settings.pin)
+
+    @cached_property
+    def service(self) -> CertificateAuthorityService:
+        from ca.store.db import make_session_factory
+
+        return CertificateAuthorityService(make_session_factory(self.engine), self.keys,
+                                           self.profiles, self.clock, self.settings.public_url)
+
+    def close(self) -> None:
+        if "keys" in self.__dict__:
+            self.keys.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()

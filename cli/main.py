@@ -1,0 +1,341 @@
+"""The ``tincay`` command: a thin click shell over ca.service.
+
+Exit codes: 0 success, 1 an operator error (one line on stderr, no traceback), 2 a usage error.
+PINs are never options: they come from TINCAY_PKCS11_PIN or TINCAY_PKCS11_PIN_FILE.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.errors import TincayError
+from ca.settings import REPO_ROOT
+from cli.context import AppContext
+from cli.output import emit, emit_one, progress
+
+DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
+_FORMATS = click.Choice(["pem", "der"])
+
+
+def _ctx() -> AppContext:
+    """The invocation's AppContext, closed (HSM session, engine) when the command ends."""
+    click_ctx = click.get_current_context()
+    app = click_ctx.find_object(AppContext)
+    if app is None:
+        app = AppContext()
+        click_ctx.obj = app
+        click_ctx.call_on_close(app.close)
+    return app
+
+
+def _write(out: str, data: bytes) -> None:
+    if out == "-":
+        click.get_binary_stream("stdout").write(data)
+        return
+    path = Path(out)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise click.FileError(out, exc.strerror) from None
+
+
+def _encode(certs: Sequence[x509.Certificate], fmt: str) -> bytes:
+    if fmt == "der":
+        if len(certs) != 1:
+            raise click.UsageError("DER holds one certificate: use --format pem for a chain")
+        return certs[0].public_bytes(serialization.Encoding.DER)
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tincay")
+def cli() -> None:
+    """tincay: certification authority, OCSP responder and time-stamp authority.
+
+    Settings come from the environment: TINCAY_HOME, TINCAY_DATABASE_URL, TINCAY_PKCS11_MODULE,
+    TINCAY_PKCS11_TOKEN, TINCAY_PKCS11_PIN or TINCAY_PKCS11_PIN_FILE, TINCAY_PUBLIC_URL.
+    """
+
+
+# --- hierarchy ------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--hierarchy", "spec_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Hierarchy spec (YAML), e.g. profiles/hierarchies/demo.yaml.")
+@json_option
+def init(spec_path: Path, as_json: bool) -> None:
+    """Create the CAs and service units a hierarchy spec names (those not yet created)."""
+    _init(spec_path, as_json)
+
+
+def _init(spec_path: Path, as_json: bool) -> list[str]:
+    from ca.hierarchy import load_hierarchy
+
+    app = _ctx()
+    spec = load_hierarchy(spec_path, app.profiles)
+    created = app.service.init_hierarchy(spec, progress=progress)
+    if as_json:
+        emit_one({"hierarchy": spec.name, "created": created,
+                  "authorities": app.service.list_authorities(),
+                  "services": app.service.list_service_units()}, True)
+    else:
+        click.echo(f"hierarchy {spec.name}: " + (f"created {', '.join(created)}" if created
+                                                 else "nothing to create, all present"))
+    return created
+
+
+@cli.command()
+@json_option
+def demo(as_json: bool) -> None:
+    """Set up the demo: a SoftHSM token under TINCAY_HOME and the demo hierarchy on it."""
+    from ca.keys.softhsm import ensure_demo_token
+    from ca.settings import Settings
+
+    settings = Settings.from_env()
+    progress(f"preparing SoftHSM token {settings.pkcs11_token!r} under {settings.home}")
+    os.environ.update(ensure_demo_token(settings.home, settings.pkcs11_token, settings.pin_file,
+                                        dict(os.environ)))
+    _init(DEMO_SPEC, as_json)
+    app = _ctx()
+    public = app.settings.home / "public"
+    public.mkdir(parents=True, exist_ok=True)
+    for authority in app.service.list_authorities():
+        cert = app.service.authority_certificate(authority["name"])
+        _write(str(public / f"{authority['name']}.pem"), _encode([cert], "pem"))
+    if not as_json:
+        emit(app.service.list_authorities(), ["name", "parent", "profile", "subject",
+                                              "not_after"], False)
+        emit(app.service.list_service_units(), ["name", "kind", "authority", "serial",
+                                                "not_after"], False)
+        click.echo(f"CA certificates: {public}")
+
+
+# --- CAs ------------------------------------------------------------------------------------
+
+@cli.group(name="ca")
+def ca_group() -> None:
+    """Certification authorities."""
+
+
+@ca_group.command(name="list")
+@json_option
+def ca_list(as_json: bool) -> None:
+    """List the CAs."""
+    emit(_ctx().service.list_authorities(),
+         ["name", "status", "parent", "profile", "subject", "not_after"], as_json)
+
+
+@ca_group.command(name="show")
+@click.argument("name")
+@json_option
+def ca_show(name: str, as_json: bool) -> None:
+    """Show one CA."""
+    emit_one(_ctx().service.show_authority(name), as_json)
+
+
+@ca_group.command(name="export")
+@click.argument("name")
+@click.option("--chain", is_flag=True, help="Include the parents up to the root (PEM only).")
+@click.option("--format", "fmt", type=_FORMATS, default="pem", show_default=True)
+@click.option("--out", default="-", show_default=True, help="Output file, - for stdout.")
+def ca_export(name: str, chain: bool, fmt: str, out: str) -> None:
+    """Export a CA certificate (or its chain)."""
+    service = _ctx().service
+    certs = service.chain(name) if chain else [service.authority_certificate(name)]
+    _write(out, _encode(certs, fmt))
+
+
+# --- issuance -------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--ca", "ca_name", required=True, help="The issuing CA.")
+@click.option("--profile", "profile_name", required=True, help="Certificate profile.")
+@click.option("--subject", required=True,
+              help="Subject, e.g. 'CN=Nguyễn Văn A,UID=CCCD:012345678901,C=VN'.")
+@click.option("--csr", "csr_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PKCS#10 request (PEM or DER); only its public key is used.")
+@click.option("--generate-key", is_flag=True,
+              help="Generate the subscriber's key on the HSM (it never leaves it).")
+@click.option("--key-type", help="With --generate-key: rsa-2048, ec-p256, ... "
+                                 "(default: the profile's first).")
+@click.option("--email", "emails", multiple=True, help="rfc822Name SAN (repeatable).")
+@click.option("--dns", "dns_names", multiple=True, help="dNSName SAN (repeatable).")
+@click.option("--days", type=click.IntRange(min=1), help="Validity in days (profile default).")
+@click.option("--out", required=True, help="Where to write the certificate (PEM), - for stdout.")
+@json_option
+def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
+          generate_key: bool, key_type: str | None, emails: tuple[str, ...],
+          dns_names: tuple[str, ...], days: int | None, out: str, as_json: bool) -> None:
+    """Issue a certificate from a profile, for a CSR or a key generated on the HSM."""
+    from ca import issuance
+    from ca.errors import CSRError
+    from ca.keys.base import KeySpec
+    from ca.service import KeySource
+    from ca.subject import parse_subject
+
+    if (csr_file is None) == (not generate_key):
+        raise click.UsageError("give exactly one of --csr FILE and --generate-key")
+    if key_type and not generate_key:
+        raise click.UsageError("--key-type goes with --generate-key")
+    app = _ctx()
+    if csr_file is not None:
+        try:
+            source = KeySource(csr=issuance.load_csr(csr_file.read_bytes()))
+        except CSRError as exc:
+            raise CSRError(f"{csr_file}: {exc}") from None
+    else:
+        profile = app.profiles.get(profile_name)
+        if key_type:
+            spec = KeySpec.parse(key_type)
+        elif profile.key_algorithms:
+            spec = profile.key_algorithms[0]
+        else:
+            raise click.UsageError(f"profile {profile_name} lists no key algorithm: "
+                                   "give --key-type")
+        source = KeySource(generate=spec)
+    issued = app.service.issue(ca_name, profile_name, parse_subject(subject), source,
+                               emails=emails, dns_names=dns_names, days=days, progress=progress)
+    _write(out, issued.pem)
+    record = app.service.show_certificate(issued.serial_hex, ca_name)
+    if as_json:
+        emit_one(record, True)
+    elif out != "-":
+        click.echo(f"issued {issued.profile} certificate {issued.serial_hex} under {ca_name} "
+                   f"-> {out}" + (f" (key {issued.key_uri})" if issued.key_uri else ""))
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+@cli.group(name="cert")
+def cert_group() -> None:
+    """Issued certificates."""
+
+
+@cert_group.command(name="list")
+@click.option("--ca", "ca_name", help="Only this CA's certificates.")
+@click.option("--profile", help="Only this profile.")
+@click.option("--status", type=click.Choice(["pending", "issued", "failed", "revoked"]))
+@click.option("--subject", "subject_contains", help="Subject contains this text.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@json_option
+def cert_list(ca_name: str | None, profile: str | None, status: str | None,
+              subject_contains: str | None, limit: int, as_json: bool) -> None:
+    """List certificates, newest first."""
+    rows = _ctx().service.list_certificates(ca=ca_name, profile=profile, status=status,
+                                            subject_contains=subject_contains, limit=limit)
+    emit(rows, ["issuer", "serial", "status", "profile", "subject", "not_after"], as_json)
+
+
+@cert_group.command(name="show")
+@click.argument("serial")
+@click.option("--ca", "ca_name", help="The issuing CA (needed only if the serial is ambiguous).")
+@json_option
+def cert_show(serial: str, ca_name: str | None, as_json: bool) -> None:
+    """Show a certificate by serial (hex, as `openssl x509 -serial` prints it)."""
+    emit_one(_ctx().service.show_certificate(serial, ca_name), as_json)
+
+
+@cert_group.command(name="export")
+@click.argument("serial")
+@click.option("--ca", "ca_name", help="The issuing CA (needed only if the serial is ambiguous).")
+@click.option("--format", "fmt", type=_FORMATS, default="pem", show_default=True)
+@click.option("--out", default="-", show_default=True, help="Output file, - for stdout.")
+def cert_export(serial: str, ca_name: str | None, fmt: str, out: str) -> None:
+    """Export a certificate."""
+    der = _ctx().service.certificate_der(serial, ca_name)
+    _write(out, _encode([x509.load_der_x509_certificate(der)], fmt))
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--ca", "ca_name", help="Only events of this CA.")
+@click.option("--serial", help="Only events of this serial.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@json_option
+def audit(ca_name: str | None, serial: str | None, limit: int, as_json: bool) -> None:
+    """The audit log (key generations, issuance), newest first."""
+    emit(_ctx().service.list_events(ca=ca_name, serial=serial, limit=limit),
+         ["at", "action", "authority", "serial", "subject"], as_json)
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+@cli.group(name="profiles")
+def profiles_group() -> None:
+    """Certificate profiles (profiles/*.yaml)."""
+
+
+@profiles_group.command(name="list")
+@json_option
+def profiles_list(as_json: bool) -> None:
+    """List the profiles an operator can issue from."""
+    rows = [{"name": p.name, "description": p.description, "extends": p.extends,
+             "keys": [str(k) for k in p.key_algorithms], "max_days": p.validity.max_days}
+            for p in _ctx().profiles]
+    emit(rows, ["name", "extends", "max_days", "description"], as_json)
+
+
+@profiles_group.command(name="show")
+@click.argument("name")
+@json_option
+def profiles_show(name: str, as_json: bool) -> None:
+    """Show a resolved profile (inheritance applied) as YAML, or JSON."""
+    import yaml
+
+    from ca.profiles import profile_as_dict
+
+    data = profile_as_dict(_ctx().profiles.get(name, allow_abstract=True))
+    if as_json:
+        emit_one(data, True)
+    else:
+        click.echo(yaml.safe_dump(data, allow_unicode=True, sort_keys=False).rstrip())
+
+
+@profiles_group.command(name="check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def profiles_check(path: Path) -> None:
+    """Validate a profile file against the installed profiles (for its extends:)."""
+    from ca.profiles import check_profile_file
+
+    profile = check_profile_file(path, _ctx().profiles)
+    click.echo(f"{path}: profile {profile.name} is valid")
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; operator errors become one line on stderr and exit 1."""
+    return run(cli, argv)
+
+
+def run(command: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
+    try:
+        command.main(args=list(argv) if argv is not None else None, prog_name="tincay",
+                     standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("tincay: aborted", err=True)
+        return 1
+    except TincayError as exc:
+        click.echo(f"tincay: error: {exc}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

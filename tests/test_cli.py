@@ -1,0 +1,230 @@
+"""The ``tincay`` CLI end to end: SoftHSM keys, SQLite and PostgreSQL, OpenSSL as the judge.
+
+Most commands run in-process through cli.main.main (the console script's function) so the
+suite stays fast; the ones about process-wide state (a wrong PIN, the demo's own token) run the
+installed console script in a subprocess.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+from cryptography import x509
+
+from cli.main import main
+from tests import helpers_x509 as hx
+
+pytestmark = pytest.mark.softhsm
+ROOT = Path(__file__).resolve().parent.parent
+TINCAY = shutil.which("tincay", path=str(Path(sys.executable).parent)) or "tincay"
+DOCTOR = "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, UID=CCCD:079073009568"
+
+
+class Cli:
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *args: str, code: int = 0) -> str:
+        self.capsys.readouterr()
+        result = main(list(args))
+        out, err = self.capsys.readouterr()
+        assert result == code, f"tincay {' '.join(args)} -> {result}\n{out}\n{err}"
+        self.err = err
+        return out
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json"))
+
+
+@pytest.fixture
+def cli(softhsm_env: dict[str, str], database_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
+    monkeypatch.setenv("TINCAY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TINCAY_DATABASE_URL", database_url)
+    monkeypatch.setenv("TINCAY_PUBLIC_URL", "http://127.0.0.1:8080")
+    yield Cli(capsys)
+
+
+def write_spec(path: Path, prefix: str) -> Path:
+    """A two-CA hierarchy whose key labels are unique on the session's shared token."""
+    path.write_text(yaml.safe_dump({
+        "name": "cli",
+        "authorities": [
+            {"name": f"{prefix}-root", "profile": "root-ca", "key": "ec-p256",
+             "subject": "C=VN, O=Tincay, CN=CLI Root"},
+            {"name": f"{prefix}-ca", "parent": f"{prefix}-root", "profile": "issuing-ca",
+             "key": "ec-p256", "subject": "C=VN, O=Bệnh viện Quận 11, CN=CLI Issuing CA"}],
+        "services": [
+            {"name": f"{prefix}-ocsp", "kind": "ocsp", "issuer": f"{prefix}-ca",
+             "profile": "ocsp-responder", "key": "ec-p256",
+             "subject": "C=VN, O=Bệnh viện Quận 11, CN=OCSP"}],
+    }, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def openssl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=True)
+
+
+def test_operator_tour(cli: Cli, tmp_path: Path, unique_label: str) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", unique_label)
+    root, ca = f"{unique_label}-root", f"{unique_label}-ca"
+    assert "created" in cli("init", "--hierarchy", str(spec))
+    assert "nothing to create" in cli("init", "--hierarchy", str(spec))
+
+    listed = cli.json("ca", "list")
+    assert [(a["name"], a["parent"], a["status"]) for a in listed] == \
+        [(root, None, "active"), (ca, root, "active")]
+    assert cli.json("ca", "show", ca)["key_uri"] == f"pkcs11:token=tincay-test;object={ca}"
+    cli("ca", "export", root, "--out", str(tmp_path / "root.pem"))
+    cli("ca", "export", ca, "--chain", "--out", str(tmp_path / "chain.pem"))
+    chain = x509.load_pem_x509_certificates((tmp_path / "chain.pem").read_bytes())
+    assert [c.subject.rfc4514_string() for c in chain][1] == \
+        x509.load_pem_x509_certificate((tmp_path / "root.pem").read_bytes()).subject.rfc4514_string()
+    hx.write_pem(tmp_path / "ca.pem", chain[0])
+
+    # a CSR made by OpenSSL: its subject and extensions are ignored, its key is certified
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", "/CN=whatever the requester typed", "-addext", "basicConstraints=CA:TRUE",
+            "-keyout", str(tmp_path / "doctor.key"), "-out", str(tmp_path / "doctor.csr"))
+    out = cli("issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+              "--csr", str(tmp_path / "doctor.csr"), "--email", "bs.a@benhvien-q11.example.vn",
+              "--days", "180", "--out", str(tmp_path / "doctor.pem"))
+    assert out.startswith("issued clinician certificate")
+    verify = subprocess.run(["openssl", "verify", "-x509_strict", "-CAfile",
+                             str(tmp_path / "root.pem"), "-untrusted", str(tmp_path / "ca.pem"),
+                             str(tmp_path / "doctor.pem")], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    doctor = x509.load_pem_x509_certificate((tmp_path / "doctor.pem").read_bytes())
+    assert "Nguyễn Văn A" in doctor.subject.rfc4514_string()
+    assert doctor.not_valid_after_utc - doctor.not_valid_before_utc == \
+        dt.timedelta(days=180, seconds=-1)
+    modulus = openssl("x509", "-in", str(tmp_path / "doctor.pem"), "-noout", "-pubkey").stdout
+    assert modulus == openssl("pkey", "-in", str(tmp_path / "doctor.key"), "-pubout").stdout
+
+    # remote-signing model: the key is generated on the HSM and stays there
+    record = cli.json("issue", "--ca", ca, "--profile", "organization-seal", "--subject",
+                      "C=VN, O=Sở Y tế Đà Nẵng, CN=Sở Y tế, UID=MST:0400260612, UID=MNS:1047665",
+                      "--generate-key", "--key-type", "rsa-2048", "--out",
+                      str(tmp_path / "seal.pem"))
+    assert record["key_uri"].startswith(f"pkcs11:token=tincay-test;object={ca}.")
+    assert record["status"] == "issued" and record["profile"] == "organization-seal"
+
+    serial = openssl("x509", "-in", str(tmp_path / "doctor.pem"), "-noout",
+                     "-serial").stdout.strip()  # serial=0A1B...
+    shown = cli.json("cert", "show", serial)
+    assert shown["subject"].startswith("C=VN, O=Bệnh viện Quận 11")
+    colons = ":".join(serial.split("=")[1][i:i + 2] for i in range(0, len(serial) - 7, 2))
+    assert cli.json("cert", "show", colons.lower(), "--ca", ca)["serial"] == shown["serial"]
+    cli("cert", "export", serial, "--format", "der", "--out", str(tmp_path / "doctor.der"))
+    assert x509.load_der_x509_certificate((tmp_path / "doctor.der").read_bytes()) == doctor
+    rows = cli.json("cert", "list", "--ca", ca)
+    assert {r["profile"] for r in rows} == {"clinician", "organization-seal", "ocsp-responder"}
+    assert len(cli.json("cert", "list", "--profile", "clinician", "--subject", "Văn A")) == 1
+    assert "Nguyễn Văn A" in cli("cert", "list")  # the human table
+    events = cli.json("audit", "--ca", ca)
+    assert {"key.generate", "certificate.prepare", "certificate.issue"} <= \
+        {e["action"] for e in events}
+
+
+def test_profile_commands(cli: Cli, tmp_path: Path) -> None:
+    names = [p["name"] for p in cli.json("profiles", "list")]
+    assert {"clinician", "organization-seal-qualified", "tls-server"} <= set(names)
+    assert "person-base" not in names  # abstract
+    shown = yaml.safe_load(cli("profiles", "show", "clinician"))
+    assert shown["extends"] == "person-base" and shown["key_usage"] == ["nonRepudiation"]
+    good = tmp_path / "nurse.yaml"
+    good.write_text("name: nurse\nextends: clinician\ndescription: Nurses.\n", encoding="utf-8")
+    assert "valid" in cli("profiles", "check", str(good))
+    bad = tmp_path / "midwife.yaml"
+    bad.write_text("name: midwife\nextends: clinician\nkey_usgae: [digitalSignature]\n",
+                   encoding="utf-8")
+    cli("profiles", "check", str(bad), code=1)
+    assert str(bad) in cli.err and "key_usgae" in cli.err and "key_usage" in cli.err
+    assert cli.err.count("\n") == 1 and "Traceback" not in cli.err
+
+
+def test_operator_errors_are_one_line(cli: Cli, tmp_path: Path, unique_label: str) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", unique_label)
+    cli("init", "--hierarchy", str(spec))
+    ca = f"{unique_label}-ca"
+    garbage = tmp_path / "garbage.csr"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"
+                        b"-----END CERTIFICATE REQUEST-----\n")
+    cases = [
+        (["issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR, "--csr",
+          str(garbage), "--out", str(tmp_path / "x.pem")], 1, str(garbage)),
+        (["issue", "--ca", ca, "--profile", "clinician", "--subject", "CN=A, C=VN",
+          "--generate-key", "--out", str(tmp_path / "x.pem")], 1, "is required"),
+        (["issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+          "--generate-key", "--key-type", "ed25519", "--out", str(tmp_path / "x.pem")], 1,
+         "does not allow ed25519"),
+        (["issue", "--ca", "nope", "--profile", "clinician", "--subject", DOCTOR,
+          "--generate-key", "--out", str(tmp_path / "x.pem")], 1, "no CA named 'nope'"),
+        (["issue", "--ca", ca, "--profile", "clinican", "--subject", DOCTOR,
+          "--generate-key", "--out", str(tmp_path / "x.pem")], 1, "clinician"),
+        (["issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+          "--out", str(tmp_path / "x.pem")], 2, "exactly one of"),
+        (["ca", "list", "--pin", "1234"], 2, "No such option"),
+        (["cert", "show", "zz"], 1, "not a hexadecimal serial"),
+        (["init", "--hierarchy", str(tmp_path / "missing.yaml")], 2, "does not exist"),
+    ]
+    for args, code, message in cases:
+        cli(*args, code=code)
+        assert message in cli.err, (args, cli.err)
+        assert "Traceback" not in cli.err
+        if code == 1:
+            assert cli.err.startswith("tincay: error: ") and cli.err.count("\n") == 1
+    assert not (tmp_path / "x.pem").exists()
+    assert cli.json("cert", "list", "--ca", ca, "--profile", "clinician") == []
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TINCAY, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_wrong_pin_and_missing_token_in_a_fresh_process(
+        softhsm_env: dict[str, str], tmp_path: Path, unique_label: str) -> None:
+    env = {**os.environ, **softhsm_env, "TINCAY_HOME": str(tmp_path / "home"),
+           "TINCAY_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    spec = str(write_spec(tmp_path / "spec.yaml", unique_label))
+    wrong = _run({**env, "TINCAY_PKCS11_PIN": "not-the-pin"}, "init", "--hierarchy", spec)
+    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.stderr.splitlines()[-1] == \
+        "tincay: error: wrong PIN for PKCS#11 token 'tincay-test'"
+    assert "Traceback" not in wrong.stderr
+    assert "not-the-pin" not in wrong.stderr + wrong.stdout
+    missing = _run({**env, "TINCAY_PKCS11_TOKEN": "no-such-token"}, "init", "--hierarchy", spec)
+    assert missing.returncode == 1 and "no PKCS#11 token labelled 'no-such-token'" in missing.stderr
+    no_pin = {k: v for k, v in env.items() if k != "TINCAY_PKCS11_PIN"}
+    unset = _run(no_pin, "init", "--hierarchy", spec)
+    assert unset.returncode == 1 and "TINCAY_PKCS11_PIN" in unset.stderr
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm_env["TINCAY_PKCS11_PIN"] + "\n", encoding="utf-8")
+    ok = _run({**no_pin, "TINCAY_PKCS11_PIN_FILE": str(pin_file)}, "init", "--hierarchy", spec)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_demo_makes_its_own_token_and_is_idempotent(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
+    env["TINCAY_HOME"] = str(tmp_path / "demo")
+    first = _run(env, "demo")
+    assert first.returncode == 0, first.stderr
+    assert "created root-ca, issuing-ca, ocsp-issuing-ca, tsa" in first.stdout
+    pin_file = tmp_path / "demo" / "pkcs11-pin"
+    assert oct(pin_file.stat().st_mode & 0o777) == "0o600"
+    assert pin_file.read_text().strip() not in first.stdout + first.stderr
+    root, issuing = tmp_path / "demo/public/root-ca.pem", tmp_path / "demo/public/issuing-ca.pem"
+    result = hx.openssl_verify(issuing, root)
+    assert result.returncode == 0, result.stderr
+    again = _run(env, "demo")
+    assert again.returncode == 0 and "nothing to create" in again.stdout
