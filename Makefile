@@ -22,6 +22,7 @@ venv: deps $(BIN)/.installed
 
 run: venv
 	$(BIN)/tincay demo
+	$(BIN)/tincay serve
 
 # The whole suite, SQLite and PostgreSQL (a throwaway server started by .ci/postgres).
 test: venv

@@ -19,9 +19,11 @@ from ca.settings import Settings
 class AppContext:
     """One per CLI invocation (or per app worker); owns the engine and the HSM session."""
 
-    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None, *,
+                 migrate: bool = True) -> None:
         self.settings = Settings.from_env(env)
         self.clock = clock or SystemClock()
+        self._migrate = migrate  # server workers skip it: `tincay serve` migrated before forking
 
     @cached_property
     def profiles(self) -> ProfileSet:
@@ -32,7 +34,8 @@ class AppContext:
         from ca.store.db import create_engine_for, migrate
 
         engine = create_engine_for(self.settings.database_url)
-        migrate(engine)
+        if self._migrate:
+            migrate(engine)
         return engine
 
     @cached_property

@@ -120,6 +120,23 @@ def demo(as_json: bool) -> None:
         click.echo(f"CA certificates: {public}")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes [CPU count].")
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Threads per worker.")
+def serve(host: str, port: int, workers: int | None, threads: int) -> None:
+    """Serve the repository (CA certificates) over HTTP under gunicorn."""
+    from cli.serve import serve as run_server
+
+    app = _ctx()
+    app.engine  # migrate once, before the workers fork  # noqa: B018
+    app.close()
+    progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
+    run_server(host, port, workers, threads)
+
+
 # --- CAs ------------------------------------------------------------------------------------
 
 @cli.group(name="ca")

@@ -1,0 +1,46 @@
+"""Run the app under gunicorn: the production server, also what ``make run`` starts.
+
+gthread workers with keep-alive measured about 20% above sync workers here (DESIGN.md 5); each
+worker is a process with its own PKCS#11 session, which is how HSM signing scales.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+class TincayServer(BaseApplication):
+    """gunicorn configured from arguments instead of a config file or argv."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from cli.app import create_app
+
+        return create_app()
+
+
+def serve(host: str, port: int, workers: int | None = None, threads: int = 4) -> None:
+    """Serve until interrupted; workers default to the CPU count."""
+    TincayServer({
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers or os.cpu_count() or 1,
+        "worker_class": "gthread",
+        "threads": threads,
+        "keepalive": 5,
+        "timeout": 30,
+        "graceful_timeout": 10,
+        "preload_app": False,  # open DB pools and HSM sessions after the fork, per worker
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "tincay",
+    }).run()

@@ -1,0 +1,116 @@
+"""The HTTP app: the repository endpoints through Flask's client, and `tincay serve` for real
+under gunicorn on loopback (the demo hierarchy `make run` serves)."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography import x509
+
+from ca.clock import FrozenClock
+from ca.keys.memory import MemoryBackend
+from ca.profiles import load_profiles
+from ca.hierarchy import load_hierarchy
+from ca.service import CertificateAuthorityService
+from ca.store.db import create_engine_for, make_session_factory, migrate
+from cli.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = dt.datetime(2026, 11, 24, 8, 0, 0, tzinfo=dt.timezone.utc)
+TINCAY = str(Path(sys.executable).parent / "tincay")
+
+
+@pytest.fixture
+def client(tmp_path: Path):
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    profiles = load_profiles(ROOT / "profiles")
+    service = CertificateAuthorityService(make_session_factory(engine), MemoryBackend(), profiles,
+                                          FrozenClock(NOW), "http://127.0.0.1:8080")
+    service.init_hierarchy(load_hierarchy(ROOT / "profiles/hierarchies/demo.yaml", profiles))
+    app = create_app(service)
+    yield app.test_client(), service
+    engine.dispose()
+
+
+def test_ca_certificates_with_cache_headers(client) -> None:
+    http, service = client
+    response = http.get("/certs/issuing-ca.cer")
+    assert response.status_code == 200 and response.mimetype == "application/pkix-cert"
+    cert = x509.load_der_x509_certificate(response.data)
+    assert cert == service.authority_certificate("issuing-ca")
+    assert response.cache_control.max_age == 3600 and response.headers["ETag"]
+    assert response.expires == NOW + dt.timedelta(hours=1)
+    assert response.last_modified == cert.not_valid_before_utc
+    again = http.get("/certs/issuing-ca.cer", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/certs/nope.cer", 404), ("/certs/..%2Fetc.cer", 404), ("/certs/issuing-ca.pem", 404),
+    ("/nowhere", 404),
+])
+def test_unknown_paths_are_plain_404s(client, path: str, status: int) -> None:
+    http, _ = client
+    response = http.get(path)
+    assert response.status_code == status and b"Traceback" not in response.data
+
+
+def test_wrong_method_is_405(client) -> None:
+    http, _ = client
+    assert http.post("/certs/issuing-ca.cer", data=b"x").status_code == 405
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
+    env["TINCAY_HOME"] = str(tmp_path / "home")
+    subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
+    port = _free_port()
+    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError(server.stdout.read().decode() if server.stdout else "")
+                time.sleep(0.1)
+        yield base, tmp_path / "home"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.softhsm
+def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path]) -> None:
+    base, home = served_demo
+    for name in ("root-ca", "issuing-ca"):
+        with urllib.request.urlopen(f"{base}/certs/{name}.cer", timeout=5) as response:
+            assert response.headers["Content-Type"] == "application/pkix-cert"
+            assert "max-age=3600" in response.headers["Cache-Control"]
+            served = x509.load_der_x509_certificate(response.read())
+        assert served == x509.load_pem_x509_certificate((home / f"public/{name}.pem").read_bytes())
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{base}/certs/none.cer", timeout=5)
+    assert missing.value.code == 404
