@@ -33,7 +33,7 @@ from ca.issuance import CertificateRequest, IssuerInfo
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile, ProfileSet
 from ca.store import queries
-from ca.store.models import Authority, Certificate, ServiceUnit
+from ca.store.models import ISSUED, REVOKED, Authority, Certificate, ServiceUnit
 from ca.subject import build_name, format_name
 
 Progress = Callable[[str], None]
@@ -252,6 +252,51 @@ class CertificateAuthorityService:
         return IssuedCertificate(cert, row.serial_hex, issuer_info.name, profile.name, key.uri,
                                  key.private_key)
 
+    # --- revocation -----------------------------------------------------------------------------
+
+    def revoke(self, ca: str, serial: str, reason: str, *,
+               invalidity_date: datetime | None = None) -> dict[str, Any]:
+        """Revoke a certificate ``ca`` issued (RFC 5280 5.3.1 reasons; certificateHold is
+        temporary and can be released). A held certificate may then be revoked for good, keeping
+        its original revocation time; a permanently revoked one stays as it is."""
+        code = revocation_reason(reason)
+        now = self.clock.now().replace(microsecond=0)
+        if invalidity_date is not None and invalidity_date > now:
+            raise IssuanceError(f"invalidity date {invalidity_date.isoformat()} is in the future")
+        with self._transaction() as session:
+            row = queries.get_certificate(session, queries.get_authority(session, ca), serial)
+            if row.status == REVOKED and row.revocation_reason != "certificateHold":
+                raise AlreadyExistsError(f"certificate {row.serial_hex} of {ca} is already "
+                                         f"revoked ({row.revocation_reason})")
+            if row.status not in (ISSUED, REVOKED):
+                raise IssuanceError(f"certificate {row.serial_hex} of {ca} is {row.status}: "
+                                    "only issued certificates can be revoked")
+            if row.status == REVOKED and code == "certificateHold":
+                raise AlreadyExistsError(f"certificate {row.serial_hex} of {ca} is already on hold")
+            previous = row.revocation_reason
+            queries.mark_revoked(session, row, reason=code, at=row.revoked_at or now,
+                                 invalidity_date=invalidity_date)
+            queries.record_event(session, at=now, action="certificate.revoke", authority=ca,
+                                 serial_hex=row.serial_hex, subject=row.subject,
+                                 details=_json({"reason": code, "previous": previous,
+                                                "invalidity_date": invalidity_date.isoformat()
+                                                if invalidity_date else None}))
+            return describe_certificate(row)
+
+    def release_hold(self, ca: str, serial: str) -> dict[str, Any]:
+        """Take a certificate off hold (RFC 5280: certificateHold is the only reversible reason)."""
+        now = self.clock.now().replace(microsecond=0)
+        with self._transaction() as session:
+            row = queries.get_certificate(session, queries.get_authority(session, ca), serial)
+            if row.status != REVOKED or row.revocation_reason != "certificateHold":
+                raise IssuanceError(f"certificate {row.serial_hex} of {ca} is not on hold "
+                                    f"({row.status}"
+                                    f"{', ' + row.revocation_reason if row.revocation_reason else ''})")
+            queries.mark_released(session, row)
+            queries.record_event(session, at=now, action="certificate.release", authority=ca,
+                                 serial_hex=row.serial_hex, subject=row.subject)
+            return describe_certificate(row)
+
     # --- hierarchies --------------------------------------------------------------------------
 
     def init_hierarchy(self, spec: HierarchySpec,
@@ -453,6 +498,23 @@ def describe_service_unit(unit: ServiceUnit) -> dict[str, Any]:
         "serial": unit.certificate.serial_hex, "key_uri": unit.key_uri,
         "not_after": unit.certificate.not_after,
     }
+
+
+# RFC 5280 5.3.1 CRLReason names an operator may revoke with (removeFromCRL is a delta-CRL
+# mechanism, 7 is unused).
+REVOCATION_REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged",
+                      "superseded", "cessationOfOperation", "certificateHold",
+                      "privilegeWithdrawn", "aACompromise")
+
+
+def revocation_reason(text: str) -> str:
+    """The RFC name for what an operator typed: any case, with or without - or _."""
+    folded = text.replace("-", "").replace("_", "").lower()
+    for name in REVOCATION_REASONS:
+        if name.lower() == folded:
+            return name
+    raise IssuanceError(f"revocation reason {text!r} is not one of "
+                        f"{', '.join(REVOCATION_REASONS)}")
 
 
 def _find_certificate(session: Session, serial: str, ca: str | None) -> Certificate:

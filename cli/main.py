@@ -231,6 +231,45 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
                    f"-> {out}" + (f" (key {issued.key_uri})" if issued.key_uri else ""))
 
 
+# --- revocation -----------------------------------------------------------------------------
+
+def _aware(value: Any) -> Any:
+    """click.DateTime gives naive values: read them as UTC, the only zone tincay keeps."""
+    from ca.clock import UTC
+
+    return value.replace(tzinfo=UTC) if value is not None else None
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--ca", "ca_name", required=True, help="The CA that issued the certificate.")
+@click.option("--reason", required=True,
+              help="RFC 5280 reason: unspecified, keyCompromise, cACompromise, "
+                   "affiliationChanged, superseded, cessationOfOperation, certificateHold, "
+                   "privilegeWithdrawn, aACompromise.")
+@click.option("--invalidity-date", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="When the key is known or suspected to have been compromised (UTC).")
+@json_option
+def revoke(serial: str, ca_name: str, reason: str, invalidity_date: Any, as_json: bool) -> None:
+    """Revoke a certificate (SERIAL in hex as `openssl x509 -serial` prints it)."""
+    record = _ctx().service.revoke(ca_name, serial, reason,
+                                   invalidity_date=_aware(invalidity_date))
+    if as_json:
+        emit_one(record, True)
+    else:
+        click.echo(f"revoked {record['serial']} of {ca_name}: {record['revocation_reason']} "
+                   f"at {record['revoked_at'].isoformat()}")
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--ca", "ca_name", required=True, help="The CA that issued the certificate.")
+def release(serial: str, ca_name: str) -> None:
+    """Release a certificate from certificateHold: it is valid again."""
+    record = _ctx().service.release_hold(ca_name, serial)
+    click.echo(f"released {record['serial']} of {ca_name} from hold")
+
+
 # --- certificates ---------------------------------------------------------------------------
 
 @cli.group(name="cert")

@@ -130,9 +130,26 @@ def test_operator_tour(cli: Cli, tmp_path: Path, unique_label: str) -> None:
     assert {r["profile"] for r in rows} == {"clinician", "organization-seal", "ocsp-responder"}
     assert len(cli.json("cert", "list", "--profile", "clinician", "--subject", "Văn A")) == 1
     assert "Nguyễn Văn A" in cli("cert", "list")  # the human table
+
+    # revocation by the serial as OpenSSL prints it; hold and release
+    assert "revoked" in cli("revoke", serial, "--ca", ca, "--reason", "key-compromise",
+                            "--invalidity-date", "2026-01-02")
+    revoked = cli.json("cert", "list", "--status", "revoked")
+    assert [(r["serial"], r["revocation_reason"]) for r in revoked] == \
+        [(shown["serial"], "keyCompromise")]
+    cli("revoke", serial, "--ca", ca, "--reason", "superseded", code=1)
+    assert "already revoked" in cli.err
+    cli("revoke", record["serial"], "--ca", ca, "--reason", "certificateHold")
+    cli("release", record["serial"], "--ca", ca)
+    assert cli.json("cert", "show", record["serial"])["status"] == "issued"
+    cli("revoke", record["serial"], "--ca", ca, "--reason", "nonsense", code=1)
+    assert "not one of" in cli.err
+    cli("revoke", record["serial"], "--ca", ca, "--reason", "superseded", "--invalidity-date",
+        "yesterday", code=2)
+
     events = cli.json("audit", "--ca", ca)
-    assert {"key.generate", "certificate.prepare", "certificate.issue"} <= \
-        {e["action"] for e in events}
+    assert {"key.generate", "certificate.prepare", "certificate.issue", "certificate.revoke",
+            "certificate.release"} <= {e["action"] for e in events}
 
 
 def test_profile_commands(cli: Cli, tmp_path: Path) -> None:

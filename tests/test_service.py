@@ -442,3 +442,58 @@ def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: Profile
                                attime=NOW + dt.timedelta(hours=1))
     assert result.returncode == 0, result.stderr
     w.engine.dispose()
+
+
+# --- revocation -----------------------------------------------------------------------------
+
+def _citizen(world: World, cn: str = "Bùi Sĩ Tuấn") -> str:
+    return world.service.issue("issuing-ca", "citizen", [("CN", cn), ("UID", "CCCD:038093015572")],
+                               KeySource(generate=KeySpec.parse("ec-p256"))).serial_hex
+
+
+def test_revocation_hold_release_and_permanent(world: World) -> None:
+    service, clock = world.service, world.service.clock
+    serial = _citizen(world)
+    held = service.revoke("issuing-ca", serial, "certificate-hold")
+    assert (held["status"], held["revocation_reason"], held["revoked_at"]) == \
+        ("revoked", "certificateHold", NOW)
+    with pytest.raises(AlreadyExistsError, match="already on hold"):
+        service.revoke("issuing-ca", serial, "certificateHold")
+    released = service.release_hold("issuing-ca", serial)
+    assert released["status"] == "issued" and released["revoked_at"] is None
+
+    service.revoke("issuing-ca", serial, "CERTIFICATEHOLD")
+    clock.advance(dt.timedelta(hours=2))  # type: ignore[attr-defined]
+    compromised = NOW - dt.timedelta(days=3)
+    final = service.revoke("issuing-ca", serial, "keyCompromise", invalidity_date=compromised)
+    assert final["revocation_reason"] == "keyCompromise" and final["revoked_at"] == NOW
+    row = service.show_certificate(serial)
+    assert row["status"] == "revoked" and row["revoked_at"].tzinfo is not None
+    with pytest.raises(AlreadyExistsError, match="already revoked"):
+        service.revoke("issuing-ca", serial, "superseded")
+    with pytest.raises(IssuanceError, match="not on hold"):
+        service.release_hold("issuing-ca", serial)
+    actions = [e["action"] for e in service.list_events(serial=serial)]
+    assert actions[:5] == ["certificate.revoke", "certificate.revoke", "certificate.release",
+                           "certificate.revoke", "certificate.issue"]
+
+
+@pytest.mark.parametrize("reason, error, message", [
+    ("removeFromCRL", IssuanceError, "not one of"),
+    ("compromised", IssuanceError, "not one of"),
+])
+def test_bad_revocations_change_nothing(world: World, reason: str, error: type,
+                                        message: str) -> None:
+    serial = _citizen(world)
+    events = world.count(models.AuditEvent)
+    with pytest.raises(error, match=message):
+        world.service.revoke("issuing-ca", serial, reason)
+    with pytest.raises(IssuanceError, match="in the future"):
+        world.service.revoke("issuing-ca", serial, "keyCompromise",
+                             invalidity_date=NOW + dt.timedelta(days=1))
+    with pytest.raises(NotFoundError, match="no certificate with serial"):
+        world.service.revoke("issuing-ca", "abcdef", "keyCompromise")
+    with pytest.raises(NotFoundError, match="has no certificate"):
+        world.service.revoke("root-ca", serial, "keyCompromise")  # another CA's serial
+    assert world.service.show_certificate(serial)["status"] == "issued"
+    assert world.count(models.AuditEvent) == events

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.errors import AlreadyExistsError, NotFoundError
-from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, AuditEvent, Authority,
-                             Certificate, ServiceUnit)
+from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
+                             Authority, Certificate, ServiceUnit)
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -95,6 +95,24 @@ def mark_failed(session: Session, row: Certificate, reason: str, at: datetime) -
     row.status = FAILED
     row.failure = reason[:2000]
     row.issued_at = None
+    session.flush()
+
+
+def mark_revoked(session: Session, row: Certificate, *, reason: str, at: datetime,
+                 invalidity_date: datetime | None) -> None:
+    row.status = REVOKED
+    row.revocation_reason = reason
+    row.revoked_at = at
+    row.invalidity_date = invalidity_date
+    session.flush()
+
+
+def mark_released(session: Session, row: Certificate) -> None:
+    """Off hold: the certificate is good again, as if never revoked."""
+    row.status = ISSUED
+    row.revocation_reason = None
+    row.revoked_at = None
+    row.invalidity_date = None
     session.flush()
 
 
