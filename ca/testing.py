@@ -1,0 +1,208 @@
+"""Throwaway hierarchies for test suites, from the same specs and profiles production uses.
+
+    from ca.testing import Hierarchy
+
+    with Hierarchy.from_spec() as pki:              # the demo spec, in-memory keys and database
+        doctor = pki.issue("clinician", "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, "
+                                        "UID=CCCD:079073009568")
+        doctor.private_key.sign(...)                # a real key: sign whatever the suite tests
+        pki.revoke(doctor)
+        pki.export(tmp_path)                        # PEM, DER and PKCS#12 for other languages
+
+Everything goes through :class:`ca.service.CertificateAuthorityService`, so a throwaway
+certificate is built, persisted and audited exactly like a production one. The clock is a
+:class:`FrozenClock` the suite controls (``pki.clock.set(...)``, ``with pki.at(when):``) to make
+expired and not-yet-valid certificates.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from ca.clock import FrozenClock, SystemClock, ensure_utc
+from ca.errors import KeyBackendError
+from ca.hierarchy import HierarchySpec, load_hierarchy
+from ca.keys.base import KeyBackend, KeySpec, PrivateKey
+from ca.keys.memory import MemoryBackend
+from ca.profiles import ProfileSet, load_profiles
+from ca.service import CertificateAuthorityService, KeySource
+from ca.settings import REPO_ROOT
+from ca.store.db import create_engine_for, make_session_factory, migrate
+from ca.subject import parse_subject
+
+DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
+PKCS12_PASSWORD = b"tincay"  # throwaway material: a known password non-Python suites can use
+
+Subject = str | Sequence[tuple[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    """A certificate from the throwaway hierarchy, with its key when the hierarchy made it."""
+
+    certificate: x509.Certificate
+    private_key: PrivateKey | None
+    serial_hex: str
+    ca: str
+    profile: str
+    chain: tuple[x509.Certificate, ...]  # issuing CA first, root last
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class Hierarchy:
+    """A complete PKI for one test or test session; close it (or use ``with``) when done."""
+
+    def __init__(self, service: CertificateAuthorityService, spec: HierarchySpec,
+                 clock: FrozenClock, engine: Any) -> None:
+        self.service = service
+        self.spec = spec
+        self.clock = clock
+        self._engine = engine
+        self.issued: list[Issued] = []
+
+    @classmethod
+    def from_spec(cls, spec: Path | str | Mapping[str, Any] = DEMO_SPEC, *,
+                  keys: KeyBackend | None = None, database_url: str = "sqlite://",
+                  profiles: ProfileSet | Path | None = None, at: dt.datetime | None = None,
+                  public_url: str = "http://127.0.0.1:8080") -> "Hierarchy":
+        """Create every CA and service unit ``spec`` names (a path or an already-parsed mapping).
+
+        Defaults: in-memory keys, an in-memory SQLite database, the repository's profiles, and
+        a clock frozen at the current second (``at`` to choose it).
+        """
+        if isinstance(profiles, ProfileSet):
+            profile_set = profiles
+        else:
+            profile_set = load_profiles(Path(profiles) if profiles else REPO_ROOT / "profiles")
+        parsed = load_hierarchy(spec if isinstance(spec, Mapping) else Path(spec), profile_set)
+        clock = FrozenClock((at or SystemClock().now()).replace(microsecond=0))
+        engine = create_engine_for(database_url)
+        migrate(engine)
+        service = CertificateAuthorityService(make_session_factory(engine),
+                                              keys or MemoryBackend(), profile_set, clock,
+                                              public_url)
+        service.init_hierarchy(parsed)
+        return cls(service, parsed, clock, engine)
+
+    # --- reading the hierarchy ------------------------------------------------------------------
+
+    @property
+    def default_ca(self) -> str:
+        """The CA end entities come from unless told otherwise: the spec's last authority."""
+        return self.spec.authorities[-1].name
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.service.authority_certificate(self.spec.authorities[0].name)
+
+    def ca(self, name: str) -> x509.Certificate:
+        return self.service.authority_certificate(name)
+
+    def chain(self, name: str) -> list[x509.Certificate]:
+        """``name``'s certificate, then its parents up to the root."""
+        return self.service.chain(name)
+
+    # --- issuing and revoking -------------------------------------------------------------------
+
+    def issue(self, profile: str, subject: Subject, *, ca: str | None = None,
+              key_type: str | KeySpec | None = None,
+              csr: x509.CertificateSigningRequest | None = None, emails: Sequence[str] = (),
+              dns_names: Sequence[str] = (), days: int | None = None) -> Issued:
+        """Issue from ``profile``: a new key of ``key_type`` (default: the profile's first) or
+        the key of ``csr``. ``subject`` is a string like the CLI's or (name, value) pairs."""
+        ca = ca or self.default_ca
+        pairs = parse_subject(subject) if isinstance(subject, str) else list(subject)
+        if csr is not None:
+            source = KeySource(csr=csr)
+        else:
+            if isinstance(key_type, str):
+                key_type = KeySpec.parse(key_type)
+            source = KeySource(generate=key_type or
+                               self.service.profiles.get(profile).key_algorithms[0])
+        result = self.service.issue(ca, profile, pairs, source, emails=emails,
+                                    dns_names=dns_names, days=days)
+        issued = Issued(result.certificate, result.private_key, result.serial_hex, ca, profile,
+                        tuple(self.chain(ca)))
+        self.issued.append(issued)
+        return issued
+
+    def revoke(self, target: Issued | str, reason: str = "unspecified", *,
+               ca: str | None = None, invalidity_date: dt.datetime | None = None) -> None:
+        """Revoke an issued certificate (or a serial of ``ca``) as of the hierarchy's clock."""
+        if isinstance(target, Issued):
+            serial, ca = target.serial_hex, ca or target.ca
+        else:
+            serial = target
+        self.service.revoke(ca or self.default_ca, serial, reason,
+                            invalidity_date=invalidity_date)
+
+    @contextlib.contextmanager
+    def at(self, when: dt.datetime) -> Iterator[None]:
+        """Issue or revoke as of ``when``, then return to the present clock time."""
+        before = self.clock.now()
+        self.clock.set(ensure_utc(when))
+        try:
+            yield
+        finally:
+            self.clock.set(before)
+
+    # --- for suites in other languages --------------------------------------------------------
+
+    def export(self, folder: Path | str, password: bytes = PKCS12_PASSWORD) -> Path:
+        """Write every CA certificate and everything issued here to ``folder``.
+
+        ``<ca>.pem``/``<ca>.der`` per CA; per issued certificate ``<serial>.pem``, ``.der``,
+        ``-chain.pem`` (leaf, issuing CA, ..., root) and, when its key was made here in memory,
+        ``-key.pem`` (PKCS#8, unencrypted) and ``.p12`` (key, certificate, chain; ``password``).
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for authority in self.spec.authorities:
+            cert = self.ca(authority.name)
+            _write_cert(out / authority.name, cert)
+        for issued in self.issued:
+            base = out / issued.serial_hex
+            _write_cert(base, issued.certificate)
+            (out / f"{issued.serial_hex}-chain.pem").write_bytes(b"".join(
+                c.public_bytes(serialization.Encoding.PEM)
+                for c in (issued.certificate, *issued.chain)))
+            key = issued.private_key
+            if key is None:
+                continue
+            try:
+                pem = key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+            except KeyBackendError:  # an HSM key refuses export by design: no key file
+                continue
+            (out / f"{issued.serial_hex}-key.pem").write_bytes(pem)
+            (out / f"{issued.serial_hex}.p12").write_bytes(
+                pkcs12.serialize_key_and_certificates(
+                    issued.serial_hex.encode(), key, issued.certificate,  # type: ignore[arg-type]
+                    list(issued.chain), serialization.BestAvailableEncryption(password)))
+        return out
+
+    def close(self) -> None:
+        self.service.keys.close()
+        self._engine.dispose()
+
+    def __enter__(self) -> "Hierarchy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_cert(base: Path, cert: x509.Certificate) -> None:
+    base.with_name(base.name + ".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    base.with_name(base.name + ".der").write_bytes(cert.public_bytes(serialization.Encoding.DER))

@@ -1,0 +1,97 @@
+"""ca/testing.py: throwaway hierarchies as a test suite would use them, judged by OpenSSL and
+pyhanko-certvalidator."""
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+from ca.errors import SubjectError
+from ca.testing import PKCS12_PASSWORD, Hierarchy
+from tests import helpers_x509 as hx
+
+DOCTOR = "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, UID=CCCD:079073009568"
+NOW = dt.datetime(2026, 11, 24, 8, 0, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def pki():
+    with Hierarchy.from_spec(at=NOW) as hierarchy:
+        yield hierarchy
+
+
+def test_demo_hierarchy_and_a_signing_doctor(pki: Hierarchy, tmp_path: Path) -> None:
+    doctor = pki.issue("clinician", DOCTOR, key_type="ec-p256")
+    assert doctor.ca == "issuing-ca" and [c.subject for c in doctor.chain] == \
+        [pki.ca("issuing-ca").subject, pki.root.subject]
+    record = b"Benh an dien tu"
+    signature = doctor.private_key.sign(record, ec.ECDSA(hashes.SHA256()))  # type: ignore
+    doctor.certificate.public_key().verify(signature, record,  # type: ignore[call-arg]
+                                           ec.ECDSA(hashes.SHA256()))
+    path = hx.certvalidator_validate(doctor.certificate, [pki.ca("issuing-ca")], [pki.root],
+                                     NOW + dt.timedelta(minutes=1),
+                                     key_usage={"non_repudiation"})
+    assert path.pkix_len == 2
+    rsa = pki.issue("organization-seal", "C=VN, O=Sở Y tế, CN=Sở Y tế, UID=MST:0400260612")
+    assert rsa.certificate.public_key().key_size == 2048  # the profile's first key type
+    rsa.private_key.sign(b"x", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+    with pytest.raises(SubjectError):
+        pki.issue("clinician", "CN=no uid, C=VN")
+
+
+def test_time_travel_makes_expired_and_not_yet_valid_certificates(pki: Hierarchy,
+                                                                  tmp_path: Path) -> None:
+    with pki.at(NOW + dt.timedelta(days=10)):
+        future = pki.issue("citizen", "CN=Trần B, UID=CCCD:001234567890", key_type="ec-p256")
+    expired = pki.issue("citizen", "CN=Trần C, UID=CCCD:001234567891", key_type="ec-p256",
+                        days=1)
+    assert pki.clock.now() == NOW
+    assert future.certificate.not_valid_before_utc == NOW + dt.timedelta(days=10)
+    root = hx.write_pem(tmp_path / "root.pem", pki.root)
+    ca = hx.write_pem(tmp_path / "ca.pem", pki.ca("issuing-ca"))
+    later = NOW + dt.timedelta(days=2)
+    result = hx.openssl_verify(hx.write_pem(tmp_path / "e.pem", expired.certificate), root, ca,
+                               attime=later)
+    assert result.returncode != 0 and "certificate has expired" in result.stdout + result.stderr
+    result = hx.openssl_verify(hx.write_pem(tmp_path / "f.pem", future.certificate), root, ca,
+                               attime=later)
+    assert result.returncode != 0 and "not yet valid" in result.stdout + result.stderr
+
+
+def test_revoke_and_export_for_other_languages(pki: Hierarchy, tmp_path: Path) -> None:
+    doctor = pki.issue("clinician", DOCTOR, key_type="ec-p256")
+    pki.revoke(doctor, "keyCompromise")
+    assert pki.service.show_certificate(doctor.serial_hex)["revocation_reason"] == "keyCompromise"
+    out = pki.export(tmp_path / "pki")
+    for name in ("root-ca.pem", "root-ca.der", "issuing-ca.pem", f"{doctor.serial_hex}.pem",
+                 f"{doctor.serial_hex}.der", f"{doctor.serial_hex}-chain.pem",
+                 f"{doctor.serial_hex}-key.pem", f"{doctor.serial_hex}.p12"):
+        assert (out / name).stat().st_size > 0, name
+    info = subprocess.run(["openssl", "pkcs12", "-in", str(out / f"{doctor.serial_hex}.p12"),
+                           "-passin", f"pass:{PKCS12_PASSWORD.decode()}", "-nodes"],
+                          capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    assert info.stdout.count("BEGIN CERTIFICATE") == 3 and "BEGIN PRIVATE KEY" in info.stdout
+    result = hx.openssl_verify(out / f"{doctor.serial_hex}.pem", out / "root-ca.pem",
+                               out / "issuing-ca.pem", attime=NOW + dt.timedelta(minutes=1))
+    assert result.returncode == 0, result.stderr
+    chain = x509.load_pem_x509_certificates((out / f"{doctor.serial_hex}-chain.pem").read_bytes())
+    assert chain == [doctor.certificate, pki.ca("issuing-ca"), pki.root]
+
+
+def test_an_inline_spec_with_its_own_names() -> None:
+    spec = {"authorities": [
+        {"name": "r", "profile": "root-ca", "key": "ec-p256", "subject": "C=VN, O=T, CN=R"},
+        {"name": "i", "parent": "r", "profile": "issuing-ca", "key": "ec-p256",
+         "subject": "C=VN, O=T, CN=I"}]}
+    with Hierarchy.from_spec(spec) as pki:
+        leaves = [pki.issue("citizen", f"CN=Học sinh {i}, UID=CCCD:00123456789{i}",
+                            key_type="ec-p256") for i in range(10)]
+        assert {leaf.ca for leaf in leaves} == {"i"}
+        assert len({leaf.serial_hex for leaf in leaves}) == 10
+        assert len(pki.service.list_certificates(ca="i")) == 10
