@@ -10,6 +10,8 @@ from typing import Iterator
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 from ca.clock import FrozenClock
 from ca.keys.memory import MemoryBackend
 from ca.settings import PinSource, find_softhsm_module

@@ -95,3 +95,38 @@ def test_an_inline_spec_with_its_own_names() -> None:
         assert {leaf.ca for leaf in leaves} == {"i"}
         assert len({leaf.serial_hex for leaf in leaves}) == 10
         assert len(pki.service.list_certificates(ca="i")) == 10
+
+
+EXAMPLE = '''
+import datetime as dt
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+def test_demo(pki):
+    doctor = pki.issue("clinician", "C=VN, O=BV Q11, CN=Nguyễn Văn A, UID=CCCD:079073009568",
+                       key_type="ec-p256")
+    doctor.private_key.sign(b"x", ec.ECDSA(hashes.SHA256()))
+    assert doctor.ca == "issuing-ca"
+
+@pytest.mark.tincay_spec({"authorities": [{"name": "only-root", "profile": "root-ca",
+    "key": "ec-p256", "subject": "C=VN, O=T, CN=R"}]})
+def test_marker(pki):
+    assert [a.name for a in pki.spec.authorities] == ["only-root"]
+
+def test_clock(pki, pki_clock):
+    start = pki_clock.now()
+    pki_clock.advance(dt.timedelta(days=30))
+    leaf = pki.issue("citizen", "CN=A, UID=CCCD:001234567890", key_type="ec-p256")
+    assert leaf.certificate.not_valid_before_utc == start + dt.timedelta(days=30)
+
+def test_session(pki_session):
+    assert pki_session.root.subject == pki_session.root.issuer
+'''
+
+
+def test_pytest_plugin_fixtures(pytester: pytest.Pytester) -> None:
+    """The installed plugin (pytest11 entry point) as a signing-software suite would use it."""
+    pytester.makepyfile(test_example=EXAMPLE)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
