@@ -72,6 +72,29 @@ class KeySource:
             raise ValueError("give exactly one of csr and generate")
 
 
+@dataclass(frozen=True)
+class CertificateStatus:
+    """What the store knows of one serial: status (issued, revoked, pending, failed) and, when
+    revoked, when, why (RFC 5280 reason name) and since when the key was invalid."""
+
+    status: str
+    revoked_at: datetime | None = None
+    reason: str | None = None
+    invalidity_date: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ServiceUnitKey:
+    """An OCSP responder or TSA unit as the services need it. ``chain``: its CA up to the root."""
+
+    name: str
+    authority: str
+    authority_certificate: x509.Certificate
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key_uri: str
+
+
 class CertificateAuthorityService:
     """Create authorities and issue certificates; the only writer of the CA tables."""
 
@@ -296,6 +319,38 @@ class CertificateAuthorityService:
             queries.record_event(session, at=now, action="certificate.release", authority=ca,
                                  serial_hex=row.serial_hex, subject=row.subject)
             return describe_certificate(row)
+
+    # --- what the OCSP responder and the TSA need -------------------------------------------
+
+    def certificate_status(self, ca: str, serial: int) -> CertificateStatus | None:
+        """The revocation state of ``ca``'s certificate ``serial``, or None if it never issued it.
+
+        One indexed query on the hot path of live OCSP answers. Pending and failed rows are
+        reported as such: the responder must not call them good (never signed, or not known to
+        be), and answers unknown.
+        """
+        with self.read() as session:
+            row = queries.certificate_status(session, ca, format(serial, "x"))
+        if row is None:
+            return None
+        status, revoked_at, reason, invalidity_date = row
+        return CertificateStatus(status, revoked_at, reason, invalidity_date)
+
+    def service_units(self, kind: str) -> list[ServiceUnitKey]:
+        """Every OCSP responder or TSA unit with its certificate, its CA's certificate and its
+        signing key, for the HTTP services to build their signers from at start-up."""
+        out = []
+        with self.read() as session:
+            units = [u for u in queries.list_service_units(session) if u.kind == kind]
+            for unit in units:
+                out.append(ServiceUnitKey(
+                    unit.name, unit.authority.name, _authority_cert(unit.authority),
+                    x509.load_der_x509_certificate(unit.certificate.der),
+                    tuple(self.chain(unit.authority.name)), unit.key_uri))
+        return out
+
+    def signing_key(self, uri: str) -> SigningKey:
+        return self.keys.load(uri)
 
     # --- hierarchies --------------------------------------------------------------------------
 

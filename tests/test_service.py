@@ -497,3 +497,28 @@ def test_bad_revocations_change_nothing(world: World, reason: str, error: type,
         world.service.revoke("root-ca", serial, "keyCompromise")  # another CA's serial
     assert world.service.show_certificate(serial)["status"] == "issued"
     assert world.count(models.AuditEvent) == events
+
+
+def test_status_lookup_and_service_units_for_the_responders(world: World) -> None:
+    service = world.service
+    serial = _citizen(world)
+    as_int = int(serial, 16)
+    assert service.certificate_status("issuing-ca", as_int).status == "issued"
+    assert service.certificate_status("issuing-ca", as_int + 1) is None
+    assert service.certificate_status("root-ca", as_int) is None  # another CA's serial
+    service.revoke("issuing-ca", serial, "affiliationChanged",
+                   invalidity_date=NOW - dt.timedelta(days=1))
+    status = service.certificate_status("issuing-ca", as_int)
+    assert (status.status, status.revoked_at, status.reason, status.invalidity_date) == \
+        ("revoked", NOW, "affiliationChanged", NOW - dt.timedelta(days=1))
+
+    [ocsp] = service.service_units("ocsp")
+    assert (ocsp.name, ocsp.authority) == ("ocsp-issuing-ca", "issuing-ca")
+    assert ocsp.certificate.issuer == ocsp.authority_certificate.subject
+    assert [c.subject for c in ocsp.chain] == [ocsp.authority_certificate.subject,
+                                               service.authority_certificate("root-ca").subject]
+    key = service.signing_key(ocsp.key_uri)
+    assert key.public_key == ocsp.certificate.public_key()
+    [tsa] = service.service_units("tsa")
+    assert x509.ExtendedKeyUsageOID.TIME_STAMPING in \
+        tsa.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
