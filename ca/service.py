@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Sequence
 
 from contextlib import contextmanager
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +34,9 @@ from ca.issuance import CertificateRequest, IssuerInfo
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile, ProfileSet
 from ca.store import queries
-from ca.store.models import ISSUED, REVOKED, Authority, Certificate, ServiceUnit
+from ca.store.group_commit import GroupCommitter
+from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
+                             TimestampToken)
 from ca.subject import build_name, format_name
 
 Progress = Callable[[str], None]
@@ -93,6 +96,20 @@ class ServiceUnitKey:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     key_uri: str
+
+
+@dataclass(frozen=True)
+class TimestampRecord:
+    """What the TSA log keeps of a granted token (RFC 3161 TSTInfo fields + the requester)."""
+
+    unit: str
+    serial: int
+    gen_time: datetime
+    imprint_algorithm: str
+    imprint: bytes
+    policy: str
+    nonce: int | None = None
+    requester: str | None = None
 
 
 class CertificateAuthorityService:
@@ -348,6 +365,38 @@ class CertificateAuthorityService:
                     x509.load_der_x509_certificate(unit.certificate.der),
                     tuple(self.chain(unit.authority.name)), unit.key_uri))
         return out
+
+    def record_timestamp(self, token: TimestampRecord) -> None:
+        """Record a granted time-stamp token durably; returns once it is committed.
+
+        Concurrent callers share commits (ca.store.group_commit), so durability costs one
+        commit per batch rather than per token.
+        """
+        self._timestamp_log.submit(token)
+
+    def timestamp_log(self, *, unit: str | None = None, since: datetime | None = None,
+                      serial: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.read() as session:
+            return [{"unit": t.unit, "serial": t.serial_hex, "gen_time": t.gen_time,
+                     "imprint_algorithm": t.imprint_algorithm, "imprint": t.imprint_hex,
+                     "policy": t.policy, "nonce": t.nonce_hex, "requester": t.requester}
+                    for t in queries.find_timestamp_tokens(session, unit=unit, since=since,
+                                                           serial=serial, limit=limit)]
+
+    @cached_property
+    def _timestamp_log(self) -> GroupCommitter[TimestampRecord]:
+        def write(session: Session, tokens: list[TimestampRecord]) -> None:
+            queries.add_timestamp_tokens(session, [TimestampToken(
+                unit=t.unit, serial_hex=format(t.serial, "x"), gen_time=t.gen_time,
+                imprint_algorithm=t.imprint_algorithm, imprint_hex=t.imprint.hex(),
+                policy=t.policy, nonce_hex=format(t.nonce, "x") if t.nonce is not None else None,
+                requester=t.requester) for t in tokens])
+        return GroupCommitter(self._sessions, write)
+
+    def close(self) -> None:
+        """Stop the background writer, if one started (after its pending commits)."""
+        if "_timestamp_log" in self.__dict__:
+            self._timestamp_log.close()
 
     def signing_key(self, uri: str) -> SigningKey:
         return self.keys.load(uri)

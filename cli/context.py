@@ -57,6 +57,8 @@ class AppContext:
                                            self.profiles, self.clock, self.settings.public_url)
 
     def close(self) -> None:
+        if "service" in self.__dict__:
+            self.service.close()
         if "keys" in self.__dict__:
             self.keys.close()
         if "engine" in self.__dict__:

@@ -245,3 +245,24 @@ def test_demo_makes_its_own_token_and_is_idempotent(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     again = _run(env, "demo")
     assert again.returncode == 0 and "nothing to create" in again.stdout
+
+
+def test_tsa_log(cli: Cli, tmp_path: Path) -> None:
+    """`tincay tsa log` reads what the TSA recorded (written here through the service)."""
+    from ca.service import TimestampRecord
+    from cli.context import AppContext
+
+    app = AppContext()
+    at = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.timezone.utc)
+    for serial in (0xA1B2C3D4E5F60718, 0xB1B2C3D4E5F60718):
+        app.service.record_timestamp(TimestampRecord("tsa", serial, at, "sha256", b"\x01" * 32,
+                                                     "1.3.6.1.4.1.59999.3.1", nonce=7,
+                                                     requester="127.0.0.1"))
+    app.close()
+    rows = cli.json("tsa", "log")
+    assert [r["serial"] for r in rows] == ["b1b2c3d4e5f60718", "a1b2c3d4e5f60718"]
+    assert rows[0]["imprint"] == "01" * 32 and rows[0]["requester"] == "127.0.0.1"
+    assert [r["serial"] for r in cli.json("tsa", "log", "--serial", "A1:B2:C3:D4:E5:F6:07:18")] \
+        == ["a1b2c3d4e5f60718"]
+    assert cli.json("tsa", "log", "--since", "2026-11-25") == []
+    assert "a1b2c3d4e5f60718" in cli("tsa", "log")

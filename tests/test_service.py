@@ -522,3 +522,47 @@ def test_status_lookup_and_service_units_for_the_responders(world: World) -> Non
     [tsa] = service.service_units("tsa")
     assert x509.ExtendedKeyUsageOID.TIME_STAMPING in \
         tsa.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+
+
+# --- the TSA's token log --------------------------------------------------------------------
+
+def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:
+    import secrets
+    import threading
+
+    from ca.service import TimestampRecord
+
+    service = world.service
+    per_thread, threads = 40, 8
+    serials = [[issuance.new_serial() for _ in range(per_thread)] for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def grant(mine: list[int]) -> None:
+        for serial in mine:
+            try:
+                service.record_timestamp(TimestampRecord(
+                    "tsa", serial, NOW, "sha256", secrets.token_bytes(32),
+                    "1.3.6.1.4.1.59999.3.1", nonce=serial % 1000, requester="127.0.0.1"))
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    workers = [threading.Thread(target=grant, args=(mine,)) for mine in serials]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    log = service.timestamp_log(limit=10_000)
+    assert {int(r["serial"], 16) for r in log} == {s for mine in serials for s in mine}
+    assert all(r["gen_time"] == NOW and len(r["imprint"]) == 64 for r in log)
+    committer = service._timestamp_log  # noqa: SLF001
+    assert committer.commits < threads * per_thread  # commits were shared
+
+    # a duplicate serial fails only its own caller; the log keeps one row for it
+    duplicate = int(log[0]["serial"], 16)
+    with pytest.raises(AlreadyExistsError, match=f"serial {duplicate:x} of TSA unit tsa"):
+        service.record_timestamp(TimestampRecord("tsa", duplicate, NOW, "sha256", b"x" * 32,
+                                                 "1.3.6.1.4.1.59999.3.1"))
+    assert len(service.timestamp_log(serial=format(duplicate, "x"))) == 1
+    assert service.timestamp_log(since=NOW + dt.timedelta(seconds=1)) == []
+    service.close()

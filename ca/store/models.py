@@ -119,6 +119,43 @@ class ServiceUnit(Base):
     certificate: Mapped[Certificate] = relationship()
 
 
+class CrlRecord(Base):
+    """Every CRL a CA published: numbers are monotonic per issuer (RFC 5280 5.2.3), enforced by
+    a unique constraint, and the DER is kept so the repository serves exactly what was signed."""
+
+    __tablename__ = "crls"
+    __table_args__ = (UniqueConstraint("issuer_id", "number", name="uq_crls_issuer_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    delta_base: Mapped[Optional[int]] = mapped_column(Integer)  # set for delta CRLs
+    this_update: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    next_update: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+    issuer: Mapped[Authority] = relationship()
+
+
+class TimestampToken(Base):
+    """A time-stamp token the TSA granted, recorded durably before the reply leaves, so no
+    client holds a token the operator cannot account for."""
+
+    __tablename__ = "timestamp_tokens"
+    __table_args__ = (UniqueConstraint("unit", "serial_hex", name="uq_timestamp_tokens_serial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit: Mapped[str] = mapped_column(String(64))
+    serial_hex: Mapped[str] = mapped_column(String(40))
+    gen_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    imprint_algorithm: Mapped[str] = mapped_column(String(16))
+    imprint_hex: Mapped[str] = mapped_column(String(128))
+    policy: Mapped[str] = mapped_column(String(128))
+    nonce_hex: Mapped[Optional[str]] = mapped_column(String(80))
+    requester: Mapped[Optional[str]] = mapped_column(String(64))
+
+
 class AuditEvent(Base):
     """Append-only record of every key generation, issuance and (later) revocation.
 

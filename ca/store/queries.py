@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ca.errors import AlreadyExistsError, NotFoundError
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
-                             Authority, Certificate, ServiceUnit)
+                             Authority, Certificate, ServiceUnit, TimestampToken)
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -175,6 +175,30 @@ def add_service_unit(session: Session, *, name: str, kind: str, authority: Autho
     session.add(unit)
     _flush(session, f"service unit {name!r} already exists")
     return unit
+
+
+# --- time-stamp tokens ----------------------------------------------------------------------
+
+def add_timestamp_tokens(session: Session, tokens: Sequence[TimestampToken]) -> None:
+    session.add_all(tokens)
+    which = (f"serial {tokens[0].serial_hex} of TSA unit {tokens[0].unit}" if len(tokens) == 1
+             else "a serial in this batch")
+    _flush(session, f"time-stamp token {which} is already recorded")
+
+
+def find_timestamp_tokens(session: Session, *, unit: str | None = None,
+                          since: datetime | None = None, serial: str | None = None,
+                          limit: int = 100) -> Sequence[TimestampToken]:
+    """Newest first."""
+    query = select(TimestampToken)
+    if unit is not None:
+        query = query.where(TimestampToken.unit == unit)
+    if since is not None:
+        query = query.where(TimestampToken.gen_time >= since)
+    if serial is not None:
+        query = query.where(TimestampToken.serial_hex == normalize_serial(serial))
+    query = query.order_by(TimestampToken.gen_time.desc(), TimestampToken.id.desc())
+    return session.scalars(query.limit(limit)).all()
 
 
 # --- audit ----------------------------------------------------------------------------------
