@@ -51,3 +51,17 @@ def ca_certificate(name: str) -> Response:
         abort(404)
     return cacheable(cert.public_bytes(serialization.Encoding.DER), "application/pkix-cert",
                      cert.not_valid_before_utc, CA_CERT_MAX_AGE, service().clock.now())
+
+
+@repository.get("/crl/<name>.crl")
+def latest_crl(name: str) -> Response:
+    """The CA's latest full CRL in DER (RFC 5280 4.2.1.13: application/pkix-crl), cacheable
+    until its nextUpdate."""
+    if not _NAME.fullmatch(name):
+        abort(404)
+    crl = service().latest_crl(name)
+    if crl is None:
+        abort(404)
+    now = service().clock.now()
+    return cacheable(crl.der, "application/pkix-crl", crl.this_update,
+                     max(crl.next_update - now, timedelta(0)), now)

@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.orm import Session, sessionmaker
 
-from ca import issuance
+from ca import crl, issuance
 from ca.clock import Clock
 from ca.errors import (AlreadyExistsError, IssuanceError, KeyExistsError, NotFoundError,
                        TincayError)
@@ -96,6 +96,21 @@ class ServiceUnitKey:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     key_uri: str
+
+
+DEFAULT_CRL_VALIDITY = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """A published CRL: its number, times, size and DER."""
+
+    ca: str
+    number: int
+    this_update: datetime
+    next_update: datetime
+    entries: int
+    der: bytes
 
 
 @dataclass(frozen=True)
@@ -336,6 +351,48 @@ class CertificateAuthorityService:
             queries.record_event(session, at=now, action="certificate.release", authority=ca,
                                  serial_hex=row.serial_hex, subject=row.subject)
             return describe_certificate(row)
+
+    # --- CRLs ---------------------------------------------------------------------------------
+
+    def publish_crl(self, ca: str, *, validity: timedelta = DEFAULT_CRL_VALIDITY) -> CrlInfo:
+        """Sign and record a new full CRL of ``ca`` with the next cRLNumber.
+
+        Entries stream from the database into the encoder. The number comes from the crls
+        table under a unique constraint, so two publishers racing get distinct numbers or a
+        clear error, never two CRLs with one number.
+        """
+        if validity <= timedelta(0):
+            raise IssuanceError("CRL validity must be positive")
+        now = self.clock.now().replace(microsecond=0)
+        with self._transaction() as session:
+            authority = queries.get_authority(session, ca)
+            issuer = self._issuer_info(authority)
+            number = queries.next_crl_number(session, authority)
+            counter = [0]
+
+            def entries() -> Iterator[crl.RevokedEntry]:
+                for serial_hex, revoked_at, reason, invalidity in queries.revoked_entries(
+                        session, authority):
+                    counter[0] += 1
+                    yield crl.RevokedEntry(int(serial_hex, 16), revoked_at, reason, invalidity)
+
+            der = crl.build_crl(issuer.certificate, issuer.key, entries(),  # type: ignore[arg-type]
+                                crl.CrlParams(number, now, now + validity,
+                                              hash="sha384" if issuer.key.spec.curve == "P-384"
+                                              else "sha256"))
+            queries.add_crl(session, issuer=authority, number=number, this_update=now,
+                            next_update=now + validity, entries=counter[0], der=der)
+            queries.record_event(session, at=now, action="crl.publish", authority=ca,
+                                 details=_json({"number": number, "entries": counter[0]}))
+        return CrlInfo(ca, number, now, now + validity, counter[0], der)
+
+    def latest_crl(self, ca: str) -> CrlInfo | None:
+        with self.read() as session:
+            record = queries.latest_crl(session, ca)
+            if record is None:
+                return None
+            return CrlInfo(ca, record.number, record.this_update, record.next_update,
+                           record.entries, record.der)
 
     # --- what the OCSP responder and the TSA need -------------------------------------------
 

@@ -107,6 +107,9 @@ def demo(as_json: bool) -> None:
                                         dict(os.environ)))
     _init(DEMO_SPEC, as_json)
     app = _ctx()
+    for authority in app.service.list_authorities():
+        if app.service.latest_crl(authority["name"]) is None:
+            app.service.publish_crl(authority["name"])
     public = app.settings.home / "public"
     public.mkdir(parents=True, exist_ok=True)
     for authority in app.service.list_authorities():
@@ -268,6 +271,32 @@ def release(serial: str, ca_name: str) -> None:
     """Release a certificate from certificateHold: it is valid again."""
     record = _ctx().service.release_hold(ca_name, serial)
     click.echo(f"released {record['serial']} of {ca_name} from hold")
+
+
+@cli.command(name="crl")
+@click.option("--ca", "ca_name", required=True, help="The CA whose CRL to publish.")
+@click.option("--out", default=None, help="Also write the CRL here (- for stdout).")
+@click.option("--format", "fmt", type=_FORMATS, default="der", show_default=True)
+@click.option("--validity-hours", type=click.IntRange(1, 24 * 366), default=168,
+              show_default=True, help="nextUpdate = thisUpdate + this.")
+@json_option
+def crl_command(ca_name: str, out: str | None, fmt: str, validity_hours: int,
+                as_json: bool) -> None:
+    """Publish a new full CRL of a CA (served at /crl/<ca>.crl)."""
+    from datetime import timedelta
+
+    info = _ctx().service.publish_crl(ca_name, validity=timedelta(hours=validity_hours))
+    if out is not None:
+        data = info.der if fmt == "der" else x509.load_der_x509_crl(info.der).public_bytes(
+            serialization.Encoding.PEM)
+        _write(out, data)
+    record = {"ca": info.ca, "number": info.number, "this_update": info.this_update,
+              "next_update": info.next_update, "entries": info.entries}
+    if as_json:
+        emit_one(record, True)
+    elif out != "-":
+        click.echo(f"CRL {info.number} of {ca_name}: {info.entries} entries, next update "
+                   f"{info.next_update.isoformat()}")
 
 
 # --- certificates ---------------------------------------------------------------------------

@@ -147,6 +147,16 @@ def test_operator_tour(cli: Cli, tmp_path: Path, unique_label: str) -> None:
     cli("revoke", record["serial"], "--ca", ca, "--reason", "superseded", "--invalidity-date",
         "yesterday", code=2)
 
+    # the CRL lists the revoked doctor, and OpenSSL agrees
+    published = cli.json("crl", "--ca", ca, "--out", str(tmp_path / "ca.crl"),
+                         "--validity-hours", "24")
+    assert (published["number"], published["entries"]) == (1, 1)
+    verify = subprocess.run(["openssl", "verify", "-crl_check", "-CRLfile",
+                             str(tmp_path / "ca.crl"), "-CAfile", str(tmp_path / "root.pem"),
+                             "-untrusted", str(tmp_path / "ca.pem"), str(tmp_path / "doctor.pem")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 2 and "certificate revoked" in verify.stdout + verify.stderr
+
     events = cli.json("audit", "--ca", ca)
     assert {"key.generate", "certificate.prepare", "certificate.issue", "certificate.revoke",
             "certificate.release"} <= {e["action"] for e in events}

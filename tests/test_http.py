@@ -106,11 +106,31 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path]) -> None:
     base, home = served_demo
     for name in ("root-ca", "issuing-ca"):
+        with urllib.request.urlopen(f"{base}/crl/{name}.crl", timeout=5) as response:
+            assert response.headers["Content-Type"] == "application/pkix-crl"
+            crl = x509.load_der_x509_crl(response.read())  # the demo published one
         with urllib.request.urlopen(f"{base}/certs/{name}.cer", timeout=5) as response:
             assert response.headers["Content-Type"] == "application/pkix-cert"
             assert "max-age=3600" in response.headers["Cache-Control"]
             served = x509.load_der_x509_certificate(response.read())
         assert served == x509.load_pem_x509_certificate((home / f"public/{name}.pem").read_bytes())
+        assert crl.is_signature_valid(served.public_key())
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{base}/certs/none.cer", timeout=5)
     assert missing.value.code == 404
+
+
+def test_latest_crl_is_served_until_its_next_update(client) -> None:
+    http, service = client
+    assert http.get("/crl/issuing-ca.crl").status_code == 404  # none published yet
+    service.publish_crl("issuing-ca")
+    latest = service.publish_crl("issuing-ca")
+    response = http.get("/crl/issuing-ca.crl")
+    assert response.status_code == 200 and response.mimetype == "application/pkix-crl"
+    assert response.data == latest.der
+    crl = x509.load_der_x509_crl(response.data)
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+    assert response.last_modified == latest.this_update
+    assert response.expires == latest.next_update
+    assert response.cache_control.max_age == int((latest.next_update - NOW).total_seconds())
+    assert http.get("/crl/nope.crl").status_code == 404

@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.errors import AlreadyExistsError, NotFoundError
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
-                             Authority, Certificate, ServiceUnit, TimestampToken)
+                             Authority, Certificate, CrlRecord, ServiceUnit, TimestampToken)
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -175,6 +175,45 @@ def add_service_unit(session: Session, *, name: str, kind: str, authority: Autho
     session.add(unit)
     _flush(session, f"service unit {name!r} already exists")
     return unit
+
+
+# --- CRLs -----------------------------------------------------------------------------------
+
+def revoked_entries(session: Session, issuer: Authority,
+                    batch: int = 10_000) -> Iterator[tuple[str, datetime, str | None,
+                                                           datetime | None]]:
+    """(serial_hex, revoked_at, reason, invalidity_date) of every revoked certificate of
+    ``issuer``, streamed in batches (server-side cursor on PostgreSQL) so a million-entry CRL
+    never materialises a million ORM objects."""
+    result = session.execute(
+        select(Certificate.serial_hex, Certificate.revoked_at, Certificate.revocation_reason,
+               Certificate.invalidity_date)
+        .where(Certificate.issuer_id == issuer.id, Certificate.status == REVOKED)
+        .order_by(Certificate.id)
+        .execution_options(yield_per=batch))
+    for row in result:
+        yield row[0], row[1], row[2], row[3]
+
+
+def next_crl_number(session: Session, issuer: Authority) -> int:
+    last = session.scalar(select(func.max(CrlRecord.number)).where(CrlRecord.issuer_id == issuer.id))
+    return (last or 0) + 1
+
+
+def add_crl(session: Session, *, issuer: Authority, number: int, this_update: datetime,
+            next_update: datetime, entries: int, der: bytes) -> CrlRecord:
+    record = CrlRecord(issuer=issuer, number=number, this_update=this_update,
+                       next_update=next_update, entries=entries, der=der)
+    session.add(record)
+    _flush(session, f"CRL number {number} of CA {issuer.name} already exists")
+    return record
+
+
+def latest_crl(session: Session, ca: str) -> CrlRecord | None:
+    return session.scalars(
+        select(CrlRecord).join(Authority, CrlRecord.issuer_id == Authority.id)
+        .where(Authority.name == ca, CrlRecord.delta_base.is_(None))
+        .order_by(CrlRecord.number.desc()).limit(1)).one_or_none()
 
 
 # --- time-stamp tokens ----------------------------------------------------------------------
