@@ -14,31 +14,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 
-from asn1crypto import algos as asn1_algos
 from asn1crypto import core as asn1_core
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives import serialization
 
+from ca import signing
 from ca.clock import ensure_utc, truncate_seconds
 from ca.errors import IssuanceError
 from ca.keys.base import SigningKey
+from ca.revocation import ASN1_NAMES
 
-__all__ = ["CrlParams", "RevokedEntry", "build_crl", "REASON_CODES"]
+__all__ = ["CrlParams", "RevokedEntry", "build_crl"]
 
-# RFC 5280 5.3.1 reason names (as the store keeps them) -> asn1crypto's CRLReason names.
-REASON_CODES = {
-    "unspecified": "unspecified", "keyCompromise": "key_compromise",
-    "cACompromise": "ca_compromise", "affiliationChanged": "affiliation_changed",
-    "superseded": "superseded", "cessationOfOperation": "cessation_of_operation",
-    "certificateHold": "certificate_hold", "removeFromCRL": "remove_from_crl",
-    "privilegeWithdrawn": "privilege_withdrawn", "aACompromise": "aa_compromise",
-}
 _UTC_TIME_END = datetime(2050, 1, 1, tzinfo=timezone.utc)
-_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
 @dataclass(frozen=True)
@@ -67,7 +57,7 @@ class CrlParams:
             raise ValueError("cRLNumber must be a non-negative integer of at most 20 octets")
         if self.next_update <= self.this_update:
             raise ValueError("nextUpdate must be later than thisUpdate")
-        if self.hash not in _HASHES or self.rsa_padding not in ("pkcs1v15", "pss"):
+        if self.hash not in signing.HASHES or self.rsa_padding not in signing.RSA_PADDINGS:
             raise ValueError(f"unsupported CRL signature {self.hash}/{self.rsa_padding}")
 
 
@@ -85,7 +75,7 @@ def build_crl(issuer: x509.Certificate, key: SigningKey, entries: Iterable[Revok
             issuer.public_key().public_bytes(serialization.Encoding.DER,
                                              serialization.PublicFormat.SubjectPublicKeyInfo):
         raise IssuanceError("the CRL signing key is not the issuer certificate's key")
-    algorithm = _signature_algorithm(key, params)
+    algorithm = signing.signature_algorithm(key.public_key, params.hash, params.rsa_padding)
     body = bytearray()
     count = 0
     encoder = _EntryEncoder(params.delta_base is not None)
@@ -106,8 +96,9 @@ def build_crl(issuer: x509.Certificate, key: SigningKey, entries: Iterable[Revok
     del body
     tbs = asn1_crl.TbsCertList(tbs_fields)
     tbs_der = tbs.dump()
-    signature = _sign(key, tbs_der, params)
-    _verify(issuer, signature, tbs_der, params)
+    signature = signing.sign(key, tbs_der, params.hash, params.rsa_padding)
+    signing.verify(issuer.public_key(), signature, tbs_der,  # type: ignore[arg-type]
+                   params.hash, params.rsa_padding)
     return asn1_crl.CertificateList({"tbs_cert_list": tbs, "signature_algorithm": algorithm,
                                      "signature": signature}).dump()
 
@@ -152,7 +143,7 @@ class _EntryEncoder:
     def _encode_extensions(self, reason: str | None, invalidity: datetime | None) -> bytes:
         extensions = []
         if reason is not None and reason != "unspecified":
-            code = REASON_CODES.get(reason)
+            code = ASN1_NAMES.get(reason)
             if code is None:
                 raise IssuanceError(f"unknown revocation reason {reason!r}")
             if code == "remove_from_crl" and not self._delta:
@@ -192,53 +183,3 @@ def _crl_extensions(issuer: x509.Certificate, params: CrlParams) -> list[dict]:
         extensions.append({"extn_id": "delta_crl_indicator", "critical": True,
                            "extn_value": params.delta_base})
     return extensions
-
-
-def _signature_algorithm(key: SigningKey, params: CrlParams) -> asn1_algos.SignedDigestAlgorithm:
-    public = key.public_key
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        return asn1_algos.SignedDigestAlgorithm({"algorithm": "ed25519"})
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        return asn1_algos.SignedDigestAlgorithm({"algorithm": f"{params.hash}_ecdsa"})
-    if params.rsa_padding == "pss":
-        digest = _HASHES[params.hash]().digest_size
-        return asn1_algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": {
-            "hash_algorithm": {"algorithm": params.hash},
-            "mask_gen_algorithm": {"algorithm": "mgf1",
-                                   "parameters": {"algorithm": params.hash}},
-            "salt_length": digest, "trailer_field": "trailer_field_bc"}})
-    return asn1_algos.SignedDigestAlgorithm({"algorithm": f"{params.hash}_rsa",
-                                             "parameters": asn1_core.Null()})
-
-
-def _sign(key: SigningKey, data: bytes, params: CrlParams) -> bytes:
-    private, algorithm = key.private_key, _HASHES[params.hash]()
-    if isinstance(private, ed25519.Ed25519PrivateKey):
-        return private.sign(data)
-    if isinstance(private, ec.EllipticCurvePrivateKey):
-        return private.sign(data, ec.ECDSA(algorithm))
-    assert isinstance(private, rsa.RSAPrivateKey)
-    return private.sign(data, _rsa_padding(params), algorithm)
-
-
-def _rsa_padding(params: CrlParams) -> padding.AsymmetricPadding:
-    if params.rsa_padding == "pss":
-        return padding.PSS(mgf=padding.MGF1(_HASHES[params.hash]()),
-                           salt_length=_HASHES[params.hash]().digest_size)
-    return padding.PKCS1v15()
-
-
-def _verify(issuer: x509.Certificate, signature: bytes, data: bytes, params: CrlParams) -> None:
-    """An HSM fault must not publish a CRL nobody can verify."""
-    public = issuer.public_key()
-    try:
-        if isinstance(public, ed25519.Ed25519PublicKey):
-            public.verify(signature, data)
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(signature, data, ec.ECDSA(_HASHES[params.hash]()))
-        elif isinstance(public, rsa.RSAPublicKey):
-            public.verify(signature, data, _rsa_padding(params), _HASHES[params.hash]())
-        else:  # pragma: no cover - KeySpec admits no other family
-            raise IssuanceError(f"cannot verify a CRL signed by {type(public).__name__}")
-    except InvalidSignature:
-        raise IssuanceError("the CRL signature does not verify with the issuer's key") from None

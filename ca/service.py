@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.orm import Session, sessionmaker
 
-from ca import crl, issuance
+from ca import crl, issuance, signing
 from ca.clock import Clock
 from ca.errors import (AlreadyExistsError, IssuanceError, KeyExistsError, NotFoundError,
                        TincayError)
@@ -33,6 +33,7 @@ from ca.hierarchy import AuthoritySpec, HierarchySpec, ServiceSpec
 from ca.issuance import CertificateRequest, IssuerInfo
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile, ProfileSet
+from ca.revocation import parse_reason
 from ca.store import queries
 from ca.store.group_commit import GroupCommitter
 from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
@@ -314,7 +315,7 @@ class CertificateAuthorityService:
         """Revoke a certificate ``ca`` issued (RFC 5280 5.3.1 reasons; certificateHold is
         temporary and can be released). A held certificate may then be revoked for good, keeping
         its original revocation time; a permanently revoked one stays as it is."""
-        code = revocation_reason(reason)
+        code = parse_reason(reason)
         now = self.clock.now().replace(microsecond=0)
         if invalidity_date is not None and invalidity_date > now:
             raise IssuanceError(f"invalidity date {invalidity_date.isoformat()} is in the future")
@@ -378,8 +379,7 @@ class CertificateAuthorityService:
 
             der = crl.build_crl(issuer.certificate, issuer.key, entries(),  # type: ignore[arg-type]
                                 crl.CrlParams(number, now, now + validity,
-                                              hash="sha384" if issuer.key.spec.curve == "P-384"
-                                              else "sha256"))
+                                              hash=signing.default_hash(issuer.key)))
             queries.add_crl(session, issuer=authority, number=number, this_update=now,
                             next_update=now + validity, entries=counter[0], der=der)
             queries.record_event(session, at=now, action="crl.publish", authority=ca,
@@ -659,23 +659,6 @@ def describe_service_unit(unit: ServiceUnit) -> dict[str, Any]:
         "serial": unit.certificate.serial_hex, "key_uri": unit.key_uri,
         "not_after": unit.certificate.not_after,
     }
-
-
-# RFC 5280 5.3.1 CRLReason names an operator may revoke with (removeFromCRL is a delta-CRL
-# mechanism, 7 is unused).
-REVOCATION_REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged",
-                      "superseded", "cessationOfOperation", "certificateHold",
-                      "privilegeWithdrawn", "aACompromise")
-
-
-def revocation_reason(text: str) -> str:
-    """The RFC name for what an operator typed: any case, with or without - or _."""
-    folded = text.replace("-", "").replace("_", "").lower()
-    for name in REVOCATION_REASONS:
-        if name.lower() == folded:
-            return name
-    raise IssuanceError(f"revocation reason {text!r} is not one of "
-                        f"{', '.join(REVOCATION_REASONS)}")
 
 
 def _find_certificate(session: Session, serial: str, ca: str | None) -> Certificate:
