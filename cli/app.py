@@ -1,4 +1,4 @@
-"""The WSGI app factory: one Flask app with the repository (and, as they land, OCSP and TSA)
+"""The WSGI app factory: one Flask app with the repository and OCSP (and, as it lands, TSA)
 blueprints over one AppContext per worker process.
 
 gunicorn calls :func:`create_app` in every worker after the fork, so each worker opens its own
@@ -26,8 +26,14 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     app.extensions["tincay.service"] = service
 
     from ca.http import repository
+    from ocsp.http import blueprint as ocsp_blueprint
+    from ocsp.responder import Responder
+    from ocsp.sources import StoreSource, responder_keys
 
+    app.extensions["tincay.ocsp"] = Responder(responder_keys(service), StoreSource(service),
+                                              service.clock)
     app.register_blueprint(repository)
+    app.register_blueprint(ocsp_blueprint)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -77,12 +77,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    port = _free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
     env["TINCAY_HOME"] = str(tmp_path / "home")
+    env["TINCAY_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
     subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
-    port = _free_port()
     server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -96,15 +97,15 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise AssertionError(server.stdout.read().decode() if server.stdout else "")
                 time.sleep(0.1)
-        yield base, tmp_path / "home"
+        yield base, tmp_path / "home", env
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 @pytest.mark.softhsm
-def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path]) -> None:
-    base, home = served_demo
+def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str]]) -> None:
+    base, home, _ = served_demo
     for name in ("root-ca", "issuing-ca"):
         with urllib.request.urlopen(f"{base}/crl/{name}.crl", timeout=5) as response:
             assert response.headers["Content-Type"] == "application/pkix-crl"
@@ -134,3 +135,39 @@ def test_latest_crl_is_served_until_its_next_update(client) -> None:
     assert response.expires == latest.next_update
     assert response.cache_control.max_age == int((latest.next_update - NOW).total_seconds())
     assert http.get("/crl/nope.crl").status_code == 404
+
+
+@pytest.mark.softhsm
+def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict[str, str]],
+                                              tmp_path: Path) -> None:
+    """OpenSSL as the client of the real server: the HSM-held responder key signs in the
+    gunicorn workers, and a revocation made by the CLI shows in the very next answer."""
+    base, home, env = served_demo
+    leaf = tmp_path / "doctor.pem"
+    subprocess.run([TINCAY, "issue", "--ca", "issuing-ca", "--profile", "clinician",
+                    "--subject", "C=VN, O=BV Q11, CN=Nguyễn Văn A, UID=CCCD:079073009568",
+                    "--generate-key", "--key-type", "ec-p256", "--out", str(leaf)],
+                   env=env, check=True, capture_output=True, timeout=120)
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes((home / "public/root-ca.pem").read_bytes()
+                      + (home / "public/issuing-ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    url = next(d.access_location.value for d in aia
+               if d.access_method == x509.AuthorityInformationAccessOID.OCSP)
+    assert url == f"{base}/ocsp"
+
+    def ask() -> str:
+        result = subprocess.run(["openssl", "ocsp", "-issuer", str(home / "public/issuing-ca.pem"),
+                                 "-cert", str(leaf), "-url", url, "-CAfile", str(chain)],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and "Response verify OK" in result.stderr, \
+            result.stdout + result.stderr
+        return result.stdout
+
+    assert f"{leaf}: good" in ask()
+    serial = format(cert.serial_number, "x")
+    subprocess.run([TINCAY, "revoke", serial, "--ca", "issuing-ca", "--reason", "keyCompromise"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    answer = ask()
+    assert f"{leaf}: revoked" in answer and "Reason: keyCompromise" in answer

@@ -1,0 +1,276 @@
+"""The pure OCSP responder: request DER -> response DER (RFC 6960, RFC 5019 profile, RFC 9919).
+
+No HTTP and no database: status comes from a one-method :class:`StatusSource` (after Boulder's
+ocsp/responder), time from an injected clock, signatures from key objects (HSM or memory).
+:meth:`Responder.respond` never raises: every failure becomes an OCSP response status —
+malformedRequest for anything that does not parse or breaks RFC 8954, unauthorized for an issuer
+we do not serve, tryLater when the HSM or the database is unreachable, internalError for bugs.
+
+Responses are built with asn1crypto (cryptography's builder holds one SingleResponse only) and
+carry: responder ID by key hash, producedAt, thisUpdate and nextUpdate, the CertID exactly as
+requested (SHA-1 or SHA-256), the nonce echoed, and the delegated responder's certificate.
+
+Imports no flask, sqlalchemy or click.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Protocol, Sequence
+
+from asn1crypto import core as asn1_core
+from asn1crypto import ocsp as asn1_ocsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca import signing
+from ca.clock import Clock
+from ca.errors import BackendUnavailableError, StoreError
+from ca.keys.base import SigningKey
+from ca.revocation import ASN1_NAMES
+
+__all__ = ["CertStatus", "Responder", "ResponderKey", "StatusInfo", "StatusSource",
+           "MalformedRequest"]
+
+log = logging.getLogger("tincay.ocsp")
+
+CERT_ID_HASHES = ("sha1", "sha256")  # RFC 6960 (SHA-1) and RFC 9919 (SHA-256)
+MAX_NONCE = 32  # RFC 8954: 1..32 octets
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_IGNORED_EXTENSIONS = ("acceptable_responses", "preferred_signature_algorithms",
+                       "1.3.6.1.5.5.7.48.1.7")  # service locator
+
+
+class CertStatus(enum.Enum):
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    """One serial's status; ``reason`` is the RFC 5280 name (keyCompromise, ...)."""
+
+    status: CertStatus
+    revoked_at: datetime | None = None
+    reason: str | None = None
+
+
+class StatusSource(Protocol):
+    def status(self, ca_name: str, serial: int) -> StatusInfo:
+        """The status of ``serial`` under the CA named ``ca_name``; may raise
+        BackendUnavailableError or StoreError when it cannot tell right now."""
+
+
+@dataclass(frozen=True)
+class ResponderKey:
+    """A CA we answer for and who signs for it: its delegated OCSP responder (profile
+    ocsp-responder, issued by that CA) or the CA itself."""
+
+    ca_name: str
+    issuer_certificate: x509.Certificate
+    signer_certificate: x509.Certificate
+    key: SigningKey
+    _ids: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        issuer = asn1_x509.Certificate.load(
+            self.issuer_certificate.public_bytes(serialization.Encoding.DER))
+        signer = asn1_x509.Certificate.load(
+            self.signer_certificate.public_bytes(serialization.Encoding.DER))
+        for name in CERT_ID_HASHES:
+            self._ids[name] = (getattr(issuer.subject, name), getattr(issuer.public_key, name))
+        self._ids["responder"] = signer.public_key.sha1
+        self._ids["signer"] = signer
+        self._ids["delegated"] = signer.subject != issuer.subject or \
+            signer.public_key.dump() != issuer.public_key.dump()
+
+    def matches(self, hash_name: str, name_hash: bytes, key_hash: bytes) -> bool:
+        return self._ids.get(hash_name) == (name_hash, key_hash)
+
+
+class MalformedRequest(ValueError):
+    """The request does not parse or breaks a rule the responder enforces."""
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    cert_ids: tuple[asn1_ocsp.CertId, ...]
+    nonce: asn1_core.Asn1Value | None
+
+
+def _status_response(status: str) -> bytes:
+    return asn1_ocsp.OCSPResponse({"response_status": status}).dump()
+
+
+MALFORMED = _status_response("malformed_request")
+INTERNAL_ERROR = _status_response("internal_error")
+TRY_LATER = _status_response("try_later")
+UNAUTHORIZED = _status_response("unauthorized")
+
+
+class Responder:
+    """Answers OCSP requests for the CAs in ``keys`` from ``source``."""
+
+    def __init__(self, keys: Sequence[ResponderKey], source: StatusSource, clock: Clock, *,
+                 validity: timedelta = timedelta(hours=12), max_requests: int = 10,
+                 extended_revoke: bool = False) -> None:
+        if validity <= timedelta(0) or max_requests < 1:
+            raise ValueError("validity must be positive and max_requests at least 1")
+        self.keys = tuple(keys)
+        self.source = source
+        self.clock = clock
+        self.validity = validity
+        self.max_requests = max_requests
+        self.extended_revoke = extended_revoke
+
+    # --- the one entry point ------------------------------------------------------------------
+
+    def respond(self, request_der: bytes) -> bytes:
+        """An OCSPResponse for ``request_der``; never raises."""
+        try:
+            parsed = self.parse(request_der)
+        except MalformedRequest as exc:
+            log.info("malformed OCSP request: %s", exc)
+            return MALFORMED
+        try:
+            key = self.match(parsed.cert_ids)
+            if key is None:
+                return UNAUTHORIZED
+            answers = [(cert_id, self.source.status(key.ca_name,
+                                                    cert_id["serial_number"].native))
+                       for cert_id in parsed.cert_ids]
+            return self.sign(key, answers, parsed.nonce, self.clock.now())
+        except (BackendUnavailableError, StoreError) as exc:
+            log.warning("OCSP answer deferred: %s", exc)
+            return TRY_LATER
+        except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
+            log.exception("OCSP responder failed")
+            return INTERNAL_ERROR
+
+    # --- the steps ----------------------------------------------------------------------------
+
+    def parse(self, request_der: bytes) -> ParsedRequest:
+        """Decode and check a request; MalformedRequest for anything we will not answer."""
+        if not request_der:
+            raise MalformedRequest("empty request")
+        try:
+            request = asn1_ocsp.OCSPRequest.load(bytes(request_der), strict=True)
+            tbs = request["tbs_request"]
+            if tbs["version"].native != "v1":
+                raise MalformedRequest(f"version {tbs['version'].native}")
+            cert_ids = tuple(item["req_cert"] for item in tbs["request_list"])
+            for cert_id in cert_ids:  # force full decoding now, not while answering
+                cert_id["hash_algorithm"]["algorithm"].native  # noqa: B018
+                cert_id["issuer_name_hash"].native  # noqa: B018
+                cert_id["issuer_key_hash"].native  # noqa: B018
+                if cert_id["serial_number"].native < 0:
+                    raise MalformedRequest("negative serial number")
+            for item in tbs["request_list"]:
+                _check_extensions(item["single_request_extensions"])
+            nonce = _check_extensions(tbs["request_extensions"])
+            request["optional_signature"].native  # noqa: B018 - parsed, not required
+        except MalformedRequest:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise MalformedRequest(f"does not parse: {exc}") from None
+        if not cert_ids:
+            raise MalformedRequest("no request in requestList")
+        if len(cert_ids) > self.max_requests:
+            raise MalformedRequest(f"{len(cert_ids)} requests; at most {self.max_requests}")
+        return ParsedRequest(cert_ids, nonce)
+
+    def match(self, cert_ids: Sequence[asn1_ocsp.CertId]) -> ResponderKey | None:
+        """The served CA every CertID names (by issuer name and key hash), or None."""
+        found: ResponderKey | None = None
+        for cert_id in cert_ids:
+            hash_name = cert_id["hash_algorithm"]["algorithm"].native
+            name_hash = cert_id["issuer_name_hash"].native
+            key_hash = cert_id["issuer_key_hash"].native
+            key = next((k for k in self.keys if k.matches(hash_name, name_hash, key_hash)), None)
+            if key is None or (found is not None and key is not found):
+                return None
+            found = key
+        return found
+
+    def sign(self, key: ResponderKey, answers: Sequence[tuple[asn1_ocsp.CertId, StatusInfo]],
+             nonce: asn1_core.Asn1Value | None, produced_at: datetime) -> bytes:
+        """A signed, successful OCSPResponse answering ``answers``."""
+        now = produced_at.replace(microsecond=0)
+        extended = False
+        singles = []
+        for cert_id, info in answers:
+            status, used_extension = self._cert_status(info)
+            extended |= used_extension
+            singles.append({"cert_id": cert_id, "cert_status": status, "this_update": now,
+                            "next_update": now + self.validity})
+        extensions = []
+        if nonce is not None:
+            extensions.append(asn1_ocsp.ResponseDataExtension(
+                {"extn_id": "nonce", "critical": False}))
+            extensions[-1]["extn_value"] = asn1_core.ParsableOctetString(contents=nonce.contents)
+        if extended:
+            extensions.append({"extn_id": "extended_revoke", "critical": False,
+                               "extn_value": asn1_core.Null()})
+        data: dict = {"responder_id": asn1_ocsp.ResponderId(name="by_key",
+                                                            value=key._ids["responder"]),
+                      "produced_at": now, "responses": singles}
+        if extensions:
+            data["response_extensions"] = extensions
+        tbs = asn1_ocsp.ResponseData(data)
+        tbs_der = tbs.dump()
+        hash_name = signing.default_hash(key.key)
+        basic: dict = {
+            "tbs_response_data": tbs,
+            "signature_algorithm": signing.signature_algorithm(key.key.public_key, hash_name),
+            "signature": signing.sign(key.key, tbs_der, hash_name),
+        }
+        if key._ids["delegated"]:
+            basic["certs"] = [key._ids["signer"]]
+        return asn1_ocsp.OCSPResponse({
+            "response_status": "successful",
+            "response_bytes": {"response_type": "basic_ocsp_response",
+                               "response": asn1_ocsp.BasicOCSPResponse(basic)},
+        }).dump()
+
+    def _cert_status(self, info: StatusInfo) -> tuple[asn1_ocsp.CertStatus, bool]:
+        if info.status is CertStatus.GOOD:
+            return asn1_ocsp.CertStatus(name="good", value=asn1_ocsp.StatusGood()), False
+        if info.status is CertStatus.REVOKED:
+            revoked: dict = {"revocation_time": info.revoked_at.replace(microsecond=0)}  # type: ignore[union-attr]
+            if info.reason is not None and info.reason != "unspecified":
+                revoked["revocation_reason"] = ASN1_NAMES[info.reason]
+            return asn1_ocsp.CertStatus(name="revoked", value=revoked), False
+        if self.extended_revoke:  # RFC 6960 2.2: "revoked" for a serial never issued
+            return asn1_ocsp.CertStatus(name="revoked", value={
+                "revocation_time": EPOCH, "revocation_reason": "certificate_hold"}), True
+        return asn1_ocsp.CertStatus(name="unknown", value=asn1_ocsp.StatusUnknown()), False
+
+
+def _check_extensions(extensions: asn1_core.Asn1Value) -> asn1_core.Asn1Value | None:
+    """The nonce among ``extensions`` as its extnValue (echoed byte for byte), after
+    RFC 8954's 1..32-octet rule; unknown critical extensions are refused.
+
+    RFC 6960 wraps the nonce in an OCTET STRING inside extnValue (OpenSSL does); some clients
+    put the bare octets there. Both are measured by the nonce itself and echoed as received.
+    """
+    nonce = None
+    if not extensions:
+        return None
+    for extension in extensions:
+        name = extension["extn_id"].native
+        if name == "nonce":
+            raw = extension["extn_value"].contents
+            try:
+                length = len(asn1_core.OctetString.load(raw, strict=True).native)
+            except ValueError:
+                length = len(raw)
+            if not 1 <= length <= MAX_NONCE:
+                raise MalformedRequest(f"nonce of {length} octets (RFC 8954: 1 to 32)")
+            nonce = extension["extn_value"]  # echoed as parsed: same octets out as in
+        elif extension["critical"].native and name not in _IGNORED_EXTENSIONS:
+            raise MalformedRequest(f"unsupported critical extension {name}")
+    return nonce

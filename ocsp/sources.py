@@ -1,0 +1,44 @@
+"""Where OCSP status comes from: the CA's database, through the service."""
+from __future__ import annotations
+
+from ca.service import CertificateAuthorityService
+from ocsp.responder import CertStatus, ResponderKey, StatusInfo
+
+UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
+GOOD = StatusInfo(CertStatus.GOOD)
+
+
+class StoreSource:
+    """Status straight from the certificates table: one indexed query per serial.
+
+    Never good for a serial the CA did not issue (CA/Browser Forum 4.9.10): pending (never
+    known to be signed) and failed rows answer unknown, like serials the CA never saw.
+    """
+
+    def __init__(self, service: CertificateAuthorityService) -> None:
+        self.service = service
+
+    def status(self, ca_name: str, serial: int) -> StatusInfo:
+        found = self.service.certificate_status(ca_name, serial)
+        if found is None or found.status not in ("issued", "revoked"):
+            return UNKNOWN
+        if found.status == "issued":
+            return GOOD
+        return StatusInfo(CertStatus.REVOKED, found.revoked_at, found.reason)
+
+
+def responder_keys(service: CertificateAuthorityService) -> list[ResponderKey]:
+    """Who signs for each active CA: its delegated OCSP responder unit if it has one (the
+    responder's own key, RFC 6960 4.2.2.2), else the CA's key itself."""
+    keys: dict[str, ResponderKey] = {}
+    for unit in service.service_units("ocsp"):
+        keys.setdefault(unit.authority, ResponderKey(
+            unit.authority, unit.authority_certificate, unit.certificate,
+            service.signing_key(unit.key_uri)))
+    for authority in service.list_authorities():
+        name = authority["name"]
+        if name not in keys and authority["status"] == "active":
+            certificate = service.authority_certificate(name)
+            keys[name] = ResponderKey(name, certificate, certificate,
+                                      service.signing_key(authority["key_uri"]))
+    return list(keys.values())

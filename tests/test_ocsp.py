@@ -1,0 +1,321 @@
+"""The OCSP responder over HTTP (Flask's client; tests/test_http.py runs it under gunicorn),
+judged by OpenSSL, GnuTLS ocsptool, pkilint, cryptography and pyhanko-certvalidator."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from asn1crypto import core as acore
+from asn1crypto import ocsp as aocsp
+from cryptography import x509
+from cryptography.x509 import ocsp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ca.errors import BackendUnavailableError
+from ca.testing import Hierarchy
+from cli.app import create_app
+from tests import helpers_x509 as hx
+
+# OpenSSL checks thisUpdate/nextUpdate against the real clock (-attime only moves chain checks)
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+DOCTOR = "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, UID=CCCD:079073009568"
+REQUEST = "application/ocsp-request"
+
+
+class World:
+    def __init__(self, pki: Hierarchy, tmp_path: Path) -> None:
+        self.pki = pki
+        self.app = create_app(pki.service)
+        self.http = self.app.test_client()
+        self.dir = tmp_path
+        self.root = hx.write_pem(tmp_path / "root.pem", pki.root)
+        self.ca = hx.write_pem(tmp_path / "ca.pem", pki.ca("issuing-ca"))
+        self.chain = tmp_path / "chain.pem"
+        self.chain.write_bytes(self.root.read_bytes() + self.ca.read_bytes())
+
+    def leaf(self, name: str = "leaf"):
+        issued = self.pki.issue("clinician", DOCTOR, key_type="ec-p256")
+        return issued, hx.write_pem(self.dir / f"{name}-{issued.serial_hex}.pem",
+                                    issued.certificate)
+
+    def request(self, *certs: Path, digest: str = "-sha1", nonce: bool = True) -> bytes:
+        out = self.dir / f"req-{secrets.token_hex(4)}.der"
+        args = ["openssl", "ocsp", "-issuer", str(self.ca), digest, "-reqout", str(out)]
+        for cert in certs:
+            args += ["-cert", str(cert)]
+        if not nonce:
+            args.append("-no_nonce")
+        subprocess.run(args, check=True, capture_output=True)
+        return out.read_bytes()
+
+    def post(self, der: bytes) -> bytes:
+        response = self.http.post("/ocsp", data=der, content_type=REQUEST)
+        assert response.status_code == 200 and response.mimetype == "application/ocsp-response"
+        return response.data
+
+    def openssl_check(self, request: bytes, response: bytes, *certs: Path,
+                      digest: str = "-sha1") -> str:
+        """OpenSSL verifies the signature, the nonce against the request, and prints status."""
+        req, resp = self.dir / "check-req.der", self.dir / "check-resp.der"
+        req.write_bytes(request)
+        resp.write_bytes(response)
+        verified = subprocess.run(["openssl", "ocsp", "-reqin", str(req), "-respin", str(resp),
+                                   "-CAfile", str(self.chain), "-attime",
+                                   str(int(NOW.timestamp()) + 60)],
+                                  capture_output=True, text=True)
+        assert verified.returncode == 0 and "Response verify OK" in verified.stderr, \
+            verified.stdout + verified.stderr
+        args = ["openssl", "ocsp", "-respin", str(resp), "-issuer", str(self.ca), digest, "-CAfile",
+                str(self.chain), "-no_nonce", "-attime", str(int(NOW.timestamp()) + 60)]
+        for cert in certs:
+            args += ["-cert", str(cert)]
+        status = subprocess.run(args, capture_output=True, text=True)
+        assert status.returncode == 0, status.stderr
+        return status.stdout
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    with Hierarchy.from_spec(at=NOW) as pki:
+        yield World(pki, tmp_path)
+
+
+def status_of(der: bytes) -> str:
+    return aocsp.OCSPResponse.load(der)["response_status"].native
+
+
+def test_good_revoked_unknown_as_openssl_sees_them(world: World) -> None:
+    good, good_pem = world.leaf()
+    bad, bad_pem = world.leaf()
+    world.pki.revoke(bad, "keyCompromise")
+    request = world.request(good_pem, bad_pem)
+    response = world.post(request)
+    out = world.openssl_check(request, response, good_pem, bad_pem)
+    assert f"{good_pem}: good" in out and f"{bad_pem}: revoked" in out
+    assert "Reason: keyCompromise" in out
+
+    parsed = ocsp.load_der_ocsp_response(response)
+    assert parsed.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert parsed.responder_key_hash is not None and parsed.produced_at_utc == NOW
+    singles = list(parsed.responses)
+    assert [s.certificate_status for s in singles] == [ocsp.OCSPCertStatus.GOOD,
+                                                       ocsp.OCSPCertStatus.REVOKED]
+    assert all(s.next_update_utc - s.this_update_utc == dt.timedelta(hours=12) for s in singles)
+    delegated = parsed.certificates[0]
+    assert x509.ExtendedKeyUsageOID.OCSP_SIGNING in \
+        delegated.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+
+    # a serial the CA never issued: unknown, never good (CA/B Forum 4.9.10)
+    never = world.dir / "never.pem"
+    other = Hierarchy.from_spec(at=NOW)
+    try:
+        stranger = other.issue("citizen", "CN=X, UID=CCCD:001234567890", key_type="ec-p256")
+    finally:
+        other.close()
+    forged = aocsp.OCSPRequest.load(world.request(good_pem, nonce=False))
+    forged["tbs_request"]["request_list"][0]["req_cert"]["serial_number"] = \
+        stranger.certificate.serial_number
+    single = ocsp.load_der_ocsp_response(world.post(forged.dump()))
+    assert single.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    del never
+
+
+def test_sha256_cert_ids_are_answered_in_kind(world: World) -> None:
+    _, pem = world.leaf()
+    request = world.request(pem, digest="-sha256")
+    response = world.post(request)
+    assert f"{pem}: good" in world.openssl_check(request, response, pem, digest="-sha256")
+    single = aocsp.OCSPResponse.load(response).basic_ocsp_response["tbs_response_data"][
+        "responses"][0]
+    assert single["cert_id"]["hash_algorithm"]["algorithm"].native == "sha256"
+    assert single["cert_id"].dump() == aocsp.OCSPRequest.load(request)["tbs_request"][
+        "request_list"][0]["req_cert"].dump()
+
+
+def test_get_with_cache_headers_and_revocation_seen_at_once(world: World) -> None:
+    issued, pem = world.leaf()
+    request = world.request(pem, nonce=False)
+    path = "/ocsp/" + urllib.parse.quote(base64.b64encode(request).decode(), safe="")
+    first = world.http.get(path)
+    assert first.status_code == 200
+    assert first.cache_control.max_age == 12 * 3600 and first.headers["ETag"]
+    assert first.last_modified == NOW and first.expires == NOW + dt.timedelta(hours=12)
+    assert "good" in world.openssl_check(request, first.data, pem)
+    world.pki.revoke(issued, "cessationOfOperation")
+    second = world.http.get(path)
+    assert "revoked" in world.openssl_check(request, second.data, pem)
+    assert second.headers["ETag"] != first.headers["ETag"]
+    # base64 with '/' and '+' not URL-encoded, as some clients send it, still works
+    raw = world.http.get("/ocsp/" + base64.b64encode(request).decode())
+    assert raw.status_code == 200 and status_of(raw.data) == "successful"
+
+
+def test_independent_clients_accept_the_response(world: World) -> None:
+    _, pem = world.leaf()
+    request = world.request(pem)
+    response = world.post(request)
+    path = world.dir / "resp.der"
+    path.write_bytes(response)
+    info = subprocess.run(["ocsptool", "--response-info", "--load-response", str(path)],
+                          capture_output=True, text=True)
+    assert info.returncode == 0 and "Certificate Status: good" in info.stdout, info.stderr
+    signer = hx.write_pem(world.dir / "signer.pem",
+                          ocsp.load_der_ocsp_response(response).certificates[0])
+    verified = subprocess.run(["ocsptool", "-e", "--load-signer", str(signer), "--load-response",
+                               str(path)], capture_output=True, text=True)
+    assert "Verifying OCSP Response: Success" in verified.stdout + verified.stderr, \
+        verified.stdout + verified.stderr
+    tool = shutil.which("lint_ocsp_response", path=str(Path(sys.executable).parent))
+    assert tool is not None
+    lint = subprocess.run([tool, "lint", "-s", "WARNING", str(path)], capture_output=True,
+                          text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_certvalidator_requires_and_uses_ocsp(world: World) -> None:
+    import asyncio
+
+    from asn1crypto import x509 as ax
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import RevokedError
+
+    good, good_pem = world.leaf()
+    bad, bad_pem = world.leaf()
+    world.pki.revoke(bad, "privilegeWithdrawn")
+    root_crl = world.pki.service.publish_crl("root-ca").der
+
+    def validate(issued, pem: Path) -> None:
+        response = world.post(world.request(pem))
+        context = ValidationContext(
+            trust_roots=[ax.Certificate.load(hx.der_of(world.pki.root))],
+            ocsps=[response], crls=[root_crl], revocation_mode="require",
+            moment=NOW + dt.timedelta(minutes=1), allow_fetching=False)
+        validator = CertificateValidator(
+            ax.Certificate.load(hx.der_of(issued.certificate)),
+            [ax.Certificate.load(hx.der_of(world.pki.ca("issuing-ca")))],
+            validation_context=context)
+        asyncio.run(validator.async_validate_usage({"non_repudiation"}))
+
+    validate(good, good_pem)
+    with pytest.raises(RevokedError):
+        validate(bad, bad_pem)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def _with_nonce(request: bytes, nonce: bytes) -> bytes:
+    parsed = aocsp.OCSPRequest.load(request)
+    tbs = parsed["tbs_request"]
+    tbs["request_extensions"] = [{"extn_id": "nonce", "critical": False,
+                                  "extn_value": acore.OctetString(nonce)}]
+    return aocsp.OCSPRequest({"tbs_request": tbs}).dump()
+
+
+def test_bad_requests_get_ocsp_errors_never_500(world: World) -> None:
+    _, pem = world.leaf()
+    good = world.request(pem, nonce=False)
+    cases = {
+        "empty": b"",
+        "truncated": good[:-3],
+        "random": secrets.token_bytes(200),
+        "trailing garbage": good + b"\x00",
+        "nonce of 0 octets": _with_nonce(good, b""),
+        "nonce of 33 octets": _with_nonce(good, b"\x01" * 33),
+    }
+    for name, body in cases.items():
+        assert status_of(world.post(body)) == "malformed_request", name
+    assert status_of(world.post(_with_nonce(good, b"\x01" * 32))) == "successful"
+    assert status_of(world.post(_with_nonce(good, b"\x01"))) == "successful"
+
+    too_many = aocsp.OCSPRequest.load(world.request(*([pem] * 11), nonce=False)).dump()
+    assert status_of(world.post(too_many)) == "malformed_request"
+    assert status_of(world.post(world.request(*([pem] * 10), nonce=False))) == "successful"
+
+    # an issuer we do not serve; a CertID hash we do not support
+    with Hierarchy.from_spec(at=NOW) as other:
+        stranger = hx.write_pem(world.dir / "stranger-ca.pem", other.ca("issuing-ca"))
+        leaf = hx.write_pem(world.dir / "stranger.pem", other.issue(
+            "citizen", "CN=X, UID=CCCD:001234567890", key_type="ec-p256").certificate)
+        out = world.dir / "stranger.der"
+        subprocess.run(["openssl", "ocsp", "-issuer", str(stranger), "-cert", str(leaf),
+                        "-reqout", str(out)], check=True, capture_output=True)
+        assert status_of(world.post(out.read_bytes())) == "unauthorized"
+    md5 = world.request(pem, digest="-md5", nonce=False)
+    assert status_of(world.post(md5)) == "unauthorized"
+
+    wrong_type = world.http.post("/ocsp", data=good, content_type="application/octet-stream")
+    assert wrong_type.status_code == 415
+    huge = world.http.post("/ocsp", data=b"\x30" * 70_000, content_type=REQUEST)
+    assert huge.status_code == 413
+    for path in ("/ocsp/%%%", "/ocsp/not-base64!", "/ocsp/" + "A" * 30_000):
+        response = world.http.get(path)
+        assert response.status_code == 200 and status_of(response.data) == "malformed_request"
+        assert "no-store" in response.headers["Cache-Control"]
+
+
+def test_unreachable_backend_means_try_later(world: World, monkeypatch) -> None:
+    _, pem = world.leaf()
+
+    def down(*_: object) -> None:
+        raise BackendUnavailableError("HSM token 'tincay' unavailable: DeviceRemoved")
+
+    monkeypatch.setattr(world.pki.service, "certificate_status", down)
+    assert status_of(world.post(world.request(pem))) == "try_later"
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_requests_never_break_the_responder(world: World, data: st.DataObject) -> None:
+    if not hasattr(world, "base_request"):
+        _, pem = world.leaf()
+        world.base_request = world.request(pem)  # type: ignore[attr-defined]
+    body = bytearray(world.base_request)  # type: ignore[attr-defined]
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        at = data.draw(st.integers(0, max(len(body) - 1, 0)))
+        if kind == "flip" and body:
+            body[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del body[at:]
+        elif kind == "insert":
+            body[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+        elif body:
+            del body[at]
+    response = world.http.post("/ocsp", data=bytes(body), content_type=REQUEST)
+    assert response.status_code == 200
+    assert status_of(response.data) in ("successful", "malformed_request", "unauthorized")
+
+
+@pytest.mark.softhsm
+def test_responder_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path) -> None:
+    spec = {"authorities": [
+        {"name": f"{unique_label}-root", "profile": "root-ca", "key": "ec-p256",
+         "subject": "C=VN, O=T, CN=Root"},
+        {"name": "issuing-ca", "parent": f"{unique_label}-root", "profile": "issuing-ca",
+         "key": "ec-p256", "subject": "C=VN, O=T, CN=Issuing"}],
+        "services": [{"name": f"{unique_label}-ocsp", "kind": "ocsp", "issuer": "issuing-ca",
+                      "profile": "ocsp-responder", "key": "rsa-2048",
+                      "subject": "C=VN, O=T, CN=OCSP"}]}
+    # the CA name is fixed ("issuing-ca") for World; make its key label unique on the token
+    if hsm_backend.exists("issuing-ca"):
+        pytest.skip("another test already made issuing-ca on this token")
+    with Hierarchy.from_spec(spec, keys=hsm_backend, at=NOW) as pki:
+        world = World(pki, tmp_path)
+        _, pem = world.leaf()
+        request = world.request(pem)
+        response = world.post(request)
+        assert f"{pem}: good" in world.openssl_check(request, response, pem)
+        assert "sha256WithRSAEncryption" in subprocess.run(
+            ["openssl", "ocsp", "-respin", str(world.dir / "check-resp.der"), "-resp_text",
+             "-noverify"], capture_output=True, text=True).stdout
+
