@@ -37,7 +37,7 @@ from ca.revocation import parse_reason
 from ca.store import queries
 from ca.store.group_commit import GroupCommitter
 from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
-                             TimestampToken)
+                             TimestampToken, status_token)
 from ca.subject import build_name, format_name
 
 Progress = Callable[[str], None]
@@ -409,6 +409,37 @@ class CertificateAuthorityService:
             return None
         status, revoked_at, reason, invalidity_date = row
         return CertificateStatus(status, revoked_at, reason, invalidity_date)
+
+    def preproduced_response(self, ca: str, serial: int) -> bytes | None:
+        """A stored OCSP response for ``serial`` that is unexpired and agrees with its status."""
+        with self.read() as session:
+            return queries.preproduced_response(session, ca, format(serial, "x"),
+                                                self.clock.now())
+
+    def ocsp_responses_due(self, ca: str, before: datetime, limit: int = 1000,
+                           serial: str | None = None) -> list[tuple[int, str, CertificateStatus]]:
+        """Up to ``limit`` certificates of ``ca`` whose pre-produced response is missing,
+        stale, or expires before ``before``: (row id, serial hex, status)."""
+        with self.read() as session:
+            authority = queries.get_authority(session, ca)
+            due = []
+            only = queries.normalize_serial(serial) if serial is not None else None
+            for cid, serial_hex, status, reason, revoked_at in queries.responses_due(
+                    session, authority, before, serial_hex=only):
+                due.append((cid, serial_hex, CertificateStatus(status, revoked_at, reason)))
+                if len(due) >= limit:
+                    break
+            return due
+
+    def store_ocsp_responses(self, responses: Sequence[tuple[int, CertificateStatus, datetime,
+                                                             datetime, bytes]]) -> None:
+        """Store pre-produced responses: (row id, the status they encode, thisUpdate,
+        nextUpdate, DER), in one transaction."""
+        with self._transaction() as session:
+            for cid, status, this_update, next_update, der in responses:
+                queries.store_response(session, cid, status_token(
+                    status.status, status.reason, status.revoked_at), this_update, next_update,
+                    der)
 
     def service_units(self, kind: str) -> list[ServiceUnitKey]:
         """Every OCSP responder or TSA unit with its certificate, its CA's certificate and its

@@ -30,8 +30,9 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     from ocsp.responder import Responder
     from ocsp.sources import StoreSource, responder_keys
 
-    app.extensions["tincay.ocsp"] = Responder(responder_keys(service), StoreSource(service),
-                                              service.clock)
+    source = StoreSource(service)
+    app.extensions["tincay.ocsp"] = Responder(responder_keys(service), source, service.clock,
+                                              cache=source)
     app.register_blueprint(repository)
     app.register_blueprint(ocsp_blueprint)
 

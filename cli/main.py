@@ -110,6 +110,7 @@ def demo(as_json: bool) -> None:
     for authority in app.service.list_authorities():
         if app.service.latest_crl(authority["name"]) is None:
             app.service.publish_crl(authority["name"])
+    _preproducer().refresh()
     public = app.settings.home / "public"
     public.mkdir(parents=True, exist_ok=True)
     for authority in app.service.list_authorities():
@@ -226,6 +227,7 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
     issued = app.service.issue(ca_name, profile_name, parse_subject(subject), source,
                                emails=emails, dns_names=dns_names, days=days, progress=progress)
     _write(out, issued.pem)
+    _preproduce(ca_name, issued.serial_hex)
     record = app.service.show_certificate(issued.serial_hex, ca_name)
     if as_json:
         emit_one(record, True)
@@ -257,6 +259,7 @@ def revoke(serial: str, ca_name: str, reason: str, invalidity_date: Any, as_json
     """Revoke a certificate (SERIAL in hex as `openssl x509 -serial` prints it)."""
     record = _ctx().service.revoke(ca_name, serial, reason,
                                    invalidity_date=_aware(invalidity_date))
+    _preproduce(ca_name, record["serial"])
     if as_json:
         emit_one(record, True)
     else:
@@ -270,6 +273,7 @@ def revoke(serial: str, ca_name: str, reason: str, invalidity_date: Any, as_json
 def release(serial: str, ca_name: str) -> None:
     """Release a certificate from certificateHold: it is valid again."""
     record = _ctx().service.release_hold(ca_name, serial)
+    _preproduce(ca_name, record["serial"])
     click.echo(f"released {record['serial']} of {ca_name} from hold")
 
 
@@ -352,6 +356,40 @@ def audit(ca_name: str | None, serial: str | None, limit: int, as_json: bool) ->
     """The audit log (key generations, issuance), newest first."""
     emit(_ctx().service.list_events(ca=ca_name, serial=serial, limit=limit),
          ["at", "action", "authority", "serial", "subject"], as_json)
+
+
+# --- OCSP ---------------------------------------------------------------------------------
+
+def _preproducer() -> Any:
+    from ocsp.preproduce import PreProducer
+    from ocsp.responder import Responder
+    from ocsp.sources import StoreSource, responder_keys
+
+    service = _ctx().service
+    return PreProducer(service, Responder(responder_keys(service), StoreSource(service),
+                                          service.clock))
+
+
+def _preproduce(ca: str, serial: str) -> None:
+    """Issuance and revocation refresh that serial's stored OCSP answer at once."""
+    _preproducer().refresh(ca, serial)
+
+
+@cli.group(name="ocsp")
+def ocsp_group() -> None:
+    """The OCSP responder's pre-produced responses."""
+
+
+@ocsp_group.command(name="refresh")
+@click.option("--ca", "ca_name", help="Only this CA (default: every CA served).")
+@json_option
+def ocsp_refresh(ca_name: str | None, as_json: bool) -> None:
+    """Sign the responses that are missing, stale or due (run it from cron: hourly is ample)."""
+    count = _preproducer().refresh(ca_name)
+    if as_json:
+        emit_one({"refreshed": count}, True)
+    else:
+        click.echo(f"{count} OCSP responses signed")
 
 
 # --- time-stamp authority ------------------------------------------------------------------

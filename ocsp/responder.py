@@ -32,8 +32,8 @@ from ca.errors import BackendUnavailableError, StoreError
 from ca.keys.base import SigningKey
 from ca.revocation import ASN1_NAMES
 
-__all__ = ["CertStatus", "Responder", "ResponderKey", "StatusInfo", "StatusSource",
-           "MalformedRequest"]
+__all__ = ["CertStatus", "MalformedRequest", "Responder", "ResponderKey", "ResponseCache",
+           "StatusInfo", "StatusSource"]
 
 log = logging.getLogger("tincay.ocsp")
 
@@ -92,6 +92,12 @@ class ResponderKey:
         return self._ids.get(hash_name) == (name_hash, key_hash)
 
 
+class ResponseCache(Protocol):
+    def preproduced(self, ca_name: str, serial: int) -> bytes | None:
+        """A response signed ahead of time for this serial (SHA-1 CertID, no nonce) that is
+        still valid and still agrees with the certificate's status, or None."""
+
+
 class MalformedRequest(ValueError):
     """The request does not parse or breaks a rule the responder enforces."""
 
@@ -117,7 +123,7 @@ class Responder:
 
     def __init__(self, keys: Sequence[ResponderKey], source: StatusSource, clock: Clock, *,
                  validity: timedelta = timedelta(hours=12), max_requests: int = 10,
-                 extended_revoke: bool = False) -> None:
+                 extended_revoke: bool = False, cache: ResponseCache | None = None) -> None:
         if validity <= timedelta(0) or max_requests < 1:
             raise ValueError("validity must be positive and max_requests at least 1")
         self.keys = tuple(keys)
@@ -126,6 +132,7 @@ class Responder:
         self.validity = validity
         self.max_requests = max_requests
         self.extended_revoke = extended_revoke
+        self.cache = cache
 
     # --- the one entry point ------------------------------------------------------------------
 
@@ -140,6 +147,13 @@ class Responder:
             key = self.match(parsed.cert_ids)
             if key is None:
                 return UNAUTHORIZED
+            if self.cache is not None and parsed.nonce is None and len(parsed.cert_ids) == 1:
+                cert_id = parsed.cert_ids[0]
+                serial = cert_id["serial_number"].native
+                if cert_id.dump() == self.cert_id(key, serial).dump():
+                    hit = self.cache.preproduced(key.ca_name, serial)
+                    if hit is not None:
+                        return hit
             answers = [(cert_id, self.source.status(key.ca_name,
                                                     cert_id["serial_number"].native))
                        for cert_id in parsed.cert_ids]
@@ -195,6 +209,16 @@ class Responder:
                 return None
             found = key
         return found
+
+    def cert_id(self, key: ResponderKey, serial: int, hash_name: str = "sha1"
+                ) -> asn1_ocsp.CertId:
+        """The CertID OpenSSL and most clients send for ``serial``: what pre-produced
+        responses answer, so a cached answer is served only to a byte-identical question."""
+        name_hash, key_hash = key._ids[hash_name]
+        return asn1_ocsp.CertId({"hash_algorithm": {"algorithm": hash_name,
+                                                    "parameters": asn1_core.Null()},
+                                 "issuer_name_hash": name_hash, "issuer_key_hash": key_hash,
+                                 "serial_number": serial})
 
     def sign(self, key: ResponderKey, answers: Sequence[tuple[asn1_ocsp.CertId, StatusInfo]],
              nonce: asn1_core.Asn1Value | None, produced_at: datetime) -> bytes:

@@ -9,7 +9,8 @@ GOOD = StatusInfo(CertStatus.GOOD)
 
 
 class StoreSource:
-    """Status straight from the certificates table: one indexed query per serial.
+    """Status straight from the certificates table: one indexed query per serial; and the
+    pre-produced response cache (ocsp/preproduce.py) from the same database.
 
     Never good for a serial the CA did not issue (CA/Browser Forum 4.9.10): pending (never
     known to be signed) and failed rows answer unknown, like serials the CA never saw.
@@ -25,6 +26,9 @@ class StoreSource:
         if found.status == "issued":
             return GOOD
         return StatusInfo(CertStatus.REVOKED, found.revoked_at, found.reason)
+
+    def preproduced(self, ca_name: str, serial: int) -> bytes | None:
+        return self.service.preproduced_response(ca_name, serial)
 
 
 def responder_keys(service: CertificateAuthorityService) -> list[ResponderKey]:

@@ -319,3 +319,49 @@ def test_responder_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Pat
             ["openssl", "ocsp", "-respin", str(world.dir / "check-resp.der"), "-resp_text",
              "-noverify"], capture_output=True, text=True).stdout
 
+
+
+# --- pre-produced responses -----------------------------------------------------------------
+
+def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocation(
+        world: World) -> None:
+    from ocsp.preproduce import PreProducer
+
+    issued, pem = world.leaf()
+    responder = world.app.extensions["tincay.ocsp"]
+    producer = PreProducer(world.pki.service, responder)
+    assert producer.refresh() >= 3  # the leaf, the responder's own and the TSA's certificates
+    assert producer.refresh() == 0  # nothing due
+    stored = world.pki.service.preproduced_response("issuing-ca",
+                                                    issued.certificate.serial_number)
+    assert stored is not None
+
+    signatures: list[bytes] = []
+    real_sign = responder.sign
+    responder.sign = lambda *a, **k: signatures.append(b"") or real_sign(*a, **k)  # type: ignore
+    world.pki.clock.advance(dt.timedelta(minutes=5))
+    no_nonce = world.request(pem, nonce=False)
+    assert world.post(no_nonce) == stored and not signatures  # from the store, unsigned
+    with_nonce = world.request(pem)
+    assert world.post(with_nonce) != stored and len(signatures) == 1  # live, nonce echoed
+    sha256 = world.request(pem, digest="-sha256", nonce=False)
+    world.post(sha256)
+    assert len(signatures) == 2  # only SHA-1 CertIDs are pre-produced
+
+    # revoked but not yet re-produced: the stale answer is not served, the next query is live
+    world.pki.revoke(issued, "keyCompromise")
+    live = world.post(no_nonce)
+    assert "revoked" in world.openssl_check(no_nonce, live, pem) and len(signatures) == 3
+    assert producer.refresh(serial=issued.serial_hex) == 1
+    cached = world.post(no_nonce)
+    assert len(signatures) == 4  # the refresh signed once; serving it signed nothing
+    assert cached == world.pki.service.preproduced_response(
+        "issuing-ca", issued.certificate.serial_number)
+    assert "revoked" in world.openssl_check(no_nonce, cached, pem)
+
+    # due within the margin (half the validity): refreshed; expired ones are never served
+    world.pki.clock.advance(dt.timedelta(hours=7))
+    assert producer.refresh() >= 3
+    world.pki.clock.advance(dt.timedelta(hours=13))
+    assert world.pki.service.preproduced_response(
+        "issuing-ca", issued.certificate.serial_number) is None

@@ -156,6 +156,29 @@ class TimestampToken(Base):
     requester: Mapped[Optional[str]] = mapped_column(String(64))
 
 
+class OcspResponse(Base):
+    """A response signed ahead of time for one certificate (SHA-1 CertID, no nonce), so the
+    OCSP hot path neither signs nor touches the HSM. ``status_token`` is the certificate's
+    revocation state it encodes; a response whose token no longer matches is never served."""
+
+    __tablename__ = "ocsp_responses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), unique=True)
+    status_token: Mapped[str] = mapped_column(String(96))
+    this_update: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    next_update: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+    certificate: Mapped[Certificate] = relationship()
+
+
+def status_token(status: str, reason: str | None, revoked_at: dt.datetime | None) -> str:
+    """What a stored OCSP response must agree with to be served: status, reason and time."""
+    when = revoked_at.astimezone(UTC).strftime("%Y%m%d%H%M%S") if revoked_at else ""
+    return f"{status}|{reason or ''}|{when}"
+
+
 class AuditEvent(Base):
     """Append-only record of every key generation, issuance and (later) revocation.
 

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from ca.errors import AlreadyExistsError, NotFoundError
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
-                             Authority, Certificate, CrlRecord, ServiceUnit, TimestampToken)
+                             Authority, Certificate, CrlRecord, OcspResponse, ServiceUnit,
+                             TimestampToken, status_token)
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -214,6 +215,58 @@ def latest_crl(session: Session, ca: str) -> CrlRecord | None:
         select(CrlRecord).join(Authority, CrlRecord.issuer_id == Authority.id)
         .where(Authority.name == ca, CrlRecord.delta_base.is_(None))
         .order_by(CrlRecord.number.desc()).limit(1)).one_or_none()
+
+
+# --- pre-produced OCSP responses -------------------------------------------------------------
+
+def preproduced_response(session: Session, ca: str, serial_hex: str,
+                         now: datetime) -> bytes | None:
+    """The stored response for this serial if it is unexpired and still says what the
+    certificates table says (one indexed join: the OCSP hot path)."""
+    row = session.execute(
+        select(OcspResponse.der, OcspResponse.status_token, OcspResponse.next_update,
+               Certificate.status, Certificate.revocation_reason, Certificate.revoked_at)
+        .join(Certificate, OcspResponse.certificate_id == Certificate.id)
+        .join(Authority, Certificate.issuer_id == Authority.id)
+        .where(Authority.name == ca, Certificate.serial_hex == serial_hex)).one_or_none()
+    if row is None or row[2] <= now or row[1] != status_token(row[3], row[4], row[5]):
+        return None
+    return row[0]
+
+
+def responses_due(session: Session, authority: Authority, before: datetime,
+                  batch: int = 1000, serial_hex: str | None = None) -> Iterator[tuple[int, str, str, str | None,
+                                                       datetime | None]]:
+    """(certificate id, serial_hex, status, reason, revoked_at) of every issued or revoked
+    certificate of ``authority`` whose stored response is missing, stale (disagrees with the
+    table) or expires before ``before``."""
+    rows = session.execute(
+        select(Certificate.id, Certificate.serial_hex, Certificate.status,
+               Certificate.revocation_reason, Certificate.revoked_at, OcspResponse.status_token,
+               OcspResponse.next_update)
+        .outerjoin(OcspResponse, OcspResponse.certificate_id == Certificate.id)
+        .where(Certificate.issuer_id == authority.id,
+               Certificate.status.in_((ISSUED, REVOKED)),
+               *([Certificate.serial_hex == serial_hex] if serial_hex is not None else []))
+        .order_by(Certificate.id)
+        .execution_options(yield_per=batch))
+    for cid, serial_hex, status, reason, revoked_at, token, next_update in rows:
+        if token is None or next_update < before or \
+                token != status_token(status, reason, revoked_at):
+            yield cid, serial_hex, status, reason, revoked_at
+
+
+def store_response(session: Session, certificate_id: int, token: str, this_update: datetime,
+                   next_update: datetime, der: bytes) -> None:
+    row = session.scalars(select(OcspResponse).where(
+        OcspResponse.certificate_id == certificate_id)).one_or_none()
+    if row is None:
+        session.add(OcspResponse(certificate_id=certificate_id, status_token=token,
+                                 this_update=this_update, next_update=next_update, der=der))
+    else:
+        row.status_token, row.this_update, row.next_update, row.der = \
+            token, this_update, next_update, der
+    session.flush()
 
 
 # --- time-stamp tokens ----------------------------------------------------------------------
