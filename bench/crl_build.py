@@ -7,6 +7,7 @@ issue 3: 1,000,000 entries in under 10 s and under 300 MB peak RSS.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import resource
@@ -62,9 +63,10 @@ print(json.dumps(fill_and_publish({url!r}, {n})))
 """)
         per_entry_ratio = (result["seconds"] / n) / (baseline["seconds"] / baseline_n)
         print(f"tincay publish_crl from SQLite, {n:,} entries: {result['seconds']:.2f} s "
-              f"(fill {result['fill_seconds']:.1f} s not counted), peak RSS "
-              f"{result['rss_mb']:.0f} MB (fill included); time per entry x{per_entry_ratio:.2f} "
-              f"the baseline's; target for 1,000,000: < 10 s and < 300 MB")
+              f"(fill {result['fill_seconds']:.1f} s not counted), peak RSS during publication "
+              f"{result['rss_mb']:.0f} MB, CRL {result['crl_mb']:.1f} MB; time per entry "
+              f"x{per_entry_ratio:.2f} the baseline's; target for 1,000,000: < 10 s and "
+              f"< 300 MB")
 
 
 def fill_and_publish(url: str, count: int) -> dict:
@@ -92,9 +94,26 @@ def fill_and_publish(url: str, count: int) -> dict:
             if batch:
                 session.execute(insert(Certificate), batch)
         filled = time.perf_counter() - start
+        gc.collect()
+        _reset_peak_rss()
         start = time.perf_counter()
         info = pki.service.publish_crl("ca")
         seconds = time.perf_counter() - start
         assert info.entries == count
-    return {"seconds": seconds, "fill_seconds": filled,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"seconds": seconds, "fill_seconds": filled, "rss_mb": _peak_rss_mb(),
+                "crl_mb": len(info.der) / 2 ** 20}
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so the peak is publication's alone (with
+    whatever the fill left resident, which only makes the figure more conservative)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

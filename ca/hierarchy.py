@@ -14,6 +14,9 @@ ceremony. Schema (unknown keys are errors)::
           - C: VN                   #   profile orders RDNs) or one string for parse_subject
           - CN: Tincay Demo Root CA
         validity_days: 9131         # optional; the profile's default otherwise
+        crl_validity: 7d            # optional: CRL nextUpdate - thisUpdate (default 7d)
+        delta_crl_validity: 1d      # optional: publish delta CRLs valid this long (default: none)
+        ocsp_validity: 12h          # optional: OCSP nextUpdate - thisUpdate (default 12h)
       - {name: issuing-ca, parent: root-ca, profile: issuing-ca, key: ec-p256,
          subject: "C=VN, O=Bệnh viện Đa khoa Tincay, CN=Tincay Demo Issuing CA"}
     services:
@@ -26,27 +29,70 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from ca.durations import format_duration, parse_duration
 from ca.errors import ProfileError, SubjectError, UnsupportedKeyError
 from ca.keys.base import KeySpec
 from ca.profiles import (EKU_NAMES, Profile, ProfileSet, _hint, _int, _list, _mapping,
                          _read_yaml, _str, _Where)
 from ca.subject import build_name, canonical_name, parse_subject
 
-__all__ = ["AuthoritySpec", "HierarchySpec", "ServiceSpec", "load_hierarchy"]
+__all__ = ["AuthoritySpec", "HierarchySpec", "PublicationSettings", "ServiceSpec",
+           "load_hierarchy"]
 
 ServiceKind = Literal["ocsp", "tsa"]
 SERVICE_KINDS: dict[str, str] = {"ocsp": EKU_NAMES["OCSPSigning"],
                                  "tsa": EKU_NAMES["timeStamping"]}
 _UNIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # safe in URLs and key labels
 _TOP_KEYS = ("name", "description", "authorities", "services")
-_AUTHORITY_KEYS = ("name", "profile", "key", "subject", "parent", "validity_days")
+_PUBLICATION_KEYS = ("crl_validity", "delta_crl_validity", "ocsp_validity")
+_AUTHORITY_KEYS = ("name", "profile", "key", "subject", "parent", "validity_days",
+                   *_PUBLICATION_KEYS)
 _SERVICE_KEYS = ("name", "kind", "issuer", "profile", "key", "subject", "validity_days")
 
 Pairs = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class PublicationSettings:
+    """How long a CA's CRLs, delta CRLs and OCSP answers are valid (nextUpdate - thisUpdate).
+
+    Bounds: a CRL between 1 hour and 366 days; a delta CRL (None: the CA publishes none)
+    from 5 minutes up to, not including, the full CRL's validity; OCSP from 1 minute to
+    10 days (the CA/Browser Forum's ceiling for subscriber certificates). ValueError
+    otherwise, naming the setting.
+    """
+
+    crl_validity: timedelta = timedelta(days=7)
+    delta_crl_validity: timedelta | None = None
+    ocsp_validity: timedelta = timedelta(hours=12)
+
+    def __post_init__(self) -> None:
+        _bounded("crl_validity", self.crl_validity, timedelta(hours=1), timedelta(days=366))
+        _bounded("ocsp_validity", self.ocsp_validity, timedelta(minutes=1), timedelta(days=10))
+        if self.delta_crl_validity is not None:
+            if self.delta_crl_validity >= self.crl_validity:
+                raise ValueError(f"delta_crl_validity {format_duration(self.delta_crl_validity)}"
+                                 f" must be shorter than crl_validity "
+                                 f"{format_duration(self.crl_validity)}")
+            _bounded("delta_crl_validity", self.delta_crl_validity, timedelta(minutes=5),
+                     self.crl_validity - timedelta(seconds=1))
+
+    def describe(self) -> dict[str, str | None]:
+        return {"crl_validity": format_duration(self.crl_validity),
+                "delta_crl_validity": format_duration(self.delta_crl_validity)
+                if self.delta_crl_validity is not None else None,
+                "ocsp_validity": format_duration(self.ocsp_validity)}
+
+
+def _bounded(name: str, value: timedelta, low: timedelta, high: timedelta) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} {format_duration(value)} is outside "
+                         f"{format_duration(low)}..{format_duration(high)}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +105,7 @@ class AuthoritySpec:
     subject: Pairs
     parent: str | None = None
     validity_days: int | None = None
+    publication: PublicationSettings = field(default_factory=PublicationSettings)
 
 
 @dataclass(frozen=True)
@@ -147,8 +194,24 @@ def _authority(where: _Where, item: str, entry: object,
                          subject=_subject(where, f"{item}.subject", raw["subject"], profile),
                          parent=parent,
                          validity_days=_days(where, f"{item}.validity_days",
-                                             raw.get("validity_days"), profile))
+                                             raw.get("validity_days"), profile),
+                         publication=_publication(where, item, raw))
     return spec, item
+
+
+def _publication(where: _Where, item: str, raw: dict) -> PublicationSettings:
+    values: dict[str, timedelta | None] = {}
+    for key in _PUBLICATION_KEYS:
+        if raw.get(key) is not None:
+            try:
+                values[key] = parse_duration(_str(where, f"{item}.{key}", raw[key]))
+            except ValueError as exc:
+                raise where.error(f"{item}.{key}", str(exc)) from None
+    try:
+        return PublicationSettings(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        field_name = str(exc).split(" ", 1)[0]
+        raise where.error(f"{item}.{field_name}", str(exc)) from None
 
 
 def _service(where: _Where, item: str, entry: object,

@@ -55,11 +55,13 @@ def ca_certificate(name: str) -> Response:
 
 @repository.get("/crl/<name>.crl")
 def latest_crl(name: str) -> Response:
-    """The CA's latest full CRL in DER (RFC 5280 4.2.1.13: application/pkix-crl), cacheable
-    until its nextUpdate."""
+    """The CA's latest complete CRL in DER (RFC 5280 4.2.1.13: application/pkix-crl), or at
+    ``<ca>-delta.crl`` its latest delta CRL, cacheable until its nextUpdate."""
     if not _NAME.fullmatch(name):
         abort(404)
     crl = service().latest_crl(name)
+    if crl is None and name.endswith("-delta"):
+        crl = service().latest_crl(name.removesuffix("-delta"), delta=True)
     if crl is None:
         abort(404)
     now = service().clock.now()

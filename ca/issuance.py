@@ -103,6 +103,7 @@ class IssuerInfo:
     name: str
     certificate: x509.Certificate | None
     key: SigningKey
+    publishes_deltas: bool = False  # its certificates may then point at its delta CRL
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,13 @@ class Urls:
     freshest_crl: str | None = None
 
 
-def urls_for(public_url: str, issuer_name: str) -> Urls:
+def urls_for(public_url: str, issuer_name: str, *, deltas: bool = False) -> Urls:
     """The repository layout tincay serves under one public base URL, for one issuing CA.
 
     ``{base}/ocsp``, ``{base}/certs/{ca}.cer``, ``{base}/crl/{ca}.crl`` and
-    ``{base}/crl/{ca}-delta.crl``; one function so the HTTP routes and the certificates agree.
+    ``{base}/crl/{ca}-delta.crl`` (only for a CA that publishes delta CRLs, so no certificate
+    points at a CRL that will never exist); one function so the HTTP routes and the
+    certificates agree.
     """
     base = public_url.rstrip("/")
     if not re.match(r"^https?://[^/\s]+", base):
@@ -128,7 +131,7 @@ def urls_for(public_url: str, issuer_name: str) -> Urls:
         raise ValueError(f"CA name {issuer_name!r} is not safe in a URL path")
     return Urls(ocsp=f"{base}/ocsp", ca_issuers=f"{base}/certs/{issuer_name}.cer",
                 crl=f"{base}/crl/{issuer_name}.crl",
-                freshest_crl=f"{base}/crl/{issuer_name}-delta.crl")
+                freshest_crl=f"{base}/crl/{issuer_name}-delta.crl" if deltas else None)
 
 
 @dataclass(frozen=True)

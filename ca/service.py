@@ -29,7 +29,7 @@ from ca import crl, issuance, signing
 from ca.clock import Clock
 from ca.errors import (AlreadyExistsError, IssuanceError, KeyExistsError, NotFoundError,
                        TincayError)
-from ca.hierarchy import AuthoritySpec, HierarchySpec, ServiceSpec
+from ca.hierarchy import AuthoritySpec, HierarchySpec, PublicationSettings, ServiceSpec
 from ca.issuance import CertificateRequest, IssuerInfo
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile, ProfileSet
@@ -99,8 +99,6 @@ class ServiceUnitKey:
     key_uri: str
 
 
-DEFAULT_CRL_VALIDITY = timedelta(days=7)
-
 
 @dataclass(frozen=True)
 class CrlInfo:
@@ -112,6 +110,7 @@ class CrlInfo:
     next_update: datetime
     entries: int
     der: bytes
+    delta_base: int | None = None  # the complete CRL's number, for a delta CRL
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class CertificateAuthorityService:
                            if spec.parent else None)
         now = self.clock.now()
         not_after = _not_after(now, spec.validity_days)
-        urls = issuance.urls_for(self.public_url, issuer_info.name) if issuer_info else None
+        urls = self._urls(issuer_info) if issuer_info else None
         if key_uri is None:
             self._dry_run(profile, subject, spec.key, issuer_info, spec.name, urls, now, not_after)
         key = self._obtain_key(spec.name, spec.key, key_uri, progress, authority=spec.name)
@@ -186,7 +185,7 @@ class CertificateAuthorityService:
                 session, name=spec.name, profile=profile.name, key_uri=key.uri,
                 subject=format_name(subject),
                 parent=queries.get_authority(session, spec.parent) if spec.parent else None,
-                created_at=now)
+                created_at=now, publication=spec.publication)
             issuer = authority if spec.parent is None else authority.parent
             return self._record_pending(session, issuer, prepared, subject, (), None)
 
@@ -234,7 +233,7 @@ class CertificateAuthorityService:
         subject = build_name(profile, subject_pairs)
         with self.read() as session:
             issuer_info = self._issuer_info(queries.get_authority(session, ca))
-        urls = issuance.urls_for(self.public_url, ca)
+        urls = self._urls(issuer_info)
         now = self.clock.now()
         not_after = _not_after(now, days)
 
@@ -274,7 +273,7 @@ class CertificateAuthorityService:
             issuer_info = self._issuer_info(queries.get_authority(session, spec.issuer))
         now = self.clock.now()
         self._dry_run(profile, build_name(profile, spec.subject), spec.key, issuer_info,
-                      spec.name, issuance.urls_for(self.public_url, issuer_info.name), now,
+                      spec.name, self._urls(issuer_info), now,
                       _not_after(now, spec.validity_days))
         key = self._obtain_key(spec.name, spec.key, None, progress, authority=spec.issuer)
         issued = self._issue_with_key(issuer_info, profile, spec.subject, key, spec.validity_days,
@@ -303,7 +302,7 @@ class CertificateAuthorityService:
                                         prepared, subject, (), key.uri)
 
         cert, row = self._issue(profile, subject, key.public_key, issuer_info,
-                                issuance.urls_for(self.public_url, issuer_info.name), now,
+                                self._urls(issuer_info), now,
                                 _not_after(now, days), (), (), record)
         return IssuedCertificate(cert, row.serial_hex, issuer_info.name, profile.name, key.uri,
                                  key.private_key)
@@ -331,7 +330,7 @@ class CertificateAuthorityService:
                 raise AlreadyExistsError(f"certificate {row.serial_hex} of {ca} is already on hold")
             previous = row.revocation_reason
             queries.mark_revoked(session, row, reason=code, at=row.revoked_at or now,
-                                 invalidity_date=invalidity_date)
+                                 invalidity_date=invalidity_date, changed_at=now)
             queries.record_event(session, at=now, action="certificate.revoke", authority=ca,
                                  serial_hex=row.serial_hex, subject=row.subject,
                                  details=_json({"reason": code, "previous": previous,
@@ -348,51 +347,131 @@ class CertificateAuthorityService:
                 raise IssuanceError(f"certificate {row.serial_hex} of {ca} is not on hold "
                                     f"({row.status}"
                                     f"{', ' + row.revocation_reason if row.revocation_reason else ''})")
-            queries.mark_released(session, row)
+            queries.mark_released(session, row, at=now)
             queries.record_event(session, at=now, action="certificate.release", authority=ca,
                                  serial_hex=row.serial_hex, subject=row.subject)
             return describe_certificate(row)
 
     # --- CRLs ---------------------------------------------------------------------------------
 
-    def publish_crl(self, ca: str, *, validity: timedelta = DEFAULT_CRL_VALIDITY) -> CrlInfo:
-        """Sign and record a new full CRL of ``ca`` with the next cRLNumber.
+    def publish_crl(self, ca: str, *, validity: timedelta | None = None,
+                    delta: bool = False) -> CrlInfo:
+        """Sign and record a new CRL of ``ca`` with the next cRLNumber: a complete CRL, or with
+        ``delta`` a delta CRL over the latest complete one (RFC 5280 5.2.4).
 
-        Entries stream from the database into the encoder. The number comes from the crls
-        table under a unique constraint, so two publishers racing get distinct numbers or a
-        clear error, never two CRLs with one number.
+        ``validity`` (nextUpdate - thisUpdate) defaults to the CA's setting. Entries stream
+        from the database into the encoder. Complete and delta CRLs share one number sequence
+        (RFC 5280 5.2.3) from the crls table under a unique constraint, so two publishers
+        racing get distinct numbers or a clear error, never two CRLs with one number. A CA
+        that publishes deltas names its delta CRL in its complete CRLs (Freshest CRL).
         """
-        if validity <= timedelta(0):
-            raise IssuanceError("CRL validity must be positive")
         now = self.clock.now().replace(microsecond=0)
         with self._transaction() as session:
             authority = queries.get_authority(session, ca)
+            settings = queries.publication(authority)
+            base = None
+            if delta:
+                if settings.delta_crl_validity is None:
+                    raise IssuanceError(f"CA {ca} does not publish delta CRLs (set one with "
+                                        f"tincay ca configure {ca} --delta-crl-validity 1d)")
+                base = queries.latest_crl(session, ca)
+                if base is None:
+                    raise IssuanceError(f"CA {ca} has no complete CRL yet for a delta CRL to "
+                                        f"build on: publish one first (tincay crl --ca {ca})")
+            if validity is None:
+                validity = settings.delta_crl_validity if delta else settings.crl_validity
+            if validity is None or validity <= timedelta(0):
+                raise IssuanceError("CRL validity must be positive")
             issuer = self._issuer_info(authority)
             number = queries.next_crl_number(session, authority)
             counter = [0]
+            stream = (queries.changed_entries(session, authority, base.this_update) if base
+                      else queries.revoked_entries(session, authority))
 
-            def entries() -> Iterator[crl.RevokedEntry]:
-                for serial_hex, revoked_at, reason, invalidity in queries.revoked_entries(
-                        session, authority):
-                    counter[0] += 1
-                    yield crl.RevokedEntry(int(serial_hex, 16), revoked_at, reason, invalidity)
+            def entries() -> Iterator[crl.StoredRevocation]:
+                for counter[0], entry in enumerate(stream, start=1):
+                    yield entry
 
+            freshest = self._urls(issuer).freshest_crl if not delta else None
             der = crl.build_crl(issuer.certificate, issuer.key, entries(),  # type: ignore[arg-type]
                                 crl.CrlParams(number, now, now + validity,
-                                              hash=signing.default_hash(issuer.key)))
+                                              delta_base=base.number if base else None,
+                                              hash=signing.default_hash(issuer.key),
+                                              freshest_crl=freshest))
             queries.add_crl(session, issuer=authority, number=number, this_update=now,
-                            next_update=now + validity, entries=counter[0], der=der)
+                            next_update=now + validity, entries=counter[0], der=der,
+                            delta_base=base.number if base else None)
             queries.record_event(session, at=now, action="crl.publish", authority=ca,
-                                 details=_json({"number": number, "entries": counter[0]}))
-        return CrlInfo(ca, number, now, now + validity, counter[0], der)
+                                 details=_json({"number": number, "entries": counter[0],
+                                                "delta_base": base.number if base else None}))
+        return CrlInfo(ca, number, now, now + validity, counter[0], der,
+                       base.number if base else None)
 
-    def latest_crl(self, ca: str) -> CrlInfo | None:
+    def publish_due_crls(self) -> list[CrlInfo]:
+        """Publish every CRL that is missing or past half its validity, for every active CA:
+        the complete CRL, then (for a CA with deltas) a delta over the latest complete one.
+
+        Half the validity ahead, like the OCSP refresh: a relying party that cached a CRL at
+        its thisUpdate always finds a newer one before nextUpdate, even if a run is missed.
+        """
+        published = []
+        now = self.clock.now()
+        for authority in self.list_authorities():
+            if authority["status"] != "active":
+                continue
+            name = authority["name"]
+            settings = self.publication_settings(name)
+            full = self.latest_crl(name)
+            if full is None or now >= full.this_update + settings.crl_validity / 2:
+                full = self.publish_crl(name)
+                published.append(full)
+            if settings.delta_crl_validity is None:
+                continue
+            delta = self.latest_crl(name, delta=True)
+            if (delta is None or delta.delta_base != full.number
+                    or now >= delta.this_update + settings.delta_crl_validity / 2):
+                published.append(self.publish_crl(name, delta=True))
+        return published
+
+    def latest_crl(self, ca: str, *, delta: bool = False) -> CrlInfo | None:
         with self.read() as session:
-            record = queries.latest_crl(session, ca)
+            record = queries.latest_crl(session, ca, delta=delta)
             if record is None:
                 return None
             return CrlInfo(ca, record.number, record.this_update, record.next_update,
-                           record.entries, record.der)
+                           record.entries, record.der, record.delta_base)
+
+    def publication_settings(self, ca: str) -> PublicationSettings:
+        with self.read() as session:
+            return queries.publication(queries.get_authority(session, ca))
+
+    def configure_authority(self, ca: str, *, crl_validity: timedelta | None = None,
+                            delta_crl_validity: timedelta | None | bool = False,
+                            ocsp_validity: timedelta | None = None) -> dict[str, Any]:
+        """Change how long ``ca``'s CRLs, delta CRLs and OCSP answers are valid.
+
+        Arguments left out keep their value; ``delta_crl_validity=None`` stops delta CRLs
+        (``False``, the default, leaves that setting alone). Certificates issued from now on
+        carry the Freshest CRL pointer only while deltas are on; published CRLs and stored
+        OCSP answers keep the validity they were signed with.
+        """
+        now = self.clock.now().replace(microsecond=0)
+        with self._transaction() as session:
+            authority = queries.get_authority(session, ca)
+            current = queries.publication(authority)
+            try:
+                updated = PublicationSettings(
+                    crl_validity=crl_validity or current.crl_validity,
+                    delta_crl_validity=current.delta_crl_validity
+                    if delta_crl_validity is False else delta_crl_validity,  # type: ignore[arg-type]
+                    ocsp_validity=ocsp_validity or current.ocsp_validity)
+            except ValueError as exc:
+                raise IssuanceError(f"CA {ca}: {exc}") from None
+            queries.set_publication(authority, updated)
+            queries.record_event(session, at=now, action="authority.configure", authority=ca,
+                                 details=_json({"before": current.describe(),
+                                                "after": updated.describe()}))
+            return describe_authority(authority)
 
     # --- what the OCSP responder and the TSA need -------------------------------------------
 
@@ -565,7 +644,11 @@ class CertificateAuthorityService:
         if authority.status != "active" or authority.certificate is None:
             raise IssuanceError(f"CA {authority.name} is {authority.status}, not active")
         return IssuerInfo(authority.name, _authority_cert(authority),
-                          self.keys.load(authority.key_uri))
+                          self.keys.load(authority.key_uri),
+                          publishes_deltas=authority.delta_crl_validity_seconds is not None)
+
+    def _urls(self, issuer: IssuerInfo) -> issuance.Urls:
+        return issuance.urls_for(self.public_url, issuer.name, deltas=issuer.publishes_deltas)
 
     def _dry_run(self, profile: Profile, subject: x509.Name, spec: KeySpec,
                  issuer: IssuerInfo | None, name: str, urls: issuance.Urls | None, now: datetime,
@@ -670,6 +753,7 @@ def describe_authority(authority: Authority) -> dict[str, Any]:
         "not_after": cert.not_after if cert else None,
         "fingerprint_sha256": cert.fingerprint_sha256 if cert else None,
         "created_at": authority.created_at,
+        **queries.publication(authority).describe(),
     }
 
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from datetime import timedelta
+
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,6 +20,7 @@ from ca.errors import TincayError
 from ca.settings import REPO_ROOT
 from cli.context import AppContext
 from cli.output import emit, emit_one, progress
+from cli.params import DurationType
 
 DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
 _FORMATS = click.Choice(["pem", "der"])
@@ -164,6 +167,24 @@ def ca_show(name: str, as_json: bool) -> None:
     emit_one(_ctx().service.show_authority(name), as_json)
 
 
+@ca_group.command(name="configure")
+@click.argument("name")
+@click.option("--crl-validity", type=DurationType(), help="Complete CRLs valid this long (7d).")
+@click.option("--delta-crl-validity", type=DurationType(allow_off=True),
+              help="Publish delta CRLs valid this long (1d), or 'off'.")
+@click.option("--ocsp-validity", type=DurationType(), help="OCSP answers valid this long (12h).")
+@json_option
+def ca_configure(name: str, crl_validity: timedelta | None,
+                 delta_crl_validity: timedelta | None | str, ocsp_validity: timedelta | None,
+                 as_json: bool) -> None:
+    """Set how long a CA's CRLs, delta CRLs and OCSP answers are valid."""
+    emit_one(_ctx().service.configure_authority(
+        name, crl_validity=crl_validity, ocsp_validity=ocsp_validity,
+        delta_crl_validity=False if delta_crl_validity is None
+        else None if delta_crl_validity == "off" else delta_crl_validity),
+        as_json)
+
+
 @ca_group.command(name="export")
 @click.argument("name")
 @click.option("--chain", is_flag=True, help="Include the parents up to the root (PEM only).")
@@ -279,27 +300,30 @@ def release(serial: str, ca_name: str) -> None:
 
 @cli.command(name="crl")
 @click.option("--ca", "ca_name", required=True, help="The CA whose CRL to publish.")
+@click.option("--delta", is_flag=True,
+              help="A delta CRL over the latest complete CRL (served at /crl/<ca>-delta.crl).")
 @click.option("--out", default=None, help="Also write the CRL here (- for stdout).")
 @click.option("--format", "fmt", type=_FORMATS, default="der", show_default=True)
-@click.option("--validity-hours", type=click.IntRange(1, 24 * 366), default=168,
-              show_default=True, help="nextUpdate = thisUpdate + this.")
+@click.option("--validity", type=DurationType(),
+              help="nextUpdate - thisUpdate, e.g. 7d or 12h [the CA's setting].")
 @json_option
-def crl_command(ca_name: str, out: str | None, fmt: str, validity_hours: int,
-                as_json: bool) -> None:
-    """Publish a new full CRL of a CA (served at /crl/<ca>.crl)."""
-    from datetime import timedelta
-
-    info = _ctx().service.publish_crl(ca_name, validity=timedelta(hours=validity_hours))
+def crl_command(ca_name: str, delta: bool, out: str | None, fmt: str,
+                validity: timedelta | None, as_json: bool) -> None:
+    """Publish a new CRL of a CA (served at /crl/<ca>.crl, deltas at /crl/<ca>-delta.crl)."""
+    info = _ctx().service.publish_crl(ca_name, validity=validity, delta=delta)
     if out is not None:
         data = info.der if fmt == "der" else x509.load_der_x509_crl(info.der).public_bytes(
             serialization.Encoding.PEM)
         _write(out, data)
-    record = {"ca": info.ca, "number": info.number, "this_update": info.this_update,
-              "next_update": info.next_update, "entries": info.entries}
+    record = {"ca": info.ca, "number": info.number, "delta_base": info.delta_base,
+              "this_update": info.this_update, "next_update": info.next_update,
+              "entries": info.entries}
     if as_json:
         emit_one(record, True)
     elif out != "-":
-        click.echo(f"CRL {info.number} of {ca_name}: {info.entries} entries, next update "
+        kind = f"delta CRL {info.number} (base {info.delta_base})" if delta else \
+            f"CRL {info.number}"
+        click.echo(f"{kind} of {ca_name}: {info.entries} entries, next update "
                    f"{info.next_update.isoformat()}")
 
 

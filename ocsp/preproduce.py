@@ -30,7 +30,7 @@ class PreProducer:
                  margin: timedelta | None = None, batch: int = 500) -> None:
         self.service = service
         self.responder = responder
-        self.margin = margin if margin is not None else responder.validity / 2
+        self.margin = margin  # None: half of each CA's OCSP validity
         self.batch = batch
 
     def refresh(self, ca: str | None = None, serial: str | None = None) -> int:
@@ -40,9 +40,11 @@ class PreProducer:
         for key in self.responder.keys:
             if ca is not None and key.ca_name != ca:
                 continue
+            validity = self.responder.validity_for(key)
+            margin = self.margin if self.margin is not None else validity / 2
             while True:
                 now = self.service.clock.now().replace(microsecond=0)
-                due = self.service.ocsp_responses_due(key.ca_name, now + self.margin,
+                due = self.service.ocsp_responses_due(key.ca_name, now + margin,
                                                       limit=self.batch, serial=serial)
                 if not due:
                     break
@@ -50,7 +52,7 @@ class PreProducer:
                 for cid, serial_hex, status in due:
                     cert_id = self.responder.cert_id(key, int(serial_hex, 16))
                     der = self.responder.sign(key, [(cert_id, as_status_info(status))], None, now)
-                    signed.append((cid, status, now, now + self.responder.validity, der))
+                    signed.append((cid, status, now, now + validity, der))
                 self.service.store_ocsp_responses(signed)
                 count += len(signed)
         return count

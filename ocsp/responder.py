@@ -74,6 +74,7 @@ class ResponderKey:
     issuer_certificate: x509.Certificate
     signer_certificate: x509.Certificate
     key: SigningKey
+    validity: timedelta | None = None  # this CA's nextUpdate - thisUpdate; None: the responder's
     _ids: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +221,10 @@ class Responder:
                                  "issuer_name_hash": name_hash, "issuer_key_hash": key_hash,
                                  "serial_number": serial})
 
+    def validity_for(self, key: ResponderKey) -> timedelta:
+        """How long answers for ``key``'s CA are valid: its own setting, else the default."""
+        return key.validity or self.validity
+
     def sign(self, key: ResponderKey, answers: Sequence[tuple[asn1_ocsp.CertId, StatusInfo]],
              nonce: asn1_core.Asn1Value | None, produced_at: datetime) -> bytes:
         """A signed, successful OCSPResponse answering ``answers``."""
@@ -230,7 +235,7 @@ class Responder:
             status, used_extension = self._cert_status(info)
             extended |= used_extension
             singles.append({"cert_id": cert_id, "cert_status": status, "this_update": now,
-                            "next_update": now + self.validity})
+                            "next_update": now + self.validity_for(key)})
         extensions = []
         if nonce is not None:
             extensions.append(asn1_ocsp.ResponseDataExtension(

@@ -33,16 +33,19 @@ class StoreSource:
 
 def responder_keys(service: CertificateAuthorityService) -> list[ResponderKey]:
     """Who signs for each active CA: its delegated OCSP responder unit if it has one (the
-    responder's own key, RFC 6960 4.2.2.2), else the CA's key itself."""
+    responder's own key, RFC 6960 4.2.2.2), else the CA's key itself; with the CA's OCSP
+    validity as configured when the keys are loaded (a worker start)."""
     keys: dict[str, ResponderKey] = {}
     for unit in service.service_units("ocsp"):
         keys.setdefault(unit.authority, ResponderKey(
             unit.authority, unit.authority_certificate, unit.certificate,
-            service.signing_key(unit.key_uri)))
+            service.signing_key(unit.key_uri),
+            service.publication_settings(unit.authority).ocsp_validity))
     for authority in service.list_authorities():
         name = authority["name"]
         if name not in keys and authority["status"] == "active":
             certificate = service.authority_certificate(name)
             keys[name] = ResponderKey(name, certificate, certificate,
-                                      service.signing_key(authority["key_uri"]))
+                                      service.signing_key(authority["key_uri"]),
+                                      service.publication_settings(name).ocsp_validity)
     return list(keys.values())

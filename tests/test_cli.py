@@ -149,7 +149,7 @@ def test_operator_tour(cli: Cli, tmp_path: Path, unique_label: str) -> None:
 
     # the CRL lists the revoked doctor, and OpenSSL agrees
     published = cli.json("crl", "--ca", ca, "--out", str(tmp_path / "ca.crl"),
-                         "--validity-hours", "24")
+                         "--validity", "24h")
     assert (published["number"], published["entries"]) == (1, 1)
     verify = subprocess.run(["openssl", "verify", "-crl_check", "-CRLfile",
                              str(tmp_path / "ca.crl"), "-CAfile", str(tmp_path / "root.pem"),
@@ -157,9 +157,29 @@ def test_operator_tour(cli: Cli, tmp_path: Path, unique_label: str) -> None:
                             capture_output=True, text=True)
     assert verify.returncode == 2 and "certificate revoked" in verify.stdout + verify.stderr
 
+    # delta CRLs: off until configured, then over the latest complete CRL
+    cli("crl", "--ca", ca, "--delta", code=1)
+    assert "does not publish delta CRLs" in cli.err
+    cli("ca", "configure", ca, "--delta-crl-validity", "1x", code=2)
+    assert "not a duration" in cli.err
+    cli("ca", "configure", ca, "--delta-crl-validity", "8d", code=1)
+    assert "shorter than crl_validity 7d" in cli.err
+    configured = cli.json("ca", "configure", ca, "--delta-crl-validity", "6h",
+                          "--ocsp-validity", "4h")
+    assert (configured["crl_validity"], configured["delta_crl_validity"],
+            configured["ocsp_validity"]) == ("7d", "6h", "4h")
+    delta = cli.json("crl", "--ca", ca, "--delta", "--out", str(tmp_path / "delta.crl"))
+    assert (delta["number"], delta["delta_base"]) == (2, 1)
+    text = openssl("crl", "-inform", "DER", "-in", str(tmp_path / "delta.crl"), "-noout",
+                   "-text").stdout
+    assert "Delta CRL Indicator: critical" in text
+    assert cli.json("ca", "configure", ca, "--delta-crl-validity", "off")[
+        "delta_crl_validity"] is None
+
     events = cli.json("audit", "--ca", ca)
     assert {"key.generate", "certificate.prepare", "certificate.issue", "certificate.revoke",
-            "certificate.release"} <= {e["action"] for e in events}
+            "certificate.release", "authority.configure", "crl.publish"} <= \
+        {e["action"] for e in events}
 
 
 def test_profile_commands(cli: Cli, tmp_path: Path) -> None:

@@ -2,11 +2,14 @@
 pkilint's CRL linter, cryptography and pyhanko-certvalidator."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -57,6 +60,8 @@ def test_published_crl_judged_by_others(pki: Hierarchy, tmp_path: Path) -> None:
     assert (info.number, info.entries, info.this_update) == (1, 2, NOW)
     crl = x509.load_der_x509_crl(info.der)
     assert crl.is_signature_valid(pki.ca("ca").public_key())  # type: ignore[arg-type]
+    from asn1crypto import crl as asn1_crl  # the spliced encoding is asn1crypto's own DER
+    assert asn1_crl.CertificateList.load(info.der).dump(force=True) == info.der
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
     assert crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value \
         .key_identifier == pki.ca("ca").extensions.get_extension_for_class(
@@ -188,3 +193,180 @@ def test_crl_signed_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path) -
         result = openssl("crl", "-inform", "DER", "-in", str(tmp_path / "c.crl"), "-CAfile",
                          str(ca), "-noout", "-verify")
         assert result.returncode == 0, result.stderr
+
+
+@given(st.integers(min_value=0, max_value=70_000))
+@settings(max_examples=60, deadline=None)
+def test_entry_framing_is_asn1crypto_der(length: int) -> None:
+    """The hot-path TLV framing equals asn1crypto's encoding for short and long lengths."""
+    from asn1crypto import core as asn1_core
+
+    from ca.crl import _tlv
+
+    contents = bytes(length % 251 for _ in range(length))
+    assert _tlv(0x30, contents) == asn1_core.Sequence(contents=contents).dump()
+    assert _tlv(0x04, contents) == asn1_core.OctetString(contents).dump()
+
+
+@given(st.integers(min_value=1, max_value=2 ** 159 - 1))
+@settings(max_examples=200, deadline=None)
+def test_entry_encoding_matches_asn1crypto(serial: int) -> None:
+    from asn1crypto import crl as asn1_crl
+
+    from ca.crl import RevokedEntry, StoredRevocation, _EntryEncoder
+
+    at = dt.datetime(2051, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc) if serial % 2 else NOW
+    reference = asn1_crl.RevokedCertificate({
+        "user_certificate": serial,
+        "revocation_date": {"general_time" if at.year >= 2050 else "utc_time": at},
+        "crl_entry_extensions": [{"extn_id": "crl_reason", "extn_value": "key_compromise"},
+                                 {"extn_id": "invalidity_date", "extn_value": NOW}]}).dump()
+    encoder = _EntryEncoder(delta=False)
+    assert encoder.encode(RevokedEntry(serial, at, "keyCompromise", NOW)) == reference
+    stored = StoredRevocation(format(serial, "x"), at.strftime("%Y%m%d%H%M%S"),
+                              "keyCompromise", NOW.strftime("%Y%m%d%H%M%S"))
+    assert encoder.encode(stored) == reference
+
+
+def test_publication_on_both_databases(database_url: str, tmp_path: Path) -> None:
+    """The store streams times as digits formatted by SQLite or PostgreSQL; across 2050 too."""
+    late = dt.datetime(2051, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    with Hierarchy.from_spec(spec("ec-p256"), at=NOW, database_url=database_url) as pki:
+        early = pki.issue("clinician", DOCTOR, key_type="ec-p256")
+        later = pki.issue("clinician", DOCTOR, key_type="ec-p256")
+        pki.revoke(early, "keyCompromise", invalidity_date=NOW - dt.timedelta(hours=5))
+        pki.clock.set(late)
+        pki.revoke(later, "cessationOfOperation")
+        der = pki.service.publish_crl("root").der and pki.service.publish_crl("ca").der
+    crl = x509.load_der_x509_crl(der)
+    entry = crl.get_revoked_certificate_by_serial_number(early.certificate.serial_number)
+    assert entry is not None and entry.revocation_date_utc == NOW
+    assert entry.extensions.get_extension_for_class(x509.InvalidityDate).value \
+        .invalidity_date_utc == NOW - dt.timedelta(hours=5)
+    entry = crl.get_revoked_certificate_by_serial_number(later.certificate.serial_number)
+    assert entry is not None and entry.revocation_date_utc == late
+    assert b"\x18\x0f20510102030405Z" in der  # GeneralizedTime from 2050 (RFC 5280 5.1.2.4)
+
+
+# --- delta CRLs (RFC 5280 5.2.4) ------------------------------------------------------------
+
+def delta_world(database_url: str = "sqlite://", tmp_path: Path | None = None):
+    """root -> ca publishing 7-day CRLs and 1-day deltas; clinician certificates asking for
+    the Freshest CRL pointer (a copy of the shipped profiles with that one switch)."""
+    import shutil
+
+    import yaml
+
+    assert tmp_path is not None
+    profiles = tmp_path / "profiles"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "profiles", profiles)
+    data = yaml.safe_load((profiles / "clinician.yaml").read_text())
+    data["freshest_crl"] = True
+    (profiles / "clinician.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    world = spec("ec-p256")
+    world["authorities"][1].update(crl_validity="7d", delta_crl_validity="1d")
+    return Hierarchy.from_spec(world, at=NOW, database_url=database_url, profiles=profiles)
+
+
+def test_delta_crl_lists_changes_since_its_base(database_url: str, tmp_path: Path) -> None:
+    with delta_world(database_url, tmp_path) as pki:
+        early, later, held, good = (pki.issue("clinician", DOCTOR, key_type="ec-p256")
+                                    for _ in range(4))
+        pki.revoke(early, "keyCompromise")
+        pki.revoke(held, "certificateHold")
+        with pytest.raises(IssuanceError, match="no complete CRL"):
+            pki.service.publish_crl("ca", delta=True)
+        # a change in the base's own second is listed again in the delta (the safe side of a
+        # concurrent revocation); a minute later it is not
+        pki.clock.advance(dt.timedelta(minutes=1))
+        full = pki.service.publish_crl("ca")
+        pki.clock.advance(dt.timedelta(hours=1))
+        pki.revoke(later, "superseded")
+        pki.service.release_hold("ca", format(held.certificate.serial_number, "x"))
+        delta = pki.service.publish_crl("ca", delta=True)
+        assert pki.service.latest_crl("ca", delta=True).der == delta.der
+        assert pki.service.latest_crl("ca").der == full.der
+        with pytest.raises(IssuanceError, match="does not publish delta"):
+            pki.service.publish_crl("root", delta=True)
+
+    assert (full.number, full.entries, full.delta_base) == (1, 2, None)
+    assert full.next_update - full.this_update == dt.timedelta(days=7)
+    assert (delta.number, delta.entries, delta.delta_base) == (2, 2, 1)
+    assert delta.next_update - delta.this_update == dt.timedelta(days=1)
+    complete = x509.load_der_x509_crl(full.der)
+    [point] = complete.extensions.get_extension_for_class(x509.FreshestCRL).value
+    assert point.full_name[0].value == "http://127.0.0.1:8080/crl/ca-delta.crl" or \
+        point.full_name[0].value.endswith("/crl/ca-delta.crl")
+    parsed = x509.load_der_x509_crl(delta.der)
+    indicator = parsed.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    assert indicator.critical and indicator.value.crl_number == 1
+    with pytest.raises(x509.ExtensionNotFound):
+        parsed.extensions.get_extension_for_class(x509.FreshestCRL)
+
+    def reason(crl: x509.CertificateRevocationList, issued) -> x509.ReasonFlags | None:
+        entry = crl.get_revoked_certificate_by_serial_number(issued.certificate.serial_number)
+        return None if entry is None else entry.extensions.get_extension_for_class(
+            x509.CRLReason).value.reason
+
+    assert reason(parsed, later) == x509.ReasonFlags.superseded
+    assert reason(parsed, held) == x509.ReasonFlags.remove_from_crl
+    assert parsed.get_revoked_certificate_by_serial_number(
+        early.certificate.serial_number) is None  # unchanged since the base: not repeated
+    [dp] = good.certificate.extensions.get_extension_for_class(x509.FreshestCRL).value
+    assert dp.full_name[0].value.endswith("/crl/ca-delta.crl")
+
+
+def test_openssl_and_certvalidator_apply_the_delta(tmp_path: Path) -> None:
+    from asn1crypto import x509 as ax
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import RevokedError
+
+    with delta_world(tmp_path=tmp_path) as pki:
+        later, held, good = (pki.issue("clinician", DOCTOR, key_type="ec-p256") for _ in range(3))
+        pki.revoke(held, "certificateHold")
+        full = pki.service.publish_crl("ca").der
+        root_crl = pki.service.publish_crl("root").der
+        pki.clock.advance(dt.timedelta(hours=1))
+        pki.revoke(later, "keyCompromise")
+        pki.service.release_hold("ca", format(held.certificate.serial_number, "x"))
+        delta = pki.service.publish_crl("ca", delta=True).der
+        chain = hx.write_pem(tmp_path / "chain.pem", pki.root, pki.ca("ca"))
+        files = {}
+        for name, der in (("full", full), ("delta", delta), ("root", root_crl)):
+            files[name] = tmp_path / f"{name}.crl"
+            files[name].write_bytes(x509.load_der_x509_crl(der).public_bytes(
+                serialization.Encoding.PEM))
+
+        def openssl_verify(issued, *crls: str) -> subprocess.CompletedProcess:
+            leaf = hx.write_pem(tmp_path / "leaf.pem", issued.certificate)
+            args = [a for name in crls for a in ("-CRLfile", str(files[name]))]
+            return openssl("verify", "-crl_check_all", "-use_deltas", "-attime",
+                           str(int((NOW + dt.timedelta(hours=2)).timestamp())), "-CAfile",
+                           str(chain), *args, str(leaf))
+
+        # the complete CRL alone: the later revocation is not known, the hold still stands
+        assert openssl_verify(later, "full", "root").returncode == 0
+        result = openssl_verify(held, "full", "root")
+        assert result.returncode != 0 and "revoked" in result.stdout + result.stderr
+        # with the delta: revoked now, and the hold released (removeFromCRL)
+        result = openssl_verify(later, "full", "delta", "root")
+        assert result.returncode != 0 and "revoked" in result.stdout + result.stderr
+        assert openssl_verify(held, "full", "delta", "root").returncode == 0, \
+            openssl_verify(held, "full", "delta", "root").stdout
+        assert openssl_verify(good, "full", "delta", "root").returncode == 0
+
+        def validate(issued) -> None:
+            context = ValidationContext(
+                trust_roots=[ax.Certificate.load(hx.der_of(pki.root))],
+                crls=[full, delta, root_crl], revocation_mode="require",
+                moment=NOW + dt.timedelta(hours=2), allow_fetching=False)
+            validator = CertificateValidator(ax.Certificate.load(hx.der_of(issued.certificate)),
+                                             [ax.Certificate.load(hx.der_of(pki.ca("ca")))],
+                                             validation_context=context)
+            asyncio.run(validator.async_validate_usage({"non_repudiation"}))
+
+        validate(good)
+        with pytest.raises(RevokedError):
+            validate(later)
+    lint = lint_crl(delta, tmp_path)
+    assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -183,7 +183,35 @@ BROKEN: list[tuple[str, Callable[[dict], None], str]] = [
      "services[0].issuer: no authority 'subb' (did you mean 'sub'?)"),
     ("service-subject", _set("services.1.subject", "C=VN, CN=TSA"),
      "services[1].subject: profile tsa: O is required"),
+    ("crl-validity", _set("authorities.0.crl_validity", "7 days"),
+     "authorities[0].crl_validity: '7 days' is not a duration like 7d"),
+    ("crl-validity-range", _set("authorities.0.crl_validity", "30m"),
+     "authorities[0].crl_validity: crl_validity 30m is outside 1h..366d"),
+    ("delta-longer", _set("authorities.0.delta_crl_validity", "7d"),
+     "authorities[0].delta_crl_validity: delta_crl_validity 7d must be shorter than "
+     "crl_validity 7d"),
+    ("ocsp-validity-range", _set("authorities.0.ocsp_validity", "11d"),
+     "authorities[0].ocsp_validity: ocsp_validity 11d is outside 1m..10d"),
+    ("ocsp-validity-type", _set("authorities.0.ocsp_validity", 12),
+     "authorities[0].ocsp_validity: expected a string"),
 ]
+
+
+def test_publication_settings(profiles: ProfileSet) -> None:
+    from datetime import timedelta
+
+    data = copy.deepcopy(spec())
+    data["authorities"][0].update(crl_validity="2d", delta_crl_validity="6h",
+                                  ocsp_validity="1d12h")
+    loaded = load_hierarchy(data, profiles)
+    sub = loaded.authority(data["authorities"][0]["name"]).publication
+    assert (sub.crl_validity, sub.delta_crl_validity, sub.ocsp_validity) == \
+        (timedelta(days=2), timedelta(hours=6), timedelta(hours=36))
+    assert sub.describe() == {"crl_validity": "2d", "delta_crl_validity": "6h",
+                              "ocsp_validity": "1d12h"}
+    default = loaded.authority(data["authorities"][1]["name"]).publication
+    assert (default.crl_validity, default.delta_crl_validity, default.ocsp_validity) == \
+        (timedelta(days=7), None, timedelta(hours=12))
 
 
 @pytest.mark.parametrize("label,mutate,message", BROKEN, ids=[b[0] for b in BROKEN])

@@ -135,6 +135,13 @@ def test_latest_crl_is_served_until_its_next_update(client) -> None:
     assert response.expires == latest.next_update
     assert response.cache_control.max_age == int((latest.next_update - NOW).total_seconds())
     assert http.get("/crl/nope.crl").status_code == 404
+    assert http.get("/crl/issuing-ca-delta.crl").status_code == 404  # no deltas configured
+    service.configure_authority("issuing-ca", delta_crl_validity=dt.timedelta(hours=6))
+    delta = service.publish_crl("issuing-ca", delta=True)
+    response = http.get("/crl/issuing-ca-delta.crl")
+    assert response.status_code == 200 and response.data == delta.der
+    assert response.cache_control.max_age == 6 * 3600
+    assert http.get("/crl/issuing-ca.crl").data == latest.der  # the complete one unchanged
 
 
 @pytest.mark.softhsm

@@ -359,7 +359,7 @@ def test_issuing_ca_links_to_root_and_carries_urls(ec_chain: Chain) -> None:
 
 def test_end_entity_extensions(ec_chain: Chain) -> None:
     profiles = ec_chain.profiles
-    urls = issuance.urls_for(BASE_URL + "/", "issuing-ca")
+    urls = issuance.urls_for(BASE_URL + "/", "issuing-ca", deltas=True)
     key = memory_key("clinician", "ec-p256")
     cert = issue(profiles["clinician"], DOCTOR, key.public_key, ec_chain.issuer, urls,
                  emails=("bs.a@benhvien-q11.example.vn",))
@@ -692,11 +692,13 @@ def test_load_csr_refuses_garbage_and_tampering() -> None:
 # --- URLs and purity ------------------------------------------------------------------------
 
 def test_urls_for() -> None:
-    assert issuance.urls_for("https://pki.example.vn/repo/", "issuing-ca") == Urls(
+    assert issuance.urls_for("https://pki.example.vn/repo/", "issuing-ca", deltas=True) == Urls(
         ocsp="https://pki.example.vn/repo/ocsp",
         ca_issuers="https://pki.example.vn/repo/certs/issuing-ca.cer",
         crl="https://pki.example.vn/repo/crl/issuing-ca.crl",
         freshest_crl="https://pki.example.vn/repo/crl/issuing-ca-delta.crl")
+    # no pointer to a delta CRL a CA never publishes
+    assert issuance.urls_for("https://pki.example.vn", "issuing-ca").freshest_crl is None
     with pytest.raises(ValueError):
         issuance.urls_for("pki.example.vn", "issuing-ca")
     with pytest.raises(ValueError):

@@ -32,18 +32,19 @@ REQUEST = "application/ocsp-request"
 
 
 class World:
-    def __init__(self, pki: Hierarchy, tmp_path: Path) -> None:
+    def __init__(self, pki: Hierarchy, tmp_path: Path, ca: str = "issuing-ca") -> None:
         self.pki = pki
+        self.ca_name = ca
         self.app = create_app(pki.service)
         self.http = self.app.test_client()
         self.dir = tmp_path
         self.root = hx.write_pem(tmp_path / "root.pem", pki.root)
-        self.ca = hx.write_pem(tmp_path / "ca.pem", pki.ca("issuing-ca"))
+        self.ca = hx.write_pem(tmp_path / "ca.pem", pki.ca(ca))
         self.chain = tmp_path / "chain.pem"
         self.chain.write_bytes(self.root.read_bytes() + self.ca.read_bytes())
 
     def leaf(self, name: str = "leaf"):
-        issued = self.pki.issue("clinician", DOCTOR, key_type="ec-p256")
+        issued = self.pki.issue("clinician", DOCTOR, ca=self.ca_name, key_type="ec-p256")
         return issued, hx.write_pem(self.dir / f"{name}-{issued.serial_hex}.pem",
                                     issued.certificate)
 
@@ -301,16 +302,13 @@ def test_responder_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Pat
     spec = {"authorities": [
         {"name": f"{unique_label}-root", "profile": "root-ca", "key": "ec-p256",
          "subject": "C=VN, O=T, CN=Root"},
-        {"name": "issuing-ca", "parent": f"{unique_label}-root", "profile": "issuing-ca",
+        {"name": f"{unique_label}-ca", "parent": f"{unique_label}-root", "profile": "issuing-ca",
          "key": "ec-p256", "subject": "C=VN, O=T, CN=Issuing"}],
-        "services": [{"name": f"{unique_label}-ocsp", "kind": "ocsp", "issuer": "issuing-ca",
-                      "profile": "ocsp-responder", "key": "rsa-2048",
-                      "subject": "C=VN, O=T, CN=OCSP"}]}
-    # the CA name is fixed ("issuing-ca") for World; make its key label unique on the token
-    if hsm_backend.exists("issuing-ca"):
-        pytest.skip("another test already made issuing-ca on this token")
+        "services": [{"name": f"{unique_label}-ocsp", "kind": "ocsp",
+                      "issuer": f"{unique_label}-ca", "profile": "ocsp-responder",
+                      "key": "rsa-2048", "subject": "C=VN, O=T, CN=OCSP"}]}
     with Hierarchy.from_spec(spec, keys=hsm_backend, at=NOW) as pki:
-        world = World(pki, tmp_path)
+        world = World(pki, tmp_path, ca=f"{unique_label}-ca")
         _, pem = world.leaf()
         request = world.request(pem)
         response = world.post(request)
@@ -365,3 +363,33 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
     world.pki.clock.advance(dt.timedelta(hours=13))
     assert world.pki.service.preproduced_response(
         "issuing-ca", issued.certificate.serial_number) is None
+
+
+def test_each_ca_answers_with_its_own_validity(tmp_path: Path) -> None:
+    """ocsp_validity from the hierarchy spec, changed later by configure_authority: live and
+    pre-produced answers carry it (a worker picks a change up when it loads its keys)."""
+    import yaml
+
+    from ca.testing import DEMO_SPEC
+    from ocsp.preproduce import PreProducer
+
+    spec = yaml.safe_load(DEMO_SPEC.read_text())
+    for authority in spec["authorities"]:
+        if authority["name"] == "issuing-ca":
+            authority["ocsp_validity"] = "2h"
+    with Hierarchy.from_spec(spec, at=NOW) as pki:
+        world = World(pki, tmp_path)
+        issued, pem = world.leaf()
+
+        def validity(der: bytes) -> dt.timedelta:
+            single = ocsp.load_der_ocsp_response(der)
+            return single.next_update_utc - single.this_update_utc
+
+        assert validity(world.post(world.request(pem))) == dt.timedelta(hours=2)
+        PreProducer(pki.service, world.app.extensions["tincay.ocsp"]).refresh()
+        assert validity(pki.service.preproduced_response(
+            "issuing-ca", issued.certificate.serial_number)) == dt.timedelta(hours=2)
+        pki.service.configure_authority("issuing-ca", ocsp_validity=dt.timedelta(minutes=30))
+        assert pki.service.show_authority("issuing-ca")["ocsp_validity"] == "30m"
+        assert validity(World(pki, tmp_path).post(world.request(pem))) == \
+            dt.timedelta(minutes=30)

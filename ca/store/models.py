@@ -61,6 +61,10 @@ class Authority(Base):
     certificate_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("certificates.id", use_alter=True, name="fk_authorities_certificate"))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # What it publishes: CRL nextUpdate - thisUpdate, delta CRLs (None: none), OCSP validity.
+    crl_validity_seconds: Mapped[int] = mapped_column(Integer, server_default="604800")
+    delta_crl_validity_seconds: Mapped[Optional[int]] = mapped_column(Integer)
+    ocsp_validity_seconds: Mapped[int] = mapped_column(Integer, server_default="43200")
 
     parent: Mapped[Optional["Authority"]] = relationship(remote_side="Authority.id",
                                                          foreign_keys=[parent_id])
@@ -74,7 +78,11 @@ class Certificate(Base):
     __tablename__ = "certificates"
     __table_args__ = (
         UniqueConstraint("issuer_id", "serial_hex", name="uq_certificates_issuer_serial"),
-        Index("ix_certificates_issuer_status", "issuer_id", "status"),
+        # Covering: a CRL is read from this index alone (no table pages of DER blobs), and it
+        # also serves every lookup by issuer and status.
+        Index("ix_certificates_crl", "issuer_id", "status", "serial_hex", "revoked_at",
+              "revocation_reason", "invalidity_date"),
+        Index("ix_certificates_status_changed", "issuer_id", "status_changed_at"),
         Index("ix_certificates_not_after", "not_after"),
     )
 
@@ -98,6 +106,8 @@ class Certificate(Base):
     revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
     revocation_reason: Mapped[Optional[str]] = mapped_column(String(32))
     invalidity_date: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
+    # When it was last revoked, put on hold or released: what delta CRLs select by.
+    status_changed_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
 
     issuer: Mapped[Authority] = relationship(foreign_keys=[issuer_id])
 

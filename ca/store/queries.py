@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ca.crl import StoredRevocation
 from ca.errors import AlreadyExistsError, NotFoundError
+from ca.hierarchy import PublicationSettings
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
                              Authority, Certificate, CrlRecord, OcspResponse, ServiceUnit,
                              TimestampToken, status_token)
@@ -54,12 +58,30 @@ def get_authority(session: Session, name: str) -> Authority:
 
 
 def add_authority(session: Session, *, name: str, profile: str, key_uri: str, subject: str,
-                  parent: Authority | None, created_at: datetime) -> Authority:
+                  parent: Authority | None, created_at: datetime,
+                  publication: PublicationSettings | None = None) -> Authority:
     authority = Authority(name=name, status="pending", profile=profile, key_uri=key_uri,
                           subject=subject, parent=parent, created_at=created_at)
+    set_publication(authority, publication or PublicationSettings())
     session.add(authority)
     _flush(session, f"CA {name!r} already exists")
     return authority
+
+
+def publication(authority: Authority) -> PublicationSettings:
+    delta = authority.delta_crl_validity_seconds
+    return PublicationSettings(
+        crl_validity=timedelta(seconds=authority.crl_validity_seconds),
+        delta_crl_validity=None if delta is None else timedelta(seconds=delta),
+        ocsp_validity=timedelta(seconds=authority.ocsp_validity_seconds))
+
+
+def set_publication(authority: Authority, settings: PublicationSettings) -> None:
+    authority.crl_validity_seconds = int(settings.crl_validity.total_seconds())
+    authority.delta_crl_validity_seconds = (
+        None if settings.delta_crl_validity is None
+        else int(settings.delta_crl_validity.total_seconds()))
+    authority.ocsp_validity_seconds = int(settings.ocsp_validity.total_seconds())
 
 
 def set_authority_certificate(session: Session, authority: Authority,
@@ -100,17 +122,22 @@ def mark_failed(session: Session, row: Certificate, reason: str, at: datetime) -
 
 
 def mark_revoked(session: Session, row: Certificate, *, reason: str, at: datetime,
-                 invalidity_date: datetime | None) -> None:
+                 invalidity_date: datetime | None, changed_at: datetime) -> None:
+    """``at`` is the revocationDate (a held certificate keeps its hold time when revoked for
+    good); ``changed_at`` is now, what delta CRLs select by."""
     row.status = REVOKED
     row.revocation_reason = reason
     row.revoked_at = at
     row.invalidity_date = invalidity_date
+    row.status_changed_at = changed_at
     session.flush()
 
 
-def mark_released(session: Session, row: Certificate) -> None:
-    """Off hold: the certificate is good again, as if never revoked."""
+def mark_released(session: Session, row: Certificate, *, at: datetime) -> None:
+    """Off hold: the certificate is good again, as if never revoked (a delta CRL lists it as
+    removeFromCRL, selected by ``status_changed_at``)."""
     row.status = ISSUED
+    row.status_changed_at = at
     row.revocation_reason = None
     row.revoked_at = None
     row.invalidity_date = None
@@ -180,20 +207,41 @@ def add_service_unit(session: Session, *, name: str, kind: str, authority: Autho
 
 # --- CRLs -----------------------------------------------------------------------------------
 
+class utc_digits(FunctionElement):
+    """A timestamp column as its UTC digits YYYYMMDDHHMMSS, formatted by the database: the
+    CRL encoder needs exactly these, and a million rows then cost no datetime objects."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(utc_digits, "sqlite")
+def _utc_digits_sqlite(element: utc_digits, compiler: Any, **kw: Any) -> str:
+    # UtcDateTime stores naive UTC text on SQLite
+    return f"strftime('%Y%m%d%H%M%S', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(utc_digits, "postgresql")
+def _utc_digits_postgresql(element: utc_digits, compiler: Any, **kw: Any) -> str:
+    return (f"to_char(({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC', "
+            "'YYYYMMDDHH24MISS')")
+
+
 def revoked_entries(session: Session, issuer: Authority,
-                    batch: int = 10_000) -> Iterator[tuple[str, datetime, str | None,
-                                                           datetime | None]]:
-    """(serial_hex, revoked_at, reason, invalidity_date) of every revoked certificate of
-    ``issuer``, streamed in batches (server-side cursor on PostgreSQL) so a million-entry CRL
-    never materialises a million ORM objects."""
-    result = session.execute(
-        select(Certificate.serial_hex, Certificate.revoked_at, Certificate.revocation_reason,
-               Certificate.invalidity_date)
+                    batch: int = 10_000) -> Iterator[StoredRevocation]:
+    """Every revoked certificate of ``issuer`` as (serial_hex, revoked, reason, invalidity)
+    tuples in the shape of :class:`StoredRevocation`, streamed in batches (server-side cursor on
+    PostgreSQL) as plain strings, so a million-entry CRL never materialises a million ORM
+    objects or datetimes."""
+    # Core, not ORM, execution: rows come back as plain tuples without per-row ORM loading
+    result = session.connection().execute(
+        select(Certificate.serial_hex, utc_digits(Certificate.revoked_at),
+               Certificate.revocation_reason, utc_digits(Certificate.invalidity_date))
         .where(Certificate.issuer_id == issuer.id, Certificate.status == REVOKED)
-        .order_by(Certificate.id)
-        .execution_options(yield_per=batch))
-    for row in result:
-        yield row[0], row[1], row[2], row[3]
+        .order_by(Certificate.serial_hex)  # the covering index's order: no sort
+        .execution_options(stream_results=True))  # this statement only, not the connection
+    while rows := result.fetchmany(batch):
+        yield from rows  # type: ignore[misc]
 
 
 def next_crl_number(session: Session, issuer: Authority) -> int:
@@ -202,19 +250,40 @@ def next_crl_number(session: Session, issuer: Authority) -> int:
 
 
 def add_crl(session: Session, *, issuer: Authority, number: int, this_update: datetime,
-            next_update: datetime, entries: int, der: bytes) -> CrlRecord:
+            next_update: datetime, entries: int, der: bytes,
+            delta_base: int | None = None) -> CrlRecord:
     record = CrlRecord(issuer=issuer, number=number, this_update=this_update,
-                       next_update=next_update, entries=entries, der=der)
+                       next_update=next_update, entries=entries, der=der, delta_base=delta_base)
     session.add(record)
     _flush(session, f"CRL number {number} of CA {issuer.name} already exists")
     return record
 
 
-def latest_crl(session: Session, ca: str) -> CrlRecord | None:
+def latest_crl(session: Session, ca: str, *, delta: bool = False) -> CrlRecord | None:
+    """The newest complete CRL of ``ca`` (or, with ``delta``, its newest delta CRL)."""
+    kind = CrlRecord.delta_base.is_not(None) if delta else CrlRecord.delta_base.is_(None)
     return session.scalars(
         select(CrlRecord).join(Authority, CrlRecord.issuer_id == Authority.id)
-        .where(Authority.name == ca, CrlRecord.delta_base.is_(None))
+        .where(Authority.name == ca, kind)
         .order_by(CrlRecord.number.desc()).limit(1)).one_or_none()
+
+
+def changed_entries(session: Session, issuer: Authority,
+                    since: datetime) -> Iterator[StoredRevocation]:
+    """What a delta CRL lists: every certificate of ``issuer`` revoked, held or released at or
+    after ``since`` (its base CRL's thisUpdate). A release is listed as removeFromCRL, dated
+    when it happened (RFC 5280 5.2.4, 5.3.1)."""
+    result = session.connection().execute(
+        select(Certificate.serial_hex, Certificate.status,
+               utc_digits(Certificate.revoked_at), Certificate.revocation_reason,
+               utc_digits(Certificate.invalidity_date), utc_digits(Certificate.status_changed_at))
+        .where(Certificate.issuer_id == issuer.id, Certificate.status_changed_at >= since)
+        .order_by(Certificate.serial_hex))
+    for serial_hex, status, revoked, reason, invalidity, changed in result:
+        if status == REVOKED:
+            yield StoredRevocation(serial_hex, revoked, reason, invalidity)
+        elif status == ISSUED:
+            yield StoredRevocation(serial_hex, changed, "removeFromCRL", None)
 
 
 # --- pre-produced OCSP responses -------------------------------------------------------------
