@@ -16,6 +16,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.durations import format_duration
 from ca.errors import TincayError
 from ca.settings import REPO_ROOT
 from cli.context import AppContext
@@ -133,15 +134,22 @@ def demo(as_json: bool) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes [CPU count].")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Threads per worker.")
-def serve(host: str, port: int, workers: int | None, threads: int) -> None:
-    """Serve the repository (CA certificates) over HTTP under gunicorn."""
+@click.option("--maintenance-interval", type=DurationType(), default="5m", show_default=True,
+              help="How often the maintenance process publishes due CRLs and OCSP answers.")
+@click.option("--no-maintenance", is_flag=True,
+              help="Serve only (another host runs tincay maintain).")
+def serve(host: str, port: int, workers: int | None, threads: int,
+          maintenance_interval: timedelta, no_maintenance: bool) -> None:
+    """Serve OCSP, CRLs and CA certificates over HTTP under gunicorn, with a maintenance
+    process that keeps CRLs and pre-produced OCSP answers fresh."""
     from cli.serve import serve as run_server
 
     app = _ctx()
     app.engine  # migrate once, before the workers fork  # noqa: B018
     app.close()
     progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
-    run_server(host, port, workers, threads)
+    run_server(host, port, workers, threads,
+               maintenance=None if no_maintenance else maintenance_interval)
 
 
 # --- CAs ------------------------------------------------------------------------------------
@@ -397,6 +405,34 @@ def _preproducer() -> Any:
 def _preproduce(ca: str, serial: str) -> None:
     """Issuance and revocation refresh that serial's stored OCSP answer at once."""
     _preproducer().refresh(ca, serial)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
+@click.option("--interval", type=DurationType(), default="5m", show_default=True,
+              help="Time between passes.")
+@json_option
+def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
+    """Publish the CRLs and sign the OCSP answers that are due (tincay serve runs this)."""
+    import logging
+    import signal
+    import threading
+
+    from cli.maintenance import run_forever, run_once
+
+    def one_pass() -> Any:
+        return run_once(_ctx().service, _preproducer().refresh)
+
+    if once:
+        report = one_pass()
+        emit_one(report.as_dict(), True) if as_json else click.echo(report.summary())
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    progress(f"maintenance every {format_duration(interval)} (Ctrl-C to stop)")
+    run_forever(one_pass, interval, stop)
 
 
 @cli.group(name="ocsp")

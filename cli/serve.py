@@ -6,6 +6,9 @@ worker is a process with its own PKCS#11 session, which is how HSM signing scale
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from datetime import timedelta
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -28,8 +31,32 @@ class TincayServer(BaseApplication):
         return create_app()
 
 
-def serve(host: str, port: int, workers: int | None = None, threads: int = 4) -> None:
-    """Serve until interrupted; workers default to the CPU count."""
+def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
+          maintenance: timedelta | None = None) -> None:
+    """Serve until interrupted; workers default to the CPU count.
+
+    With ``maintenance``, the arbiter also starts ``tincay maintain --interval`` once the
+    workers are ready and stops it on exit: one process, one HSM session, no duplicate
+    publishing from several workers.
+    """
+    from ca.durations import format_duration
+
+    children: list[subprocess.Popen] = []
+
+    def when_ready(server: Any) -> None:
+        if maintenance is not None:
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "maintain", "--interval",
+                 format_duration(maintenance)]))
+
+    def on_exit(server: Any) -> None:
+        for child in children:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
     TincayServer({
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers or os.cpu_count() or 1,
@@ -43,4 +70,6 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4) ->
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "tincay",
+        "when_ready": when_ready,
+        "on_exit": on_exit,
     }).run()

@@ -176,6 +176,11 @@ def test_operator_tour(cli: Cli, tmp_path: Path, unique_label: str) -> None:
     assert cli.json("ca", "configure", ca, "--delta-crl-validity", "off")[
         "delta_crl_validity"] is None
 
+    # one maintenance pass: the root had no CRL yet; the issuing CA's is fresh
+    report = cli.json("maintain", "--once")
+    assert [(c["ca"], c["number"]) for c in report["crls"]] == [(root, 1)]
+    assert cli.json("maintain", "--once")["crls"] == []
+
     events = cli.json("audit", "--ca", ca)
     assert {"key.generate", "certificate.prepare", "certificate.issue", "certificate.revoke",
             "certificate.release", "authority.configure", "crl.publish"} <= \

@@ -370,3 +370,18 @@ def test_openssl_and_certvalidator_apply_the_delta(tmp_path: Path) -> None:
             validate(later)
     lint = lint_crl(delta, tmp_path)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_due_crls_are_published_at_half_their_validity(tmp_path: Path) -> None:
+    """What the maintenance process runs: complete CRLs at half of 7 days, deltas at half of
+    one day and again whenever a new complete CRL becomes their base."""
+    def published(pki: Hierarchy) -> list[tuple[str, int, int | None]]:
+        return [(c.ca, c.number, c.delta_base) for c in pki.service.publish_due_crls()]
+
+    with delta_world(tmp_path=tmp_path) as pki:
+        assert published(pki) == [("root", 1, None), ("ca", 1, None), ("ca", 2, 1)]
+        assert published(pki) == []
+        pki.clock.advance(dt.timedelta(hours=12))
+        assert published(pki) == [("ca", 3, 1)]
+        pki.clock.advance(dt.timedelta(days=3, hours=12))  # 3.5 days: the complete ones
+        assert published(pki) == [("root", 2, None), ("ca", 4, None), ("ca", 5, 4)]

@@ -84,8 +84,10 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     env["TINCAY_HOME"] = str(tmp_path / "home")
     env["TINCAY_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
     subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
-    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2",
+                               "--maintenance-interval", "1s"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -95,12 +97,13 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError(server.stdout.read().decode() if server.stdout else "")
+                    raise AssertionError((tmp_path / "serve.log").read_text())
                 time.sleep(0.1)
         yield base, tmp_path / "home", env
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.softhsm
@@ -119,6 +122,30 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{base}/certs/none.cer", timeout=5)
     assert missing.value.code == 404
+
+
+@pytest.mark.softhsm
+def test_serve_runs_the_maintenance_process(served_demo: tuple[str, Path, dict[str, str]]
+                                            ) -> None:
+    """Turning delta CRLs on is all an operator does: the maintenance process beside the
+    workers (every second here) publishes the first delta, served at once."""
+    base, home, env = served_demo
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{base}/crl/issuing-ca-delta.crl", timeout=5)
+    subprocess.run([TINCAY, "ca", "configure", "issuing-ca", "--delta-crl-validity", "1h"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/crl/issuing-ca-delta.crl", timeout=5) as reply:
+                delta = x509.load_der_x509_crl(reply.read())
+            break
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline, (home.parent / "serve.log").read_text()
+            time.sleep(0.5)
+    assert delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number >= 1
+    assert "maintenance: CRLs published: issuing-ca delta" in \
+        (home.parent / "serve.log").read_text()
 
 
 def test_latest_crl_is_served_until_its_next_update(client) -> None:

@@ -1,0 +1,66 @@
+"""Keeping published status fresh on a timer: CRLs (complete and delta) and the pre-produced
+OCSP answers, each renewed at half its validity.
+
+``tincay serve`` runs this in a process of its own beside the gunicorn workers (its own HSM
+session, DESIGN.md 5); ``tincay maintain`` runs it alone, for the one host of a multi-host
+deployment that should publish, or from cron with ``--once``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ca.errors import TincayError
+from ca.service import CertificateAuthorityService, CrlInfo
+
+log = logging.getLogger("tincay.maintenance")
+
+
+@dataclass
+class MaintenanceReport:
+    """What one pass published."""
+
+    crls: list[CrlInfo] = field(default_factory=list)
+    ocsp_responses: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"crls": [{"ca": c.ca, "number": c.number, "delta_base": c.delta_base,
+                          "entries": c.entries, "next_update": c.next_update}
+                         for c in self.crls],
+                "ocsp_responses": self.ocsp_responses}
+
+    def summary(self) -> str:
+        crls = ", ".join(f"{c.ca} {'delta ' if c.delta_base else ''}#{c.number}"
+                         for c in self.crls) or "none due"
+        return f"CRLs published: {crls}; OCSP responses signed: {self.ocsp_responses}"
+
+
+def run_once(service: CertificateAuthorityService, refresh_ocsp: Callable[[], int]
+             ) -> MaintenanceReport:
+    """One pass: CRLs first (a relying party may fetch them any time), then OCSP answers."""
+    report = MaintenanceReport(crls=service.publish_due_crls())
+    report.ocsp_responses = refresh_ocsp()
+    return report
+
+
+def run_forever(one_pass: Callable[[], MaintenanceReport], interval: timedelta,
+                stop: threading.Event) -> None:
+    """Run ``one_pass`` every ``interval`` until ``stop`` is set.
+
+    A pass that fails because the HSM or the database is unreachable is logged with its cause
+    and retried at the next tick: the loop outlives an HSM restart. Anything else is a bug and
+    ends the loop loudly.
+    """
+    while not stop.is_set():
+        try:
+            report = one_pass()
+            level = logging.INFO if report.crls or report.ocsp_responses else logging.DEBUG
+            log.log(level, "maintenance: %s", report.summary())
+        except (TincayError, SQLAlchemyError, OSError) as exc:
+            log.error("maintenance pass failed, retrying in %s: %s", interval, exc)
+        stop.wait(interval.total_seconds())
