@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import socket
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -63,23 +65,31 @@ class Hierarchy:
     """A complete PKI for one test or test session; close it (or use ``with``) when done."""
 
     def __init__(self, service: CertificateAuthorityService, spec: HierarchySpec,
-                 clock: FrozenClock, engine: Any) -> None:
+                 clock: FrozenClock, engine: Any,
+                 listener: socket.socket | None = None) -> None:
         self.service = service
         self.spec = spec
         self.clock = clock
         self._engine = engine
+        self._listener = listener
         self.issued: list[Issued] = []
 
     @classmethod
     def from_spec(cls, spec: Path | str | Mapping[str, Any] = DEMO_SPEC, *,
                   keys: KeyBackend | None = None, database_url: str = "sqlite://",
                   profiles: ProfileSet | Path | None = None, at: dt.datetime | None = None,
-                  public_url: str = "http://127.0.0.1:8080") -> "Hierarchy":
+                  public_url: str | None = None) -> "Hierarchy":
         """Create every CA and service unit ``spec`` names (a path or an already-parsed mapping).
 
         Defaults: in-memory keys, an in-memory SQLite database, the repository's profiles, and
-        a clock frozen at the current second (``at`` to choose it).
+        a clock frozen at the current second (``at`` to choose it). Without ``public_url``, a
+        loopback port is reserved now and every AIA, CRL and OCSP URL in the certificates
+        points at it, so :meth:`serve` later answers exactly where they say.
         """
+        listener = None
+        if public_url is None:
+            listener = socket.create_server(("127.0.0.1", 0))
+            public_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         if isinstance(profiles, ProfileSet):
             profile_set = profiles
         else:
@@ -92,7 +102,7 @@ class Hierarchy:
                                               keys or MemoryBackend(), profile_set, clock,
                                               public_url)
         service.init_hierarchy(parsed)
-        return cls(service, parsed, clock, engine)
+        return cls(service, parsed, clock, engine, listener)
 
     # --- reading the hierarchy ------------------------------------------------------------------
 
@@ -156,6 +166,41 @@ class Hierarchy:
         finally:
             self.clock.set(before)
 
+    # --- serving ---------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL the certificates point at (``/ocsp``, ``/tsa``, ``/crl/<ca>.crl``,
+        ``/certs/<ca>.cer``)."""
+        return self.service.public_url
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve the real app (OCSP, TSA, CRLs, CA certificates) on the reserved loopback port
+        in a background thread; yields the base URL. Answers follow the hierarchy's clock."""
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        from cli.app import create_app  # the composition root tincay serve uses
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_request(self, *args: Any, **kwargs: Any) -> None:
+                """No access log on the test suite's output."""
+
+        if self._listener is None:
+            raise RuntimeError("serve() needs the hierarchy's own port: create it without "
+                               "public_url")
+        server = make_server("127.0.0.1", 0, create_app(self.service), threaded=True,
+                             request_handler=QuietHandler, fd=self._listener.fileno())
+        thread = threading.Thread(target=server.serve_forever, name="tincay-testing-serve",
+                                  daemon=True)
+        thread.start()
+        try:
+            yield self.url
+        finally:
+            server.shutdown()
+            thread.join()
+            server.server_close()  # its duplicate of the listener; ours stays for a re-serve
+
     # --- for suites in other languages --------------------------------------------------------
 
     def export(self, folder: Path | str, password: bytes = PKCS12_PASSWORD) -> Path:
@@ -193,6 +238,8 @@ class Hierarchy:
         return out
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self.service.keys.close()
         self._engine.dispose()
 

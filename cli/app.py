@@ -1,5 +1,5 @@
-"""The WSGI app factory: one Flask app with the repository and OCSP (and, as it lands, TSA)
-blueprints over one AppContext per worker process.
+"""The WSGI app factory: one Flask app with the repository, OCSP and TSA blueprints over one
+AppContext per worker process.
 
 gunicorn calls :func:`create_app` in every worker after the fork, so each worker opens its own
 database pool and its own PKCS#11 session (one per process, DESIGN.md section 5).
@@ -35,6 +35,12 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
                                               cache=source)
     app.register_blueprint(repository)
     app.register_blueprint(ocsp_blueprint)
+
+    from tsa.http import blueprint as tsa_blueprint
+    from tsa.http import timestamp_authority
+
+    app.extensions["tincay.tsa"] = timestamp_authority(service)
+    app.register_blueprint(tsa_blueprint)
 
     @app.get("/healthz")
     def healthz() -> Response:

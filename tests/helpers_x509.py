@@ -33,6 +33,11 @@ def der_of(cert: CertLike) -> bytes:
     return bytes(cert)
 
 
+def asn1_cert(cert: CertLike) -> asn1_x509.Certificate:
+    """The asn1crypto form pyhanko and certvalidator take."""
+    return asn1_x509.Certificate.load(der_of(cert))
+
+
 def write_pem(path: Path, *certs: CertLike) -> Path:
     """Write one or more certificates as a PEM bundle (what openssl's -CAfile etc. read)."""
     pems = [x509.load_der_x509_certificate(der_of(c)).public_bytes(serialization.Encoding.PEM)

@@ -3,6 +3,7 @@ under gunicorn on loopback (the demo hierarchy `make run` serves)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import subprocess
@@ -207,3 +208,50 @@ def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict
     for extra in ((), ("-no_nonce",)):
         answer = ask(*extra)
         assert f"{leaf}: revoked" in answer and "Reason: keyCompromise" in answer
+
+
+@pytest.mark.softhsm
+def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dict[str, str]],
+                                               tmp_path: Path) -> None:
+    """200 time-stamp requests from 8 threads against 2 gunicorn workers (each its own HSM
+    session): every one granted, OpenSSL verifies one, and the log holds 200 distinct serials
+    from both workers."""
+    import concurrent.futures
+
+    from tsa.core import TimeStampResp
+
+    base, home, env = served_demo
+    data = tmp_path / "record.txt"
+    data.write_bytes(b"transcript 2026")
+    query = tmp_path / "q.tsq"
+    subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert",
+                    "-out", str(query)], check=True, capture_output=True)
+    der = query.read_bytes()
+
+    def stamp(_: int) -> bytes:
+        post = urllib.request.Request(f"{base}/tsa", data=der, method="POST",
+                                      headers={"Content-Type": "application/timestamp-query"})
+        with urllib.request.urlopen(post, timeout=30) as reply:
+            assert reply.headers["Content-Type"] == "application/timestamp-reply"
+            return reply.read()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(stamp, range(200)))
+    serials = set()
+    for reply in replies:
+        parsed = TimeStampResp.load(reply)
+        assert parsed["status"]["status"].native == "granted"
+        serials.add(parsed["time_stamp_token"]["content"]["encap_content_info"]["content"]
+                    .parsed["serial_number"].native)
+    assert len(serials) == 200
+    (tmp_path / "r.tsr").write_bytes(replies[-1])
+    verified = subprocess.run(["openssl", "ts", "-verify", "-data", str(data), "-in",
+                               str(tmp_path / "r.tsr"), "-CAfile",
+                               str(home / "public/root-ca.pem"), "-untrusted",
+                               str(home / "public/issuing-ca.pem")],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    logged = json.loads(subprocess.run([TINCAY, "tsa", "log", "--json", "--limit", "1000"],
+                                       env=env, check=True, capture_output=True,
+                                       timeout=60).stdout)
+    assert {int(row["serial"], 16) for row in logged} == serials

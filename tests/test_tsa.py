@@ -1,0 +1,402 @@
+"""The RFC 3161 TSA: the pure core (tsa/core.py) and POST /tsa (tsa/http.py), judged by
+OpenSSL (`openssl ts -verify`), rfc3161-client, asn1crypto and pyHanko."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+from asn1crypto import algos as aalgos
+from asn1crypto import cms as acms
+from asn1crypto import core as acore
+from asn1crypto import tsp as atsp
+from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ca.clock import FrozenClock
+from ca.errors import BackendUnavailableError, StoreError
+from ca.testing import Hierarchy
+from cli.app import create_app
+from tests import helpers_x509 as hx
+from tsa.core import TimeStampAuthority, TimeStampResp, TsaPolicy, TsaUnit
+
+QUERY = "application/timestamp-query"
+REPLY = "application/timestamp-reply"
+DATA = "Đơn thuốc số 0042: Amoxicillin 500 mg".encode()
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+class World:
+    """The demo hierarchy (it has a TSA unit) served by the real app through Flask's client."""
+
+    def __init__(self, pki: Hierarchy, tmp_path: Path) -> None:
+        self.pki = pki
+        self.app = create_app(pki.service)
+        self.http = self.app.test_client()
+        self.dir = tmp_path
+        [self.unit] = pki.service.service_units("tsa")
+        self.root = hx.write_pem(tmp_path / "root.pem", pki.root)
+        self.tsa_pem = hx.write_pem(tmp_path / "tsa.pem", self.unit.certificate,
+                                    *self.unit.chain[:-1])
+        self.data = tmp_path / "record.txt"
+        self.data.write_bytes(DATA)
+
+    def query(self, *args: str) -> bytes:
+        out = self.dir / f"q-{secrets.token_hex(4)}.tsq"
+        subprocess.run(["openssl", "ts", "-query", "-data", str(self.data), *args, "-out",
+                        str(out)], check=True, capture_output=True)
+        return out.read_bytes()
+
+    def post(self, der: bytes, content_type: str = QUERY):
+        return self.http.post("/tsa", data=der, content_type=content_type)
+
+    def stamp(self, der: bytes) -> bytes:
+        response = self.post(der)
+        assert response.status_code == 200 and response.mimetype == REPLY
+        return response.data
+
+    def openssl_verify(self, reply: bytes, *extra: str) -> subprocess.CompletedProcess:
+        path = self.dir / f"r-{secrets.token_hex(4)}.tsr"
+        path.write_bytes(reply)
+        return subprocess.run(["openssl", "ts", "-verify", "-data", str(self.data), "-in",
+                               str(path), "-CAfile", str(self.root), *extra],
+                              capture_output=True, text=True)
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    with Hierarchy.from_spec(at=NOW) as pki:
+        yield World(pki, tmp_path)
+
+
+def status(reply: bytes) -> tuple[str, set[str] | None]:
+    parsed = TimeStampResp.load(reply)["status"]
+    return parsed["status"].native, parsed["fail_info"].native
+
+
+def tst_info(reply: bytes) -> atsp.TSTInfo:
+    token = TimeStampResp.load(reply)["time_stamp_token"]
+    return token["content"]["encap_content_info"]["content"].parsed
+
+
+# --- what clients we did not write accept ---------------------------------------------------
+
+@pytest.mark.parametrize("digest", ["-sha256", "-sha384", "-sha512"])
+@pytest.mark.parametrize("cert_req", [True, False], ids=["certReq", "noCertReq"])
+@pytest.mark.parametrize("nonce", [True, False], ids=["nonce", "noNonce"])
+def test_openssl_verifies_every_accepted_hash(world: World, digest: str, cert_req: bool,
+                                              nonce: bool) -> None:
+    args = [digest] + (["-cert"] if cert_req else []) + ([] if nonce else ["-no_nonce"])
+    reply = world.stamp(world.query(*args))
+    assert status(reply) == ("granted", None)
+    # without certReq the token carries no certificate: the verifier is given it
+    untrusted = ["-untrusted", str(world.tsa_pem)] if not cert_req else \
+        ["-untrusted", str(hx.write_pem(world.dir / "ca.pem", *world.unit.chain[:-1]))]
+    result = world.openssl_verify(reply, *untrusted)
+    assert result.returncode == 0 and "Verification: OK" in result.stdout, result.stderr
+    signed = TimeStampResp.load(reply)["time_stamp_token"]["content"]
+    assert (len(signed["certificates"] or []) == 1) is cert_req
+    info = tst_info(reply)
+    assert info["policy"].dotted == "1.3.6.1.4.1.59999.1.3"  # the TSA certificate's policy
+    assert info["message_imprint"]["hashed_message"].native == \
+        hashlib.new(digest[1:], DATA).digest()
+    assert (info["nonce"].native is not None) is nonce
+    assert info["accuracy"].native == {"seconds": 1, "millis": None, "micros": None}
+    assert info["ordering"].native is False and info["gen_time"].native == NOW
+    text = subprocess.run(["openssl", "ts", "-reply", "-in", str(sorted(world.dir.glob(
+        "r-*.tsr"))[0]), "-text"], capture_output=True, text=True).stdout
+    assert "Policy OID: 1.3.6.1.4.1.59999.1.3" in text and "Ordering: no" in text
+
+
+def test_token_structure_rfc5816(world: World) -> None:
+    """Signed attributes contentType, messageDigest and signingCertificateV2 naming exactly the
+    TSA certificate; eContentType id-ct-TSTInfo; the unit's EKU is timeStamping, critical."""
+    reply = world.stamp(world.query("-sha256", "-cert"))
+    signed = TimeStampResp.load(reply)["time_stamp_token"]["content"]
+    assert signed["encap_content_info"]["content_type"].native == "tst_info"
+    [signer] = signed["signer_infos"]
+    attributes = {a["type"].native: a["values"][0] for a in signer["signed_attrs"]}
+    assert set(attributes) == {"content_type", "message_digest", "signing_certificate_v2"}
+    [ess] = attributes["signing_certificate_v2"]["certs"]
+    cert_der = hx.der_of(world.unit.certificate)
+    assert ess["cert_hash"].native == hashlib.sha256(cert_der).digest()
+    assert ess["issuer_serial"]["serial_number"].native == world.unit.certificate.serial_number
+    content = signed["encap_content_info"]["content"].contents
+    assert attributes["message_digest"].native == hashlib.sha256(content).digest()
+    eku = world.unit.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert eku.critical and list(eku.value) == [x509.oid.ExtendedKeyUsageOID.TIME_STAMPING]
+
+
+def test_rfc3161_client_verifies(world: World) -> None:
+    from rfc3161_client import (HashAlgorithm, TimestampRequestBuilder, VerifierBuilder,
+                                decode_timestamp_response)
+
+    request = TimestampRequestBuilder().data(DATA).hash_algorithm(HashAlgorithm.SHA512) \
+        .nonce(nonce=True).cert_request(cert_request=True).build()
+    response = decode_timestamp_response(world.stamp(request.as_bytes()))
+    verifier = VerifierBuilder.from_request(request).add_root_certificate(world.pki.root) \
+        .add_intermediate_certificate(world.unit.chain[0]).build()
+    assert verifier.verify_message(response, DATA)
+    assert response.tst_info.serial_number > 2 ** 64  # random, not sequential
+    with pytest.raises(Exception):  # noqa: B017 - the library's own error type per version
+        verifier.verify_message(response, DATA + b"tampered")
+
+
+def test_pyhanko_signs_a_pdf_with_a_timestamp_from_the_served_tsa(tmp_path: Path) -> None:
+    """A clinician's key from the CA core signs a PDF; the signature timestamp comes from
+    POST /tsa on a real loopback server; pyHanko's validator accepts signature and token."""
+    import asyncio
+    import io
+
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign import signers
+    from pyhanko.sign.timestamps import HTTPTimeStamper
+    from pyhanko.sign.validation import async_validate_pdf_signature
+    from pyhanko_certvalidator import ValidationContext
+
+    with Hierarchy.from_spec(at=NOW) as pki, pki.serve() as url:
+        doctor = pki.issue("clinician", "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, "
+                                        "UID=CCCD:079073009568", key_type="ec-p256")
+        export = pki.export(tmp_path / "out")
+        signer = signers.SimpleSigner.load(
+            str(export / f"{doctor.serial_hex}-key.pem"),
+            str(export / f"{doctor.serial_hex}.pem"),
+            ca_chain_files=[str(export / "issuing-ca.pem"), str(export / "root-ca.pem")])
+        pdf = _minimal_pdf()
+        out = signers.sign_pdf(IncrementalPdfFileWriter(io.BytesIO(pdf)),
+                               signers.PdfSignatureMetadata(field_name="Signature1"),
+                               signer=signer, timestamper=HTTPTimeStamper(f"{url}/tsa"))
+        roots = [hx.asn1_cert(pki.root)]
+        context = ValidationContext(trust_roots=roots, allow_fetching=False)
+        [embedded] = PdfFileReader(out).embedded_signatures
+        status_ = asyncio.run(async_validate_pdf_signature(
+            embedded, signer_validation_context=context,
+            ts_validation_context=ValidationContext(
+                trust_roots=roots, allow_fetching=False,
+                other_certs=[hx.asn1_cert(pki.ca("issuing-ca"))])))
+        assert status_.intact and status_.valid and status_.bottom_line, status_.pretty_print_details()
+        assert status_.timestamp_validity is not None and status_.timestamp_validity.valid \
+            and status_.timestamp_validity.trusted
+        [token] = [a["values"][0] for a in embedded.signer_info["unsigned_attrs"]
+                   if a["type"].native == "signature_time_stamp_token"]
+        serial = token["content"]["encap_content_info"]["content"].parsed["serial_number"]
+        logged = {int(t["serial"], 16): t for t in pki.service.timestamp_log()}
+        assert logged[serial.native]["requester"] == "127.0.0.1"  # the embedded token, logged
+
+
+def _minimal_pdf() -> bytes:
+    from pyhanko.pdf_utils.writer import PdfFileWriter
+    import io
+
+    writer = PdfFileWriter()
+    from pyhanko.pdf_utils import generic
+
+    page = generic.DictionaryObject({
+        generic.NameObject("/Type"): generic.NameObject("/Page"),
+        generic.NameObject("/MediaBox"): generic.ArrayObject([generic.NumberObject(n)
+                                                              for n in (0, 0, 595, 842)])})
+    writer.insert_page(page)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+# --- durability -----------------------------------------------------------------------------
+
+def test_each_granted_token_is_logged_before_the_reply(world: World, monkeypatch) -> None:
+    reply = world.stamp(world.query("-sha384"))
+    info = tst_info(reply)
+    [logged] = world.pki.service.timestamp_log()
+    assert int(logged["serial"], 16) == info["serial_number"].native
+    assert logged["imprint_algorithm"] == "sha384"
+    assert logged["policy"] == info["policy"].dotted
+
+    def fail(record) -> None:
+        raise StoreError("database is gone")
+
+    monkeypatch.setattr(world.pki.service, "record_timestamp", fail)
+    refused = world.stamp(world.query("-sha256"))
+    assert status(refused) == ("rejection", {"system_failure"})  # no unrecorded token leaves
+    assert len(world.pki.service.timestamp_log()) == 1
+
+
+# --- refusals: every failInfo from a real request --------------------------------------------
+
+def request(**overrides) -> bytes:
+    fields = {"version": "v1",
+              "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
+                                  "hashed_message": hashlib.sha256(DATA).digest()},
+              "nonce": 12345, "cert_req": True}
+    fields.update(overrides)
+    return atsp.TimeStampReq(fields).dump()
+
+
+REFUSED = [
+    ("bad-alg-sha1", request(message_imprint={"hash_algorithm": {"algorithm": "sha1"},
+                                              "hashed_message": b"\0" * 20}), "bad_alg"),
+    ("bad-alg-md5", request(message_imprint={"hash_algorithm": {"algorithm": "md5"},
+                                             "hashed_message": b"\0" * 16}), "bad_alg"),
+    ("short-imprint", request(message_imprint={"hash_algorithm": {"algorithm": "sha256"},
+                                               "hashed_message": b"\0" * 31}),
+     "bad_data_format"),
+    ("truncated", request()[:-3], "bad_data_format"),
+    ("trailing", request() + b"\0", "bad_data_format"),
+    ("empty", b"", "bad_data_format"),
+    ("version-2", request(version=2), "bad_request"),
+    ("policy", request(req_policy="1.2.3.4"), "unaccepted_policy"),
+    ("critical-extension", request(extensions=[{"extn_id": "1.2.3.4", "critical": True,
+                                                "extn_value": b"\x05\x00"}]),
+     "unaccepted_extensions"),
+    ("huge-nonce", request(nonce=2 ** 300), "bad_request"),
+]
+
+
+@pytest.mark.parametrize("label,der,fail_info", REFUSED, ids=[r[0] for r in REFUSED])
+def test_refusals_carry_the_fitting_fail_info(world: World, label: str, der: bytes,
+                                              fail_info: str) -> None:
+    reply = world.stamp(der)
+    assert status(reply) == ("rejection", {fail_info})
+    assert TimeStampResp.load(reply)["status"]["status_string"].native  # for humans
+    # OpenSSL reads the rejection too
+    path = world.dir / "rejected.tsr"
+    path.write_bytes(reply)
+    text = subprocess.run(["openssl", "ts", "-reply", "-in", str(path), "-text"],
+                          capture_output=True, text=True).stdout
+    assert "Status: Rejected." in text
+    assert world.pki.service.timestamp_log() == []
+
+
+def test_non_critical_unknown_extensions_and_accepted_policies(world: World) -> None:
+    der = request(extensions=[{"extn_id": "1.2.3.4", "critical": False,
+                               "extn_value": b"\x05\x00"}], req_policy="1.3.6.1.4.1.59999.1.3")
+    assert status(world.stamp(der)) == ("granted", None)
+
+
+def test_http_errors(world: World) -> None:
+    assert world.post(request(), content_type="application/octet-stream").status_code == 415
+    assert world.post(b"\x30" * 9000).status_code == 413
+    assert world.http.get("/tsa").status_code == 405
+
+
+def test_unavailable_key_time_and_expired_certificate(world: World, monkeypatch) -> None:
+    authority: TimeStampAuthority = world.app.extensions["tincay.tsa"]
+
+    class Broken:
+        def now(self) -> dt.datetime:
+            raise OSError("clock source lost")
+
+    monkeypatch.setattr(authority, "clock", Broken())
+    assert status(world.stamp(request())) == ("rejection", {"time_not_available"})
+    monkeypatch.undo()
+
+    def unreachable(*args, **kwargs) -> bytes:
+        raise BackendUnavailableError("token removed")
+
+    monkeypatch.setattr("tsa.core.signing.sign", unreachable)
+    assert status(world.stamp(request())) == ("rejection", {"system_failure"})
+    monkeypatch.undo()
+
+    world.pki.clock.advance(dt.timedelta(days=3000))  # past the TSA certificate
+    assert status(world.stamp(request())) == ("rejection", {"system_failure"})
+
+
+@given(data=st.data())
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_mutated_requests_never_break_the_tsa(world: World, data: st.DataObject) -> None:
+    der = bytearray(request())
+    for _ in range(data.draw(st.integers(1, 4))):
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, max(len(der) - 1, 0)))
+        if action == "flip" and der:
+            der[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "cut":
+            del der[at:at + data.draw(st.integers(1, 8))]
+        else:
+            der[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+    response = world.post(bytes(der))
+    assert response.status_code == 200
+    assert status(response.data)[0] in ("granted", "rejection")
+
+
+# --- time and serials -----------------------------------------------------------------------
+
+def _authority(pki: Hierarchy, policy: TsaPolicy, clock) -> TimeStampAuthority:
+    [unit] = pki.service.service_units("tsa")
+    return TimeStampAuthority(TsaUnit(unit.name, unit.certificate,
+                                      pki.service.signing_key(unit.key_uri), unit.chain),
+                              policy, clock)
+
+
+def test_gen_time_never_goes_back_and_carries_only_warranted_digits() -> None:
+    with Hierarchy.from_spec(at=NOW) as pki:
+        clock = FrozenClock(NOW + dt.timedelta(microseconds=123456))
+        fine = _authority(pki, TsaPolicy(accuracy=dt.timedelta(milliseconds=10)), clock)
+        first = tst_info(fine.respond(request()).response)
+        assert first["gen_time"].native == NOW + dt.timedelta(microseconds=120000)
+        assert first["gen_time"].contents.endswith(b".12Z")
+        assert first["accuracy"].native == {"seconds": None, "millis": 10, "micros": None}
+        clock.set(NOW - dt.timedelta(hours=1))  # the clock steps back
+        assert tst_info(fine.respond(request()).response)["gen_time"].native == \
+            first["gen_time"].native
+        clock.set(NOW + dt.timedelta(minutes=1, microseconds=999999))
+        coarse = _authority(pki, TsaPolicy(), clock)
+        assert b"." not in tst_info(coarse.respond(request()).response)["gen_time"].contents
+        serials = {tst_info(coarse.respond(request()).response)["serial_number"].native
+                   for _ in range(200)}
+        assert len(serials) == 200
+
+
+def test_misconfigured_units_fail_at_start() -> None:
+    with Hierarchy.from_spec(at=NOW) as pki:
+        [unit] = pki.service.service_units("tsa")
+        [ocsp] = pki.service.service_units("ocsp")
+        key = pki.service.signing_key(unit.key_uri)
+        with pytest.raises(ValueError, match="timeStamping only and critical"):
+            TimeStampAuthority(TsaUnit("x", ocsp.certificate, key), TsaPolicy(), pki.clock)
+        with pytest.raises(ValueError, match="not the certificate's key"):
+            TimeStampAuthority(TsaUnit("x", unit.certificate,
+                                       pki.service.signing_key(ocsp.key_uri)),
+                               TsaPolicy(), pki.clock)
+        with pytest.raises(ValueError, match="accuracy"):
+            TsaPolicy(accuracy=dt.timedelta(seconds=2))
+        with pytest.raises(ValueError, match="hashes"):
+            TsaPolicy(hashes=("md5",))
+
+
+def test_sha1_only_when_configured_and_chain_on_request(world: World, tmp_path: Path) -> None:
+    authority = _authority(world.pki, TsaPolicy(hashes=("sha1", "sha256"), include_chain=True,
+                                                tsa_name=True), world.pki.clock)
+    reply = authority.respond(world.query("-sha1", "-cert")).response
+    assert status(reply) == ("granted", None)
+    assert world.openssl_verify(reply).returncode == 0  # the chain travels in the token
+    signed = TimeStampResp.load(reply)["time_stamp_token"]["content"]
+    assert len(signed["certificates"]) == 2  # the TSA and its issuing CA (not the root)
+    assert tst_info(reply)["tsa"].chosen.native == \
+        hx.asn1_cert(world.unit.certificate).subject.native
+
+
+@pytest.mark.softhsm
+@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048"])
+def test_tsa_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path,
+                             key_type: str) -> None:
+    spec = {"authorities": [
+        {"name": f"{unique_label}-root", "profile": "root-ca", "key": "ec-p256",
+         "subject": "C=VN, O=T, CN=Root"},
+        {"name": f"{unique_label}-ca", "parent": f"{unique_label}-root",
+         "profile": "issuing-ca", "key": "ec-p256", "subject": "C=VN, O=T, CN=Issuing"}],
+        "services": [{"name": f"{unique_label}-tsa", "kind": "tsa",
+                      "issuer": f"{unique_label}-ca", "profile": "tsa", "key": key_type,
+                      "subject": "C=VN, O=T, CN=TSA"}]}
+    with Hierarchy.from_spec(spec, keys=hsm_backend, at=NOW) as pki:
+        world = World(pki, tmp_path)
+        reply = world.stamp(world.query("-sha256", "-cert"))
+        assert status(reply) == ("granted", None)
+        chain = hx.write_pem(tmp_path / "ca.pem", pki.ca(f"{unique_label}-ca"))
+        result = world.openssl_verify(reply, "-untrusted", str(chain))
+        assert result.returncode == 0, result.stderr

@@ -1,0 +1,332 @@
+"""The RFC 3161 time-stamp authority core: TimeStampReq DER in, TimeStampResp DER out.
+
+Pure (no flask, sqlalchemy or click): the HTTP blueprint (tsa/http.py) records each granted
+token durably before the reply leaves. Every failure a client can cause becomes a PKIStatus
+rejection with the failInfo RFC 3161 2.4.2 names for it; :meth:`TimeStampAuthority.respond`
+never raises. Tokens follow RFC 3161, RFC 5816 (ESSCertIDv2) and ETSI EN 319 422: TSTInfo v1,
+ordering false, no extensions; signed attributes contentType, messageDigest and
+signingCertificateV2; the signature goes through the unit's key object (HSM or memory) by
+ca/signing.py, so HSM keys need nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Callable
+
+from asn1crypto import algos as asn1_algos
+from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
+from asn1crypto import tsp as asn1_tsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ca import signing
+from ca.clock import Clock, ensure_utc
+from ca.errors import KeyBackendError
+from ca.issuance import new_serial
+from ca.keys.base import SigningKey
+
+__all__ = ["FAIL_INFOS", "GrantedToken", "Rejected", "TimeStampAuthority", "TimeStampResp",
+           "TsaPolicy", "TsaResult", "TsaUnit", "rejection"]
+
+log = logging.getLogger("tincay.tsa")
+
+# RFC 3161 imprint hashes by asn1crypto name, with their digest sizes
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+# RFC 3161 failInfo names (as operators read them) -> asn1crypto's PKIFailureInfo names
+FAIL_INFOS = {"badAlg": "bad_alg", "badRequest": "bad_request",
+              "badDataFormat": "bad_data_format", "timeNotAvailable": "time_not_available",
+              "unacceptedPolicy": "unaccepted_policy",
+              "unacceptedExtension": "unaccepted_extensions", "systemFailure": "system_failure"}
+MAX_NONCE_OCTETS = 32  # far above the 64-bit nonces clients send; bounds what we echo
+
+
+@dataclass(frozen=True)
+class TsaPolicy:
+    """How the TSA answers. ``default_policy`` None: the first certificatePolicies OID of the
+    TSA certificate (what its CPS describes). Accuracy of 1 s or better; genTime carries
+    fractional seconds only as finely as the accuracy warrants."""
+
+    default_policy: str | None = None
+    accepted_policies: tuple[str, ...] = ()
+    accuracy: timedelta = timedelta(seconds=1)
+    hashes: tuple[str, ...] = ("sha256", "sha384", "sha512")
+    include_chain: bool = False
+    tsa_name: bool = False
+
+    def __post_init__(self) -> None:
+        if not timedelta(microseconds=1) <= self.accuracy <= timedelta(seconds=1):
+            raise ValueError("accuracy must be between 1 microsecond and 1 second")
+        unknown = [h for h in self.hashes if h not in DIGEST_SIZES]
+        if unknown or not self.hashes:
+            raise ValueError(f"hashes: {unknown or 'none'} (choose from "
+                             f"{', '.join(DIGEST_SIZES)})")
+
+    @property
+    def fraction_digits(self) -> int:
+        """Decimal digits of genTime's fraction: 0 for 1 s, 1 for 100 ms, ..., 6 for 1 us."""
+        digits, step = 0, Decimal(self.accuracy.total_seconds())
+        while step < 1 and digits < 6:
+            step *= 10
+            digits += 1
+        return digits
+
+
+@dataclass(frozen=True)
+class TsaUnit:
+    """A TSA unit: its certificate (profile tsa), its key, and the chain above it."""
+
+    name: str
+    certificate: x509.Certificate
+    key: SigningKey
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class GrantedToken:
+    """What the durable log records for every granted token."""
+
+    unit: str
+    serial: int
+    gen_time: datetime
+    imprint_algorithm: str
+    imprint: bytes
+    policy: str
+    nonce: int | None
+
+
+@dataclass(frozen=True)
+class TsaResult:
+    """The DER reply, and either the token granted or the failInfo name of the rejection."""
+
+    response: bytes
+    granted: GrantedToken | None = None
+    fail_info: str | None = None
+
+
+class TimeStampResp(asn1_core.Sequence):
+    """RFC 3161 2.4.2 TimeStampResp. asn1crypto's own declares timeStampToken mandatory, so it
+    cannot encode a rejection, which carries none."""
+
+    _fields = [("status", asn1_tsp.PKIStatusInfo),
+               ("time_stamp_token", asn1_cms.ContentInfo, {"optional": True})]
+
+
+class Rejected(Exception):
+    """A request the TSA refuses: ``fail_info`` is an RFC 3161 name (badAlg, ...)."""
+
+    def __init__(self, fail_info: str, text: str) -> None:
+        super().__init__(text)
+        self.fail_info = fail_info
+
+
+@dataclass(frozen=True)
+class _Request:
+    imprint: asn1_tsp.MessageImprint
+    algorithm: str
+    policy: str | None
+    nonce: int | None
+    cert_req: bool
+
+
+class TimeStampAuthority:
+    """One TSA unit answering RFC 3161 requests; thread-safe."""
+
+    def __init__(self, unit: TsaUnit, policy: TsaPolicy, clock: Clock,
+                 serials: Callable[[], int] = new_serial) -> None:
+        _check_unit(unit)
+        self.unit = unit
+        self.policy = policy
+        self.clock = clock
+        self.serials = serials
+        self.default_policy = policy.default_policy or _first_policy(unit.certificate)
+        self.accepted = {self.default_policy, *policy.accepted_policies}
+        self.hash = signing.default_hash(unit.key)
+        der = unit.certificate.public_bytes(serialization.Encoding.DER)
+        self._signer = asn1_x509.Certificate.load(der)
+        self._certificates = [self._signer] + [  # the chain up to, not including, the root:
+            asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))  # a
+            for c in (unit.chain if policy.include_chain else ())  # verifier brings its own
+            if c.subject != c.issuer]
+        self._signing_certificate = _signing_certificate_v2(self._signer, der)
+        self._last = datetime.min.replace(tzinfo=timezone.utc)
+        self._lock = threading.Lock()
+
+    def respond(self, request_der: bytes) -> TsaResult:
+        """Answer one request; a rejection for anything refused, never an exception."""
+        try:
+            request = self.parse(request_der)
+            gen_time = self._gen_time()
+            token = GrantedToken(self.unit.name, self.serials(), gen_time, request.algorithm,
+                                 bytes(request.imprint["hashed_message"].native),
+                                 request.policy or self.default_policy, request.nonce)
+            if not self.unit.certificate.not_valid_before_utc <= gen_time <= \
+                    self.unit.certificate.not_valid_after_utc:
+                raise Rejected("systemFailure", "the TSA certificate is not valid now")
+            return TsaResult(self._granted(request, token), granted=token)
+        except Rejected as exc:
+            log.info("time-stamp request rejected (%s): %s", exc.fail_info, exc)
+            return TsaResult(rejection(exc.fail_info, str(exc)), fail_info=exc.fail_info)
+        except KeyBackendError as exc:
+            log.warning("time-stamp refused, key unavailable: %s", exc)
+            return TsaResult(rejection("systemFailure", "the TSA key is unavailable"),
+                             fail_info="systemFailure")
+        except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
+            log.exception("TSA failed")
+            return TsaResult(rejection("systemFailure", "internal error"),
+                             fail_info="systemFailure")
+
+    # --- the steps ----------------------------------------------------------------------------
+
+    def parse(self, request_der: bytes) -> _Request:
+        """Check a TimeStampReq; :class:`Rejected` with the fitting failInfo otherwise."""
+        try:
+            request = asn1_tsp.TimeStampReq.load(request_der, strict=True)
+            request.native  # noqa: B018 - parse every field now, not lazily later
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise Rejected("badDataFormat", f"not a DER TimeStampReq: {exc}") from None
+        if request["version"].native != "v1":
+            raise Rejected("badRequest", f"version {request['version'].native} (only v1)")
+        imprint = request["message_imprint"]
+        algorithm = imprint["hash_algorithm"]["algorithm"].native
+        if algorithm not in self.policy.hashes:
+            raise Rejected("badAlg", f"imprint hash {algorithm} not accepted (accepted: "
+                                     f"{', '.join(self.policy.hashes)})")
+        if imprint["hash_algorithm"]["parameters"].native is not None:
+            raise Rejected("badAlg", f"{algorithm} with parameters")
+        length = len(imprint["hashed_message"].native)
+        if length != DIGEST_SIZES[algorithm]:
+            raise Rejected("badDataFormat", f"a {algorithm} imprint of {length} octets "
+                                            f"(expected {DIGEST_SIZES[algorithm]})")
+        policy = request["req_policy"].native
+        if policy is not None and policy not in self.accepted:
+            raise Rejected("unacceptedPolicy", f"policy {policy} not accepted")
+        nonce = request["nonce"].native
+        if nonce is not None and len(request["nonce"].contents) > MAX_NONCE_OCTETS:
+            raise Rejected("badRequest", f"nonce longer than {MAX_NONCE_OCTETS} octets")
+        for extension in request["extensions"] or ():
+            if extension["critical"].native:
+                raise Rejected("unacceptedExtension",
+                               f"critical extension {extension['extn_id'].dotted}")
+        return _Request(imprint, algorithm, policy, nonce, bool(request["cert_req"].native))
+
+    def _gen_time(self) -> datetime:
+        """Now, never earlier than the last genTime of this process, truncated to the digits
+        the accuracy warrants."""
+        try:
+            now = ensure_utc(self.clock.now())
+        except Exception as exc:  # noqa: BLE001 - any clock fault means no trusted time
+            raise Rejected("timeNotAvailable", f"no trusted time: {exc}") from None
+        digits = self.policy.fraction_digits
+        step = 10 ** (6 - digits)
+        now = now.replace(microsecond=now.microsecond // step * step)
+        with self._lock:
+            if now < self._last:
+                now = self._last
+            self._last = now
+        return now
+
+    def _granted(self, request: _Request, token: GrantedToken) -> bytes:
+        info: dict = {"version": "v1", "policy": token.policy,
+                      "message_imprint": request.imprint, "serial_number": token.serial,
+                      "gen_time": token.gen_time, "accuracy": _accuracy(self.policy.accuracy)}
+        if token.nonce is not None:
+            info["nonce"] = token.nonce
+        if self.policy.tsa_name:
+            info["tsa"] = asn1_x509.GeneralName(name="directory_name",
+                                                value=self._signer.subject)
+        tst_info = asn1_tsp.TSTInfo(info).dump()
+        digest = hashlib.new(self.hash, tst_info).digest()
+        attributes = sorted(
+            (asn1_cms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
+             asn1_cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
+             asn1_cms.CMSAttribute({"type": "signing_certificate_v2",
+                                    "values": [self._signing_certificate]})),
+            key=lambda a: a.dump())  # DER orders a SET OF by encoding
+        signed_attrs = asn1_cms.CMSAttributes(attributes)
+        signature = signing.sign(self.unit.key, signed_attrs.dump(), self.hash)
+        signer_info = asn1_cms.SignerInfo({
+            "version": "v1",
+            "sid": asn1_cms.SignerIdentifier(name="issuer_and_serial_number", value={
+                "issuer": self._signer.issuer, "serial_number": self._signer.serial_number}),
+            "digest_algorithm": {"algorithm": self.hash},
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": signing.signature_algorithm(self.unit.key.public_key,
+                                                               self.hash),
+            "signature": signature})
+        signed_data = {
+            "version": "v3",
+            "digest_algorithms": [asn1_algos.DigestAlgorithm({"algorithm": self.hash})],
+            "encap_content_info": {"content_type": "tst_info",
+                                   "content": asn1_core.ParsableOctetString(tst_info)},
+            "signer_infos": [signer_info]}
+        if request.cert_req:
+            signed_data["certificates"] = self._certificates
+        token_info = asn1_cms.ContentInfo({"content_type": "signed_data",
+                                           "content": asn1_cms.SignedData(signed_data)})
+        return TimeStampResp({"status": {"status": "granted"},
+                                       "time_stamp_token": token_info}).dump()
+
+
+def rejection(fail_info: str, text: str) -> bytes:
+    """A TimeStampResp with PKIStatus rejection, the failInfo bit and a statusString."""
+    return TimeStampResp({"status": {
+        "status": "rejection", "status_string": [text[:200]],
+        "fail_info": {FAIL_INFOS[fail_info]}}}).dump()
+
+
+def _accuracy(accuracy: timedelta) -> dict:
+    seconds, micros = divmod(round(accuracy.total_seconds() * 1_000_000), 1_000_000)
+    millis, micros = divmod(micros, 1000)
+    out = {}
+    if seconds:
+        out["seconds"] = seconds
+    if millis:
+        out["millis"] = millis
+    if micros:
+        out["micros"] = micros
+    return out
+
+
+def _signing_certificate_v2(signer: asn1_x509.Certificate, der: bytes) -> asn1_tsp.SigningCertificateV2:
+    """RFC 5816: ESSCertIDv2 with SHA-256 (the DEFAULT, so hashAlgorithm is omitted) and the
+    issuer and serial, binding the token to exactly this certificate."""
+    return asn1_tsp.SigningCertificateV2({"certs": [{
+        "cert_hash": hashlib.sha256(der).digest(),
+        "issuer_serial": {"issuer": [asn1_x509.GeneralName(name="directory_name",
+                                                           value=signer.issuer)],
+                          "serial_number": signer.serial_number}}]})
+
+
+def _first_policy(certificate: x509.Certificate) -> str:
+    try:
+        policies = certificate.extensions.get_extension_for_class(x509.CertificatePolicies)
+    except x509.ExtensionNotFound:
+        raise ValueError("the TSA certificate names no policy: configure default_policy") \
+            from None
+    return policies.value[0].policy_identifier.dotted_string
+
+
+def _check_unit(unit: TsaUnit) -> None:
+    """RFC 3161 2.3: the TSA certificate has EKU timeStamping only, critical; and the key is
+    the certificate's. A misconfigured unit fails at start, not on the first request."""
+    try:
+        eku = unit.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        raise ValueError(f"TSA unit {unit.name}: certificate has no extended key usage") \
+            from None
+    if not eku.critical or list(eku.value) != [ExtendedKeyUsageOID.TIME_STAMPING]:
+        raise ValueError(f"TSA unit {unit.name}: the extended key usage must be timeStamping "
+                         "only and critical (RFC 3161 2.3)")
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if unit.key.public_key.public_bytes(serialization.Encoding.DER, spki) != \
+            unit.certificate.public_key().public_bytes(serialization.Encoding.DER, spki):
+        raise ValueError(f"TSA unit {unit.name}: the key is not the certificate's key")
+
