@@ -146,6 +146,10 @@ class CertificateAuthorityService:
         with self._sessions() as session, session.begin():
             yield session
 
+    @cached_property
+    def _engine(self) -> Any:
+        return self._sessions.kw["bind"]
+
     def read(self) -> Session:
         """A session for read-only callers (listings); the caller closes it."""
         return self._sessions()
@@ -491,8 +495,8 @@ class CertificateAuthorityService:
 
     def preproduced_response(self, ca: str, serial: int) -> bytes | None:
         """A stored OCSP response for ``serial`` that is unexpired and agrees with its status."""
-        with self.read() as session:
-            return queries.preproduced_response(session, ca, format(serial, "x"),
+        with self._engine.connect() as connection:
+            return queries.preproduced_response(connection, ca, format(serial, "x"),
                                                 self.clock.now())
 
     def ocsp_responses_due(self, ca: str, before: datetime, limit: int = 1000,

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
@@ -17,8 +17,10 @@ from gunicorn.app.base import BaseApplication
 class TincayServer(BaseApplication):
     """gunicorn configured from arguments instead of a config file or argv."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any],
+                 app_factory: Callable[[], Any] | None = None) -> None:
         self.options = options
+        self.app_factory = app_factory
         super().__init__()
 
     def load_config(self) -> None:
@@ -26,13 +28,16 @@ class TincayServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        if self.app_factory is not None:  # bench/: the same stack around another app
+            return self.app_factory()
         from cli.app import create_app
 
         return create_app()
 
 
 def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
-          maintenance: timedelta | None = None) -> None:
+          maintenance: timedelta | None = None,
+          app_factory: Callable[[], Any] | None = None) -> None:
     """Serve until interrupted; workers default to the CPU count.
 
     With ``maintenance``, the arbiter also starts ``tincay maintain --interval`` once the
@@ -72,4 +77,4 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "proc_name": "tincay",
         "when_ready": when_ready,
         "on_exit": on_exit,
-    }).run()
+    }, app_factory).run()

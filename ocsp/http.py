@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from datetime import datetime
 from urllib.parse import unquote
@@ -82,11 +83,17 @@ def _with_cache_headers(der: bytes, now: datetime) -> Response:
     response.cache_control.must_revalidate = True
     response.last_modified = this_update
     response.expires = next_update
-    response.set_etag(hashlib.sha1(der).hexdigest())  # noqa: S324 - an identifier, not security
+    response.set_etag(_etag(der))
     response.date = now
     return response
 
 
+@functools.lru_cache(maxsize=4096)
+def _etag(der: bytes) -> str:
+    return hashlib.sha1(der).hexdigest()  # noqa: S324 - an identifier, not security
+
+
+@functools.lru_cache(maxsize=4096)  # pure in the bytes; pre-produced answers repeat
 def _single_response_times(der: bytes) -> tuple[datetime, datetime] | None:
     try:
         parsed = asn1_ocsp.OCSPResponse.load(der)

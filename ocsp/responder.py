@@ -93,6 +93,9 @@ class ResponderKey:
         return self._ids.get(hash_name) == (name_hash, key_hash)
 
 
+_MAX_ROUTES = 65536  # about 10 MB of remembered questions per worker at most
+
+
 class ResponseCache(Protocol):
     def preproduced(self, ca_name: str, serial: int) -> bytes | None:
         """A response signed ahead of time for this serial (SHA-1 CertID, no nonce) that is
@@ -134,11 +137,23 @@ class Responder:
         self.max_requests = max_requests
         self.extended_revoke = extended_revoke
         self.cache = cache
+        # request DER -> (key, serial) for nonce-less single requests in the canonical SHA-1
+        # form: parsing is a pure function of the bytes, and validators repeat their questions
+        self._routes: dict[bytes, tuple[ResponderKey, int]] = {}
 
     # --- the one entry point ------------------------------------------------------------------
 
     def respond(self, request_der: bytes) -> bytes:
         """An OCSPResponse for ``request_der``; never raises."""
+        route = self._routes.get(request_der) if self.cache is not None else None
+        if route is not None:  # a nonce-less question seen before: straight to the store
+            try:
+                hit = self.cache.preproduced(route[0].ca_name, route[1])  # type: ignore[union-attr]
+                if hit is not None:
+                    return hit
+            except (BackendUnavailableError, StoreError) as exc:
+                log.warning("OCSP answer deferred: %s", exc)
+                return TRY_LATER
         try:
             parsed = self.parse(request_der)
         except MalformedRequest as exc:
@@ -152,6 +167,9 @@ class Responder:
                 cert_id = parsed.cert_ids[0]
                 serial = cert_id["serial_number"].native
                 if cert_id.dump() == self.cert_id(key, serial).dump():
+                    if len(self._routes) >= _MAX_ROUTES:
+                        self._routes.clear()
+                    self._routes[request_der] = (key, serial)
                     hit = self.cache.preproduced(key.ca_name, serial)
                     if hit is not None:
                         return hit

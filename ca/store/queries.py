@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import String, func, select
+from sqlalchemy import Connection, String, bindparam, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.exc import IntegrityError
@@ -288,16 +288,21 @@ def changed_entries(session: Session, issuer: Authority,
 
 # --- pre-produced OCSP responses -------------------------------------------------------------
 
-def preproduced_response(session: Session, ca: str, serial_hex: str,
+# Built once: SQLAlchemy then reuses the compiled form, which matters on the OCSP hot path.
+_PREPRODUCED = (
+    select(OcspResponse.der, OcspResponse.status_token, OcspResponse.next_update,
+           Certificate.status, Certificate.revocation_reason, Certificate.revoked_at)
+    .join(Certificate, OcspResponse.certificate_id == Certificate.id)
+    .join(Authority, Certificate.issuer_id == Authority.id)
+    .where(Authority.name == bindparam("ca"), Certificate.serial_hex == bindparam("serial")))
+
+
+def preproduced_response(connection: Connection | Session, ca: str, serial_hex: str,
                          now: datetime) -> bytes | None:
     """The stored response for this serial if it is unexpired and still says what the
-    certificates table says (one indexed join: the OCSP hot path)."""
-    row = session.execute(
-        select(OcspResponse.der, OcspResponse.status_token, OcspResponse.next_update,
-               Certificate.status, Certificate.revocation_reason, Certificate.revoked_at)
-        .join(Certificate, OcspResponse.certificate_id == Certificate.id)
-        .join(Authority, Certificate.issuer_id == Authority.id)
-        .where(Authority.name == ca, Certificate.serial_hex == serial_hex)).one_or_none()
+    certificates table says (one indexed join: the OCSP hot path; a Core connection is
+    enough, no ORM session needed)."""
+    row = connection.execute(_PREPRODUCED, {"ca": ca, "serial": serial_hex}).first()
     if row is None or row[2] <= now or row[1] != status_token(row[3], row[4], row[5]):
         return None
     return row[0]

@@ -1,0 +1,263 @@
+"""OCSP and TSA under load: requests/s from wrk against ``tincay serve`` on loopback.
+
+For a P-256 and an RSA-2048 responder and TSA key on SoftHSM, in one run:
+- pre-produced OCSP answers by GET (RFC 5019) and by POST, nonce-less (no signing);
+- OCSP POST with a nonce (signed live through the HSM);
+- TSA tokens (signed live, each logged durably before the reply);
+beside the same-run references:
+- the ceiling: the same gunicorn + Flask stack answering a constant 1.5 kB body;
+- the key's raw signatures/s through SoftHSM (1 and 2 processes: the server has 2 workers);
+- OpenSSL's own responder, ``openssl ocsp -index ... -multi 2`` with a P-256 key, signing every
+  answer live in C. It binds every interface, so it runs in a private network namespace
+  (``unshare -n``, loopback up), wrk inside with it, and a fresh one per run.
+
+Targets (issue 3 and 4, 2 cores): pre-produced answers >= 90% of the ceiling and >= OpenSSL's
+responder; P-256 nonce answers and P-256 TSA tokens >= 50% of the ceiling. wrk and the server
+share the machine, as a validator's load generator would not; the ratios are what compare.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+TINCAY = str(Path(sys.executable).with_name("tincay"))
+WORKERS = 2
+CONNECTIONS = 32
+
+SPEC = """
+name: bench
+authorities:
+  - {{name: root-ca, profile: root-ca, key: ec-p256, subject: "C=VN, O=Bench, CN=Bench Root"}}
+  - {{name: issuing-ca, parent: root-ca, profile: issuing-ca, key: ec-p256,
+     subject: "C=VN, O=Bench, CN=Bench Issuing CA"}}
+services:
+  - {{name: ocsp, kind: ocsp, issuer: issuing-ca, profile: ocsp-responder, key: {key},
+     subject: "C=VN, O=Bench, CN=Bench OCSP"}}
+  - {{name: tsa, kind: tsa, issuer: issuing-ca, profile: tsa, key: {key},
+     subject: "C=VN, O=Bench, CN=Bench TSA"}}
+"""
+
+
+def run(quick: bool = False) -> None:
+    if shutil.which("wrk") is None:
+        print("http_load: wrk is not installed (make bench installs it); skipped")
+        return
+    seconds = 3 if quick else 10
+    with tempfile.TemporaryDirectory(prefix="tincay-bench-") as tmp:
+        work = Path(tmp)
+        ceiling = _ceiling(work, seconds)
+        print(f"ceiling: gunicorn gthread {WORKERS}x4 + Flask, constant 1.5 kB body: "
+              f"{ceiling:,.0f} req/s (wrk -t2 -c{CONNECTIONS}, {seconds} s)")
+        peer = _openssl_responder(work, seconds)
+        if peer:
+            print(f"peer: openssl ocsp -index -multi 2, P-256, signs live: {peer:,.0f} req/s")
+        for key in ("ec-p256", "rsa-2048"):
+            _tincay(work / key, key, seconds, ceiling, peer)
+
+
+# --- tincay -----------------------------------------------------------------------------------
+
+def _tincay(home: Path, key: str, seconds: int, ceiling: float, peer: float | None) -> None:
+    from ca.keys.softhsm import ensure_demo_token
+
+    home.mkdir(parents=True)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_"))}
+    env.update(TINCAY_HOME=str(home), TINCAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
+               TINCAY_PKCS11_TOKEN="tincay-bench")
+    env.update(ensure_demo_token(home, "tincay-bench", home / "pin", env))
+    (home / "spec.yaml").write_text(SPEC.format(key=key), encoding="utf-8")
+    _cli(env, "init", "--hierarchy", str(home / "spec.yaml"))
+    leaf = home / "leaf.pem"
+    _cli(env, "issue", "--ca", "issuing-ca", "--profile", "citizen", "--subject",
+         "C=VN, CN=Bench Citizen, UID=CCCD:079073009568", "--generate-key", "--key-type",
+         "ec-p256", "--out", str(leaf))
+    ca = home / "issuing-ca.pem"
+    _cli(env, "ca", "export", "issuing-ca", "--out", str(ca))
+    plain = _ocsp_request(home, ca, leaf, nonce=False)
+    nonced = _ocsp_request(home, ca, leaf, nonce=True)
+    data = home / "record.txt"
+    data.write_bytes(b"bench")
+    tsq = home / "q.tsq"
+    subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert", "-out",
+                    str(tsq)], check=True, capture_output=True)
+    raw1, raw2 = _raw_signatures(env, key)
+    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", str(WORKERS),
+                               "--no-maintenance"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(base)
+        get_path = "/ocsp/" + urllib.parse.quote(base64.b64encode(plain.read_bytes()).decode(),
+                                                 safe="")
+        results = {
+            "pre-produced GET": _wrk(base + get_path, seconds),
+            "pre-produced POST": _wrk(base + "/ocsp", seconds, plain, "application/ocsp-request"),
+            "nonce POST (signed live)": _wrk(base + "/ocsp", seconds, nonced,
+                                             "application/ocsp-request"),
+            "TSA token (signed, logged)": _wrk(base + "/tsa", seconds, tsq,
+                                               "application/timestamp-query"),
+        }
+        logged = json.loads(_cli(env, "tsa", "log", "--json", "--limit", "1000000"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(f"tincay, {key} responder and TSA keys on SoftHSM (raw signatures/s: "
+          f"{raw1:,.0f} in 1 process, {raw2:,.0f} in 2):")
+    for name, rate in results.items():
+        versus = f", x{rate / peer:.2f} OpenSSL's responder" if peer and "pre" in name else ""
+        print(f"  {name:28} {rate:8,.0f} req/s = {rate / ceiling:5.0%} of the ceiling{versus}")
+    print(f"  tokens in the log after the run: {len(logged):,} (every granted token)")
+
+
+def _ocsp_request(home: Path, ca: Path, leaf: Path, nonce: bool) -> Path:
+    out = home / f"req-{'nonce' if nonce else 'plain'}.der"
+    subprocess.run(["openssl", "ocsp", "-issuer", str(ca), "-cert", str(leaf), "-reqout",
+                    str(out), *([] if nonce else ["-no_nonce"])], check=True,
+                   capture_output=True)
+    return out
+
+
+def _raw_signatures(env: dict[str, str], key: str) -> tuple[float, float]:
+    """Signatures/s with the OCSP unit's key through SoftHSM: one process, then two at once."""
+    code = f"""
+import time, sys
+from cli.context import AppContext
+service = AppContext(migrate=False).service
+[unit] = service.service_units("ocsp")
+key = service.signing_key(unit.key_uri)
+from ca import signing
+data, count, end = b"x" * 300, 0, time.perf_counter() + {1.5}
+while time.perf_counter() < end:
+    signing.sign(key, data); count += 1
+print(count / 1.5)
+"""
+    def measure(n: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                  stdout=subprocess.PIPE) for _ in range(n)]
+        return sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+    return measure(1), measure(2)
+
+
+# --- references -------------------------------------------------------------------------------
+
+def _ceiling(work: Path, seconds: int) -> float:
+    port = _free_port()
+    code = (f"from cli.serve import serve; from bench.constant_app import create_app; "
+            f"serve('127.0.0.1', {port}, {WORKERS}, 4, app_factory=create_app)")
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}")
+        return _wrk(f"http://127.0.0.1:{port}/ocsp", seconds)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _openssl_responder(work: Path, seconds: int) -> float | None:
+    """OpenSSL's responder in a private network namespace, wrk beside it in the same one."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        print("peer: unshare/ip not available; OpenSSL's responder not measured")
+        return None
+    peer = work / "openssl-peer"
+    peer.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=peer)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=Peer CA", "-days", "30")
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ocsp.key", "-out", "ocsp.csr", "-subj", "/CN=Peer OCSP")
+    (peer / "ext.cnf").write_text("extendedKeyUsage=OCSPSigning\n")
+    openssl("x509", "-req", "-in", "ocsp.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-out", "ocsp.pem", "-days", "30", "-extfile", "ext.cnf", "-set_serial", "2")
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=Peer Leaf")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-out", "leaf.pem", "-days", "30", "-set_serial", "0x1234")
+    (peer / "index.txt").write_text("V\t301231000000Z\t\t1234\tunknown\t/CN=Peer Leaf\n")
+    openssl("ocsp", "-issuer", "ca.pem", "-cert", "leaf.pem", "-no_nonce", "-reqout",
+            "req.der")
+    script = _post_script(peer / "req.der", "application/ocsp-request")
+    port = 18888
+    shell = (f"ip link set lo up && cd {peer} && "
+             f"(openssl ocsp -index index.txt -port {port} -rsigner ocsp.pem -rkey ocsp.key "
+             f"-CA ca.pem -multi 2 >/dev/null 2>&1 &) && sleep 1 && "
+             f"wrk -t2 -c{CONNECTIONS} -d{seconds}s -s {script} http://127.0.0.1:{port}/; "
+             f"pkill -f 'openssl ocsp -index' || true")
+    out = subprocess.run(["unshare", "-n", "sh", "-c", shell], capture_output=True, text=True)
+    rate = _rate(out.stdout)
+    if rate is None:
+        print(f"peer: OpenSSL's responder could not be measured: {out.stderr.strip()[:200]}")
+    return rate
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+def _wrk(url: str, seconds: int, body: Path | None = None,
+         content_type: str | None = None) -> float:
+    args = ["wrk", "-t2", f"-c{CONNECTIONS}"]
+    if body is not None:
+        args += ["-s", str(_post_script(body, content_type or ""))]
+    # warm-up: workers booted, connections open, caches filled; then the measured run
+    subprocess.run([*args, "-d1s", url], capture_output=True, check=True)
+    out = subprocess.run([*args, f"-d{seconds}s", url], capture_output=True, text=True,
+                         check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} error responses under load\n{out}")
+    rate = _rate(out)
+    if rate is None:
+        raise RuntimeError(f"wrk printed no rate:\n{out}")
+    return rate
+
+
+def _post_script(body: Path, content_type: str) -> Path:
+    script = body.with_suffix(".lua")
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
+                      f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*all")\n'
+                      "f:close()\n")
+    return script
+
+
+def _rate(wrk_output: str) -> float | None:
+    found = re.search(r"Requests/sec:\s+([\d.]+)", wrk_output)
+    return float(found.group(1)) if found else None
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([TINCAY, *args], env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"tincay {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _wait(base: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
