@@ -40,6 +40,21 @@ def cacheable(body: bytes, mimetype: str, last_modified: datetime, max_age: time
     return response
 
 
+def protocol_body(content_type: str, limit: int, what: str) -> bytes | Response:
+    """The body of a DER protocol POST (OCSP, RFC 3161), or the HTTP refusal a client gets
+    before the protocol layer sees anything: 415 for another Content-Type, 413 past ``limit``
+    (checked on the header first, then on what was read, for chunked uploads)."""
+    if request.mimetype != content_type:
+        return Response(f"415 Content-Type must be {content_type}\n", status=415,
+                        mimetype="text/plain")
+    too_large = Response(f"413 {what} are limited to {limit} bytes\n", status=413,
+                         mimetype="text/plain")
+    if request.content_length is not None and request.content_length > limit:
+        return too_large
+    body = request.get_data(cache=False)
+    return too_large if len(body) > limit else body
+
+
 @repository.get("/certs/<name>.cer")
 def ca_certificate(name: str) -> Response:
     """The CA certificate in DER (RFC 5280 4.2.2.1: application/pkix-cert)."""

@@ -39,6 +39,7 @@ from ca.store.group_commit import GroupCommitter
 from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
                              TimestampToken, status_token)
 from ca.subject import build_name, format_name
+from ca.timestamps import TimestampRecord
 
 Progress = Callable[[str], None]
 _SERIAL_ATTEMPTS = 3  # a 159-bit collision is astronomically unlikely; retrying costs nothing
@@ -111,20 +112,6 @@ class CrlInfo:
     entries: int
     der: bytes
     delta_base: int | None = None  # the complete CRL's number, for a delta CRL
-
-
-@dataclass(frozen=True)
-class TimestampRecord:
-    """What the TSA log keeps of a granted token (RFC 3161 TSTInfo fields + the requester)."""
-
-    unit: str
-    serial: int
-    gen_time: datetime
-    imprint_algorithm: str
-    imprint: bytes
-    policy: str
-    nonce: int | None = None
-    requester: str | None = None
 
 
 class CertificateAuthorityService:

@@ -14,8 +14,9 @@ from datetime import datetime
 from urllib.parse import unquote
 
 from asn1crypto import ocsp as asn1_ocsp
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
+from ca.http import protocol_body
 from ocsp.responder import Responder
 
 blueprint = Blueprint("ocsp", __name__)
@@ -31,14 +32,9 @@ def responder() -> Responder:
 @blueprint.post("/ocsp")
 @blueprint.post("/ocsp/")
 def post() -> Response:
-    if request.mimetype != OCSP_REQUEST:
-        return Response(f"415 Content-Type must be {OCSP_REQUEST}\n", status=415,
-                        mimetype="text/plain")
-    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-        return _too_large()
-    body = request.get_data(cache=False)
-    if len(body) > MAX_REQUEST_BYTES:
-        return _too_large()
+    body = protocol_body(OCSP_REQUEST, MAX_REQUEST_BYTES, "OCSP requests")
+    if isinstance(body, Response):
+        return body
     return Response(responder().respond(body), mimetype=OCSP_RESPONSE)
 
 
@@ -58,11 +54,6 @@ def _decode_get(encoded: str) -> bytes | None:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
-
-
-def _too_large() -> Response:
-    return Response(f"413 OCSP requests are limited to {MAX_REQUEST_BYTES} bytes\n", status=413,
-                    mimetype="text/plain")
 
 
 def _with_cache_headers(der: bytes, now: datetime) -> Response:

@@ -32,8 +32,9 @@ from ca.clock import Clock, ensure_utc
 from ca.errors import KeyBackendError
 from ca.issuance import new_serial
 from ca.keys.base import SigningKey
+from ca.timestamps import TimestampRecord
 
-__all__ = ["FAIL_INFOS", "GrantedToken", "Rejected", "TimeStampAuthority", "TimeStampResp",
+__all__ = ["FAIL_INFOS", "Rejected", "TimeStampAuthority", "TimeStampResp",
            "TsaPolicy", "TsaResult", "TsaUnit", "rejection"]
 
 log = logging.getLogger("tincay.tsa")
@@ -90,24 +91,11 @@ class TsaUnit:
 
 
 @dataclass(frozen=True)
-class GrantedToken:
-    """What the durable log records for every granted token."""
-
-    unit: str
-    serial: int
-    gen_time: datetime
-    imprint_algorithm: str
-    imprint: bytes
-    policy: str
-    nonce: int | None
-
-
-@dataclass(frozen=True)
 class TsaResult:
     """The DER reply, and either the token granted or the failInfo name of the rejection."""
 
     response: bytes
-    granted: GrantedToken | None = None
+    granted: TimestampRecord | None = None
     fail_info: str | None = None
 
 
@@ -176,7 +164,7 @@ class TimeStampAuthority:
         try:
             request = self.parse(request_der)
             gen_time = self._gen_time()
-            token = GrantedToken(self.unit.name, self.serials(), gen_time, request.algorithm,
+            token = TimestampRecord(self.unit.name, self.serials(), gen_time, request.algorithm,
                                  bytes(request.imprint["hashed_message"].native),
                                  request.policy or self.default_policy, request.nonce)
             if not self.unit.certificate.not_valid_before_utc <= gen_time <= \
@@ -245,7 +233,7 @@ class TimeStampAuthority:
             self._last = now
         return now
 
-    def _granted(self, request: _Request, token: GrantedToken) -> bytes:
+    def _granted(self, request: _Request, token: TimestampRecord) -> bytes:
         info: dict = {"version": "v1", "policy": token.policy,
                       "message_imprint": request.imprint, "serial_number": token.serial,
                       "gen_time": token.gen_time, "accuracy": _accuracy(self.policy.accuracy)}

@@ -8,13 +8,15 @@ cannot account for.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import TincayError
-from ca.service import CertificateAuthorityService, TimestampRecord
+from ca.http import protocol_body
+from ca.service import CertificateAuthorityService
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit, rejection
 
 blueprint = Blueprint("tsa", __name__)
@@ -44,28 +46,18 @@ def post() -> Response:
     if authority is None:
         return Response("404 no time-stamp unit is configured here\n", status=404,
                         mimetype="text/plain")
-    if request.mimetype != TIMESTAMP_QUERY:
-        return Response(f"415 Content-Type must be {TIMESTAMP_QUERY}\n", status=415,
-                        mimetype="text/plain")
-    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-        return _too_large()
-    body = request.get_data(cache=False)
-    if len(body) > MAX_REQUEST_BYTES:
-        return _too_large()
+    body = protocol_body(TIMESTAMP_QUERY, MAX_REQUEST_BYTES, "time-stamp requests")
+    if isinstance(body, Response):
+        return body
     result = authority.respond(body)
     if result.granted is not None:
         token = result.granted
         try:
-            current_app.extensions["tincay.service"].record_timestamp(TimestampRecord(
-                token.unit, token.serial, token.gen_time, token.imprint_algorithm,
-                token.imprint, token.policy, token.nonce, request.remote_addr))
+            current_app.extensions["tincay.service"].record_timestamp(
+                dataclasses.replace(token, requester=request.remote_addr))
         except (TincayError, SQLAlchemyError) as exc:
             log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
             return Response(rejection("systemFailure", "the token could not be recorded"),
                             mimetype=TIMESTAMP_REPLY)
     return Response(result.response, mimetype=TIMESTAMP_REPLY)
 
-
-def _too_large() -> Response:
-    return Response(f"413 time-stamp requests are limited to {MAX_REQUEST_BYTES} bytes\n",
-                    status=413, mimetype="text/plain")
