@@ -473,8 +473,8 @@ class CertificateAuthorityService:
         reported as such: the responder must not call them good (never signed, or not known to
         be), and answers unknown.
         """
-        with self.read() as session:
-            row = queries.certificate_status(session, ca, format(serial, "x"))
+        with self._engine.connect() as connection:
+            row = queries.certificate_status(connection, ca, format(serial, "x"))
         if row is None:
             return None
         status, revoked_at, reason, invalidity_date = row

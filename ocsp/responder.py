@@ -85,7 +85,8 @@ class ResponderKey:
         for name in CERT_ID_HASHES:
             self._ids[name] = (getattr(issuer.subject, name), getattr(issuer.public_key, name))
         self._ids["responder"] = signer.public_key.sha1
-        self._ids["signer"] = signer
+        # encoded once, loaded per response: asn1crypto re-encodes a parsed certificate
+        self._ids["certs"] = asn1_ocsp.Certificates([signer]).dump(force=True)
         self._ids["delegated"] = signer.subject != issuer.subject or \
             signer.public_key.dump() != issuer.public_key.dump()
 
@@ -276,7 +277,7 @@ class Responder:
             "signature": signing.sign(key.key, tbs_der, hash_name),
         }
         if key._ids["delegated"]:
-            basic["certs"] = [key._ids["signer"]]
+            basic["certs"] = asn1_ocsp.Certificates.load(key._ids["certs"])
         return asn1_ocsp.OCSPResponse({
             "response_status": "successful",
             "response_bytes": {"response_type": "basic_ocsp_response",

@@ -159,14 +159,17 @@ def certificates_by_serial(session: Session, serial: str) -> Sequence[Certificat
         Certificate.serial_hex == normalize_serial(serial)).order_by(Certificate.id)).all()
 
 
-def certificate_status(session: Session, ca: str, serial_hex: str
+_STATUS = (  # built once: the live OCSP path runs it per request
+    select(Certificate.status, Certificate.revoked_at, Certificate.revocation_reason,
+           Certificate.invalidity_date)
+    .join(Authority, Certificate.issuer_id == Authority.id)
+    .where(Authority.name == bindparam("ca"), Certificate.serial_hex == bindparam("serial")))
+
+
+def certificate_status(connection: Connection | Session, ca: str, serial_hex: str
                        ) -> tuple[str, datetime | None, str | None, datetime | None] | None:
     """(status, revoked_at, reason, invalidity_date) of one serial under the CA named ``ca``."""
-    row = session.execute(
-        select(Certificate.status, Certificate.revoked_at, Certificate.revocation_reason,
-               Certificate.invalidity_date)
-        .join(Authority, Certificate.issuer_id == Authority.id)
-        .where(Authority.name == ca, Certificate.serial_hex == serial_hex)).one_or_none()
+    row = connection.execute(_STATUS, {"ca": ca, "serial": serial_hex}).first()
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
