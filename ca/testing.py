@@ -78,17 +78,18 @@ class Hierarchy:
     def from_spec(cls, spec: Path | str | Mapping[str, Any] = DEMO_SPEC, *,
                   keys: KeyBackend | None = None, database_url: str = "sqlite://",
                   profiles: ProfileSet | Path | None = None, at: dt.datetime | None = None,
-                  public_url: str | None = None) -> "Hierarchy":
+                  public_url: str | None = None, port: int = 0) -> "Hierarchy":
         """Create every CA and service unit ``spec`` names (a path or an already-parsed mapping).
 
         Defaults: in-memory keys, an in-memory SQLite database, the repository's profiles, and
         a clock frozen at the current second (``at`` to choose it). Without ``public_url``, a
         loopback port is reserved now and every AIA, CRL and OCSP URL in the certificates
-        points at it, so :meth:`serve` later answers exactly where they say.
+        points at it (``port``, or any free one), so :meth:`serve` later answers exactly
+        where they say.
         """
         listener = None
         if public_url is None:
-            listener = socket.create_server(("127.0.0.1", 0))
+            listener = socket.create_server(("127.0.0.1", port))
             public_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         if isinstance(profiles, ProfileSet):
             profile_set = profiles

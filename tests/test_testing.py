@@ -130,3 +130,94 @@ def test_pytest_plugin_fixtures(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_example=EXAMPLE)
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
+
+
+def test_testing_serve_for_other_languages(tmp_path: Path) -> None:
+    """What a Java, Go or JavaScript suite does: start `tincay testing serve`, read the JSON
+    line, and use the URLs and files with its own tools (OpenSSL here)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    tincay = str(Path(sys.executable).with_name("tincay"))
+    server = subprocess.Popen(
+        [tincay, "testing", "serve", "--export", str(tmp_path / "pki"), "--issue",
+         "clinician:C=VN, O=BV Q11, CN=Nguyễn Văn A, UID=CCCD:079073009568"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(server.stdout.readline())
+        [leaf] = info["issued"]
+        ca_pem = info["authorities"]["issuing-ca"]["pem"]
+        chain = tmp_path / "chain.pem"
+        chain.write_text(Path(info["authorities"]["root-ca"]["pem"]).read_text()
+                         + Path(ca_pem).read_text())
+        ocsp = subprocess.run(["openssl", "ocsp", "-issuer", ca_pem, "-cert", leaf["certificate"],
+                               "-url", info["ocsp"], "-CAfile", str(chain)],
+                              capture_output=True, text=True, timeout=30)
+        assert f"{leaf['certificate']}: good" in ocsp.stdout, ocsp.stdout + ocsp.stderr
+        crl = tmp_path / "ca.crl"
+        crl.write_bytes(urllib.request.urlopen(info["authorities"]["issuing-ca"]["crl"],
+                                               timeout=10).read())
+        verified = subprocess.run(["openssl", "verify", "-crl_check", "-CRLfile", str(crl),
+                                   "-CAfile", str(chain), leaf["certificate"]],
+                                  capture_output=True, text=True)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        query = tmp_path / "q.tsq"
+        subprocess.run(["openssl", "ts", "-query", "-data", leaf["certificate"], "-sha256",
+                        "-cert", "-out", str(query)], check=True, capture_output=True)
+        post = urllib.request.Request(info["tsa"], data=query.read_bytes(), headers={
+            "Content-Type": "application/timestamp-query"})
+        (tmp_path / "r.tsr").write_bytes(urllib.request.urlopen(post, timeout=10).read())
+        ts = subprocess.run(["openssl", "ts", "-verify", "-data", leaf["certificate"], "-in",
+                             str(tmp_path / "r.tsr"), "-CAfile", str(chain)],
+                            capture_output=True, text=True)
+        assert ts.returncode == 0, ts.stdout + ts.stderr
+        p12 = subprocess.run(["openssl", "pkcs12", "-in", leaf["pkcs12"], "-passin",
+                              f"pass:{info['password']}", "-nokeys", "-noout"],
+                             capture_output=True, text=True)
+        assert p12.returncode == 0, p12.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+
+
+def test_testing_serve_refuses_bad_input(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tincay = str(Path(sys.executable).with_name("tincay"))
+    shape = subprocess.run([tincay, "testing", "serve", "--issue", "clinician"],
+                           capture_output=True, text=True, timeout=60)
+    assert shape.returncode == 2 and "PROFILE:SUBJECT" in shape.stderr
+    unknown = subprocess.run([tincay, "testing", "serve", "--issue", "surgeon:CN=x"],
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 1 and "surgeon" in unknown.stderr
+
+
+def test_serve_lets_certvalidator_fetch_live_ocsp() -> None:
+    """The documented example: a signer certificate validated by pyhanko-certvalidator, which
+    fetches OCSP from the URL in the certificate's AIA, served by ``pki.serve()``."""
+    import asyncio
+
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import RevokedError
+
+    with Hierarchy.from_spec() as pki, pki.serve():
+        doctor = pki.issue("clinician", "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, "
+                                        "UID=CCCD:079073009568", key_type="ec-p256")
+
+        def validate() -> None:
+            context = ValidationContext(trust_roots=[hx.asn1_cert(pki.root)],
+                                        allow_fetching=True, revocation_mode="require")
+            validator = CertificateValidator(
+                hx.asn1_cert(doctor.certificate),
+                intermediate_certs=[hx.asn1_cert(pki.ca("issuing-ca"))],
+                validation_context=context)
+            asyncio.run(validator.async_validate_usage({"non_repudiation"}))
+
+        validate()
+        pki.revoke(doctor, "keyCompromise")
+        with pytest.raises(RevokedError):
+            validate()
