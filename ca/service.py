@@ -35,6 +35,7 @@ from ca.keys.base import KeyBackend, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile, ProfileSet
 from ca.revocation import parse_reason
 from ca.store import queries
+from ca.store.hot import HotQuery
 from ca.store.group_commit import GroupCommitter
 from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
                              TimestampToken, status_token)
@@ -136,6 +137,14 @@ class CertificateAuthorityService:
     @cached_property
     def _engine(self) -> Any:
         return self._sessions.kw["bind"]
+
+    @cached_property
+    def _status_query(self) -> HotQuery:
+        return HotQuery(self._engine, queries.STATUS_QUERY)
+
+    @cached_property
+    def _preproduced_query(self) -> HotQuery:
+        return HotQuery(self._engine, queries.PREPRODUCED_QUERY)
 
     def read(self) -> Session:
         """A session for read-only callers (listings); the caller closes it."""
@@ -473,8 +482,7 @@ class CertificateAuthorityService:
         reported as such: the responder must not call them good (never signed, or not known to
         be), and answers unknown.
         """
-        with self._engine.connect() as connection:
-            row = queries.certificate_status(connection, ca, format(serial, "x"))
+        row = queries.certificate_status(self._status_query, ca, format(serial, "x"))
         if row is None:
             return None
         status, revoked_at, reason, invalidity_date = row
@@ -482,9 +490,8 @@ class CertificateAuthorityService:
 
     def preproduced_response(self, ca: str, serial: int) -> bytes | None:
         """A stored OCSP response for ``serial`` that is unexpired and agrees with its status."""
-        with self._engine.connect() as connection:
-            return queries.preproduced_response(connection, ca, format(serial, "x"),
-                                                self.clock.now())
+        return queries.preproduced_response(self._preproduced_query, ca, format(serial, "x"),
+                                            self.clock.now())
 
     def ocsp_responses_due(self, ca: str, before: datetime, limit: int = 1000,
                            serial: str | None = None) -> list[tuple[int, str, CertificateStatus]]:
@@ -552,9 +559,13 @@ class CertificateAuthorityService:
         return GroupCommitter(self._sessions, write)
 
     def close(self) -> None:
-        """Stop the background writer, if one started (after its pending commits)."""
+        """Stop the background writer, if one started (after its pending commits), and hand
+        the hot-path connections back to the engine's pool."""
         if "_timestamp_log" in self.__dict__:
             self._timestamp_log.close()
+        for hot in ("_status_query", "_preproduced_query"):
+            if hot in self.__dict__:
+                self.__dict__[hot].close()
 
     def signing_key(self, uri: str) -> SigningKey:
         return self.keys.load(uri)

@@ -241,6 +241,7 @@ class Hierarchy:
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        self.service.close()
         self.service.keys.close()
         self._engine.dispose()
 

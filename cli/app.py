@@ -26,6 +26,7 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     app.extensions["tincay.service"] = service
 
     from ca.http import repository
+    from ocsp.http import RepeatQuestions
     from ocsp.http import blueprint as ocsp_blueprint
     from ocsp.responder import Responder
     from ocsp.sources import StoreSource, responder_keys
@@ -35,6 +36,7 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
                                               cache=source)
     app.register_blueprint(repository)
     app.register_blueprint(ocsp_blueprint)
+    app.wsgi_app = RepeatQuestions(app.wsgi_app, app.extensions["tincay.ocsp"])  # type: ignore[method-assign]
 
     from tsa.http import blueprint as tsa_blueprint
     from tsa.http import timestamp_authority

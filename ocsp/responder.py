@@ -146,15 +146,13 @@ class Responder:
 
     def respond(self, request_der: bytes) -> bytes:
         """An OCSPResponse for ``request_der``; never raises."""
-        route = self._routes.get(request_der) if self.cache is not None else None
-        if route is not None:  # a nonce-less question seen before: straight to the store
-            try:
-                hit = self.cache.preproduced(route[0].ca_name, route[1])  # type: ignore[union-attr]
-                if hit is not None:
-                    return hit
-            except (BackendUnavailableError, StoreError) as exc:
-                log.warning("OCSP answer deferred: %s", exc)
-                return TRY_LATER
+        try:
+            hit = self.answer_repeat(request_der)
+        except (BackendUnavailableError, StoreError) as exc:
+            log.warning("OCSP answer deferred: %s", exc)
+            return TRY_LATER
+        if hit is not None:
+            return hit
         try:
             parsed = self.parse(request_der)
         except MalformedRequest as exc:
@@ -184,6 +182,18 @@ class Responder:
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
             log.exception("OCSP responder failed")
             return INTERNAL_ERROR
+
+    def answer_repeat(self, request_der: bytes) -> bytes | None:
+        """The pre-produced answer to a nonce-less question asked before (byte for byte), if
+        one is stored and still current; None when the request needs the full path. The HTTP
+        layer calls it before any routing: it is the whole of the hot path. May raise
+        BackendUnavailableError or StoreError."""
+        if self.cache is None:
+            return None
+        route = self._routes.get(request_der)
+        if route is None:
+            return None
+        return self.cache.preproduced(route[0].ca_name, route[1])
 
     # --- the steps ----------------------------------------------------------------------------
 

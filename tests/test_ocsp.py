@@ -365,6 +365,51 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
         "issuing-ca", issued.certificate.serial_number) is None
 
 
+def test_repeat_questions_are_answered_before_flask_exactly_as_flask_would(
+        world: World, monkeypatch) -> None:
+    """ocsp.http.RepeatQuestions: a nonce-less question asked before, with a current stored
+    answer, skips Flask's dispatch; bytes and headers are the blueprint's, a revocation still
+    shows at once, and a store failure still means tryLater."""
+    from ca.errors import StoreError
+    from ocsp.preproduce import PreProducer
+
+    issued, pem = world.leaf()
+    dispatched: list[str] = []
+    world.app.before_request(lambda: dispatched.append("flask") and None)
+    PreProducer(world.pki.service, world.app.extensions["tincay.ocsp"]).refresh()
+    question = world.request(pem, nonce=False)
+    path = "/ocsp/" + urllib.parse.quote(base64.b64encode(question).decode(), safe="")
+
+    first = world.http.get(path)
+    assert dispatched == ["flask"]  # a new question: parsed, routed and remembered by Flask
+    again = world.http.get(path)
+    posted = world.http.post("/ocsp", data=question, content_type=REQUEST)
+    assert dispatched == ["flask"]  # both repeats answered before Flask
+    assert again.data == first.data == posted.data
+    assert sorted(again.headers.items()) == sorted(first.headers.items())
+    assert posted.headers["Content-Type"] == "application/ocsp-response"
+    assert "good" in world.openssl_check(question, again.data, pem)
+
+    # a fall-through POST still reaches Flask with its body: a different question, and a
+    # content type with parameters
+    other = world.request(pem, nonce=True)
+    assert "good" in world.openssl_check(other, world.post(other), pem)
+    charset = world.http.post("/ocsp", data=question,
+                              content_type=REQUEST + "; charset=binary")
+    assert charset.data == first.data and dispatched == ["flask"] * 3
+
+    world.pki.revoke(issued, "keyCompromise")
+    revoked = world.http.get(path)
+    assert "revoked" in world.openssl_check(question, revoked.data, pem)
+    assert len(dispatched) == 4  # the stored answer is stale: the full path signs live
+
+    def down(*_: object) -> None:
+        raise StoreError("database read failed: server closed the connection")
+
+    monkeypatch.setattr(world.pki.service, "preproduced_response", down)
+    assert status_of(world.http.get(path).data) == "try_later"
+
+
 def test_each_ca_answers_with_its_own_validity(tmp_path: Path) -> None:
     """ocsp_validity from the hierarchy spec, changed later by configure_authority: live and
     pre-produced answers carry it (a worker picks a change up when it loads its keys)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from ca import issuance
 from ca.clock import FrozenClock
 from ca.errors import (AlreadyExistsError, BackendUnavailableError, IssuanceError,
-                       KeyPolicyError, NotFoundError, SubjectError)
+                       KeyPolicyError, NotFoundError, StoreError, SubjectError)
 from ca.hierarchy import HierarchySpec, load_hierarchy
 from ca.keys.base import KeySpec, SigningKey
 from ca.keys.memory import MemoryBackend
@@ -81,6 +82,7 @@ def world(database_url: str, profiles: ProfileSet, demo: HierarchySpec) -> Itera
     w = make_world(database_url, MemoryBackend(), profiles, FrozenClock(NOW))
     w.service.init_hierarchy(demo)
     yield w
+    w.service.close()
     w.engine.dispose()
 
 
@@ -525,6 +527,35 @@ def test_status_lookup_and_service_units_for_the_responders(world: World) -> Non
 
 
 # --- the TSA's token log --------------------------------------------------------------------
+
+def test_hot_status_reads_see_every_commit_and_survive_a_dropped_connection(
+        world: World, database_url: str) -> None:
+    """The OCSP hot path reads on kept DBAPI connections (ca/store/hot.py): they must see
+    other connections' commits at once, and a connection the server dropped costs one
+    StoreError (tryLater), not a broken worker."""
+    service = world.service
+    serial = _citizen(world)
+    as_int = int(serial, 16)
+    threads = [threading.Thread(target=service.certificate_status, args=("issuing-ca", as_int))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert service.certificate_status("issuing-ca", as_int).status == "issued"
+    service.revoke("issuing-ca", serial, "superseded")  # through an ORM session
+    assert service.certificate_status("issuing-ca", as_int).status == "revoked"
+    if not database_url.startswith("postgresql"):
+        return
+    with world.engine.connect() as connection:  # a PostgreSQL restart, as a kept connection sees it
+        killed = connection.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    assert killed >= 1
+    with pytest.raises(StoreError, match="database read failed"):
+        service.certificate_status("issuing-ca", as_int)
+    assert service.certificate_status("issuing-ca", as_int).status == "revoked"
+
 
 def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:
     import secrets

@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import Connection, String, bindparam, func, select
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ca.crl import StoredRevocation
 from ca.errors import AlreadyExistsError, NotFoundError
 from ca.hierarchy import PublicationSettings
+from ca.store.hot import HotQuery
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
                              Authority, Certificate, CrlRecord, OcspResponse, ServiceUnit,
                              TimestampToken, status_token)
@@ -159,17 +160,18 @@ def certificates_by_serial(session: Session, serial: str) -> Sequence[Certificat
         Certificate.serial_hex == normalize_serial(serial)).order_by(Certificate.id)).all()
 
 
-_STATUS = (  # built once: the live OCSP path runs it per request
+STATUS_QUERY = (  # built once: the live OCSP path runs it per request (ca/store/hot.py)
     select(Certificate.status, Certificate.revoked_at, Certificate.revocation_reason,
            Certificate.invalidity_date)
     .join(Authority, Certificate.issuer_id == Authority.id)
     .where(Authority.name == bindparam("ca"), Certificate.serial_hex == bindparam("serial")))
 
 
-def certificate_status(connection: Connection | Session, ca: str, serial_hex: str
+def certificate_status(status_query: HotQuery, ca: str, serial_hex: str
                        ) -> tuple[str, datetime | None, str | None, datetime | None] | None:
-    """(status, revoked_at, reason, invalidity_date) of one serial under the CA named ``ca``."""
-    row = connection.execute(_STATUS, {"ca": ca, "serial": serial_hex}).first()
+    """(status, revoked_at, reason, invalidity_date) of one serial under the CA named ``ca``;
+    ``status_query`` is a :class:`HotQuery` of :data:`STATUS_QUERY`."""
+    row = status_query.first({"ca": ca, "serial": serial_hex})
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
@@ -292,7 +294,7 @@ def changed_entries(session: Session, issuer: Authority,
 # --- pre-produced OCSP responses -------------------------------------------------------------
 
 # Built once: SQLAlchemy then reuses the compiled form, which matters on the OCSP hot path.
-_PREPRODUCED = (
+PREPRODUCED_QUERY = (
     select(OcspResponse.der, OcspResponse.status_token, OcspResponse.next_update,
            Certificate.status, Certificate.revocation_reason, Certificate.revoked_at)
     .join(Certificate, OcspResponse.certificate_id == Certificate.id)
@@ -300,12 +302,12 @@ _PREPRODUCED = (
     .where(Authority.name == bindparam("ca"), Certificate.serial_hex == bindparam("serial")))
 
 
-def preproduced_response(connection: Connection | Session, ca: str, serial_hex: str,
+def preproduced_response(preproduced_query: HotQuery, ca: str, serial_hex: str,
                          now: datetime) -> bytes | None:
     """The stored response for this serial if it is unexpired and still says what the
-    certificates table says (one indexed join: the OCSP hot path; a Core connection is
-    enough, no ORM session needed)."""
-    row = connection.execute(_PREPRODUCED, {"ca": ca, "serial": serial_hex}).first()
+    certificates table says (one indexed join, the OCSP hot path: ``preproduced_query`` is a
+    :class:`HotQuery` of :data:`PREPRODUCED_QUERY`)."""
+    row = preproduced_query.first({"ca": ca, "serial": serial_hex})
     if row is None or row[2] <= now or row[1] != status_token(row[3], row[4], row[5]):
         return None
     return row[0]
