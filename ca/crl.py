@@ -20,7 +20,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca import signing
+from ca import der, signing
 from ca.clock import ensure_utc, truncate_seconds
 from ca.errors import IssuanceError
 from ca.keys.base import SigningKey
@@ -99,8 +99,8 @@ def build_crl(issuer: x509.Certificate, key: SigningKey,
     head = asn1_crl.TbsCertList(fields).contents
     tail = asn1_crl.TbsCertList({**fields, "crl_extensions": _crl_extensions(issuer, params)}
                                 ).contents[len(head):]
-    revoked = _header(0x30, len(body)) if body else b""
-    tbs = bytearray(_header(0x30, len(head) + len(revoked) + len(body) + len(tail)))
+    revoked = der.header(0x30, len(body)) if body else b""
+    tbs = bytearray(der.header(0x30, len(head) + len(revoked) + len(body) + len(tail)))
     tbs += head
     tbs += revoked
     tbs += body
@@ -111,7 +111,7 @@ def build_crl(issuer: x509.Certificate, key: SigningKey,
     signing.verify(issuer.public_key(), signature, tbs,  # type: ignore[arg-type]
                    params.hash, params.rsa_padding)
     trailer = algorithm.dump() + asn1_core.OctetBitString(signature).dump()
-    out = bytearray(_header(0x30, len(tbs) + len(trailer)))
+    out = bytearray(der.header(0x30, len(tbs) + len(trailer)))
     out += tbs
     del tbs
     out += trailer
@@ -133,8 +133,8 @@ class _EntryEncoder:
     """DER of revokedCertificates entries, fast enough for a million of them (issue 3: under
     10 s). An asn1crypto RevokedCertificate costs ~190 us to build, and even its primitive
     types ~4 us per ``dump()``; at that rate the framing alone would take the whole budget.
-    So each entry is framed with :func:`_tlv` (tag, DER length, contents; tested byte for byte
-    against asn1crypto) around contents that are either trivially fixed (INTEGER magnitude,
+    So each entry is framed with :mod:`ca.der` (tag, DER length, contents; tested byte for
+    byte against asn1crypto) around contents that are either trivially fixed (INTEGER magnitude,
     the time's digits) or encoded by asn1crypto once and cached (the entry extensions).
     """
 
@@ -158,8 +158,7 @@ class _EntryEncoder:
             if len(self._extensions) > 65536:
                 self._extensions.clear()
             extensions = self._extensions[key] = self._encode_extensions(reason, invalidity)
-        return _tlv(0x30, _tlv(0x02, serial.to_bytes(serial.bit_length() // 8 + 1, "big"))
-                    + _time_der(revoked) + extensions)
+        return der.tlv(0x30, der.integer(serial), _time_der(revoked), extensions)
 
     def _encode_extensions(self, reason: str | None, invalidity: str | None) -> bytes:
         extensions = []
@@ -184,29 +183,11 @@ def _digits(value: datetime | None) -> str | None:
 
 
 def _time_der(digits: str) -> bytes:
-    """A Time from UTC digits: UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280
-    5.1.2.4), what ``_time(value).dump()`` gives without building the CHOICE."""
-    if len(digits) != 14 or not digits.isdigit():
-        raise IssuanceError(f"not a UTC time in YYYYMMDDHHMMSS digits: {digits!r}")
-    if digits < "2050":
-        return _tlv(0x17, f"{digits[2:]}Z".encode())
-    return _tlv(0x18, f"{digits}Z".encode())
-
-
-def _tlv(tag: int, contents: bytes) -> bytes:
-    """One DER element of a universal ``tag`` (a single identifier octet) around ``contents``."""
-    length = len(contents)
-    if length < 0x80:
-        return bytes((tag, length)) + contents
-    return _header(tag, length) + contents
-
-
-def _header(tag: int, length: int) -> bytes:
-    """Identifier and definite length in the shortest form X.690 8.1.3 allows."""
-    if length < 0x80:
-        return bytes((tag, length))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets
+    """What ``_time(value).dump()`` gives, from the database's digits."""
+    try:
+        return der.time_from_digits(digits)
+    except ValueError as exc:
+        raise IssuanceError(str(exc)) from None
 
 
 def _time(value: datetime) -> asn1_x509.Time:

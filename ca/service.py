@@ -37,8 +37,7 @@ from ca.revocation import parse_reason
 from ca.store import queries
 from ca.store.hot import HotQuery
 from ca.store.group_commit import GroupCommitter
-from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
-                             TimestampToken, status_token)
+from ca.store.models import ISSUED, REVOKED, Authority, Certificate, ServiceUnit, status_token
 from ca.subject import build_name, format_name
 from ca.timestamps import TimestampRecord
 
@@ -550,13 +549,7 @@ class CertificateAuthorityService:
 
     @cached_property
     def _timestamp_log(self) -> GroupCommitter[TimestampRecord]:
-        def write(session: Session, tokens: list[TimestampRecord]) -> None:
-            queries.add_timestamp_tokens(session, [TimestampToken(
-                unit=t.unit, serial_hex=format(t.serial, "x"), gen_time=t.gen_time,
-                imprint_algorithm=t.imprint_algorithm, imprint_hex=t.imprint.hex(),
-                policy=t.policy, nonce_hex=format(t.nonce, "x") if t.nonce is not None else None,
-                requester=t.requester) for t in tokens])
-        return GroupCommitter(self._sessions, write)
+        return GroupCommitter(self._sessions, queries.add_timestamp_tokens)
 
     def close(self) -> None:
         """Stop the background writer, if one started (after its pending commits), and hand

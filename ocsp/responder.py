@@ -26,11 +26,11 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca import signing
+from ca import der, signing
 from ca.clock import Clock
 from ca.errors import BackendUnavailableError, StoreError
 from ca.keys.base import SigningKey
-from ca.revocation import ASN1_NAMES
+from ocsp import answers as answers_der
 
 __all__ = ["CertStatus", "MalformedRequest", "Responder", "ResponderKey", "ResponseCache",
            "StatusInfo", "StatusSource"]
@@ -84,7 +84,10 @@ class ResponderKey:
             self.signer_certificate.public_bytes(serialization.Encoding.DER))
         for name in CERT_ID_HASHES:
             self._ids[name] = (getattr(issuer.subject, name), getattr(issuer.public_key, name))
-        self._ids["responder"] = signer.public_key.sha1
+        self._ids["responder_id"] = answers_der.responder_id(signer.public_key.sha1)
+        self._ids["hash"] = signing.default_hash(self.key)
+        self._ids["algorithm"] = signing.signature_algorithm(self.key.public_key,
+                                                             self._ids["hash"]).dump()
         # encoded once, loaded per response: asn1crypto re-encodes a parsed certificate
         self._ids["certs"] = asn1_ocsp.Certificates([signer]).dump(force=True)
         self._ids["delegated"] = signer.subject != issuer.subject or \
@@ -256,56 +259,36 @@ class Responder:
 
     def sign(self, key: ResponderKey, answers: Sequence[tuple[asn1_ocsp.CertId, StatusInfo]],
              nonce: asn1_core.Asn1Value | None, produced_at: datetime) -> bytes:
-        """A signed, successful OCSPResponse answering ``answers``."""
+        """A signed, successful OCSPResponse answering ``answers`` (ocsp/answers.py)."""
         now = produced_at.replace(microsecond=0)
+        this_update = der.generalized_time(now)
+        next_update = der.generalized_time(now + self.validity_for(key))
         extended = False
         singles = []
         for cert_id, info in answers:
             status, used_extension = self._cert_status(info)
             extended |= used_extension
-            singles.append({"cert_id": cert_id, "cert_status": status, "this_update": now,
-                            "next_update": now + self.validity_for(key)})
+            singles.append(answers_der.single_response(cert_id.dump(), status, this_update,
+                                                       next_update))
         extensions = []
-        if nonce is not None:
-            extensions.append(asn1_ocsp.ResponseDataExtension(
-                {"extn_id": "nonce", "critical": False}))
-            extensions[-1]["extn_value"] = asn1_core.ParsableOctetString(contents=nonce.contents)
+        if nonce is not None:  # echoed byte for byte: the octets inside extnValue
+            extensions.append(answers_der.nonce_extension(nonce.contents))
         if extended:
-            extensions.append({"extn_id": "extended_revoke", "critical": False,
-                               "extn_value": asn1_core.Null()})
-        data: dict = {"responder_id": asn1_ocsp.ResponderId(name="by_key",
-                                                            value=key._ids["responder"]),
-                      "produced_at": now, "responses": singles}
-        if extensions:
-            data["response_extensions"] = extensions
-        tbs = asn1_ocsp.ResponseData(data)
-        tbs_der = tbs.dump()
-        hash_name = signing.default_hash(key.key)
-        basic: dict = {
-            "tbs_response_data": tbs,
-            "signature_algorithm": signing.signature_algorithm(key.key.public_key, hash_name),
-            "signature": signing.sign(key.key, tbs_der, hash_name),
-        }
-        if key._ids["delegated"]:
-            basic["certs"] = asn1_ocsp.Certificates.load(key._ids["certs"])
-        return asn1_ocsp.OCSPResponse({
-            "response_status": "successful",
-            "response_bytes": {"response_type": "basic_ocsp_response",
-                               "response": asn1_ocsp.BasicOCSPResponse(basic)},
-        }).dump()
+            extensions.append(answers_der.EXTENDED_REVOKE)
+        tbs = answers_der.response_data(key._ids["responder_id"], this_update, singles,
+                                        extensions)
+        signature = signing.sign(key.key, tbs, key._ids["hash"])
+        return answers_der.ocsp_response(tbs, key._ids["algorithm"], signature,
+                                         key._ids["certs"] if key._ids["delegated"] else None)
 
-    def _cert_status(self, info: StatusInfo) -> tuple[asn1_ocsp.CertStatus, bool]:
+    def _cert_status(self, info: StatusInfo) -> tuple[bytes, bool]:
         if info.status is CertStatus.GOOD:
-            return asn1_ocsp.CertStatus(name="good", value=asn1_ocsp.StatusGood()), False
+            return answers_der.GOOD, False
         if info.status is CertStatus.REVOKED:
-            revoked: dict = {"revocation_time": info.revoked_at.replace(microsecond=0)}  # type: ignore[union-attr]
-            if info.reason is not None and info.reason != "unspecified":
-                revoked["revocation_reason"] = ASN1_NAMES[info.reason]
-            return asn1_ocsp.CertStatus(name="revoked", value=revoked), False
+            return answers_der.revoked(info.revoked_at, info.reason), False  # type: ignore[arg-type]
         if self.extended_revoke:  # RFC 6960 2.2: "revoked" for a serial never issued
-            return asn1_ocsp.CertStatus(name="revoked", value={
-                "revocation_time": EPOCH, "revocation_reason": "certificate_hold"}), True
-        return asn1_ocsp.CertStatus(name="unknown", value=asn1_ocsp.StatusUnknown()), False
+            return answers_der.revoked(EPOCH, "certificateHold"), True
+        return answers_der.UNKNOWN, False
 
 
 def _check_extensions(extensions: asn1_core.Asn1Value) -> asn1_core.Asn1Value | None:

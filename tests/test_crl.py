@@ -195,19 +195,6 @@ def test_crl_signed_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path) -
         assert result.returncode == 0, result.stderr
 
 
-@given(st.integers(min_value=0, max_value=70_000))
-@settings(max_examples=60, deadline=None)
-def test_entry_framing_is_asn1crypto_der(length: int) -> None:
-    """The hot-path TLV framing equals asn1crypto's encoding for short and long lengths."""
-    from asn1crypto import core as asn1_core
-
-    from ca.crl import _tlv
-
-    contents = bytes(length % 251 for _ in range(length))
-    assert _tlv(0x30, contents) == asn1_core.Sequence(contents=contents).dump()
-    assert _tlv(0x04, contents) == asn1_core.OctetString(contents).dump()
-
-
 @given(st.integers(min_value=1, max_value=2 ** 159 - 1))
 @settings(max_examples=200, deadline=None)
 def test_entry_encoding_matches_asn1crypto(serial: int) -> None:

@@ -118,6 +118,26 @@ def test_hsm_rsa_pss_signature_verifies(hsm_backend, unique_label) -> None:
 
 
 @pytest.mark.softhsm
+def test_hsm_signing_follows_the_key_when_it_is_replaced(hsm_backend, unique_label) -> None:
+    """Key handles are remembered per session (finding a key by label costs more than a
+    signature on SoftHSM); a destroyed key must not be signed with, a re-created one must."""
+    from pkcs11 import Attribute
+
+    key = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    verify(key.public_key, sign(key.private_key, b"m"), b"m")  # the handle is now remembered
+
+    def destroy(session) -> None:
+        for obj in list(session.get_objects({Attribute.LABEL: unique_label})):
+            obj.destroy()
+
+    hsm_backend._session.run(destroy)
+    with pytest.raises(KeyNotFoundError, match="vanished"):
+        sign(key.private_key, b"m")
+    replaced = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    verify(replaced.public_key, sign(key.private_key, b"m"), b"m")
+
+
+@pytest.mark.softhsm
 def test_hsm_key_found_again_by_uri_in_new_backend(hsm_backend, softhsm_env, unique_label) -> None:
     from ca.keys.pkcs11 import Pkcs11Backend
     created = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))

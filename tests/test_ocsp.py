@@ -16,6 +16,7 @@ import pytest
 from asn1crypto import core as acore
 from asn1crypto import ocsp as aocsp
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -317,6 +318,88 @@ def test_responder_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Pat
             ["openssl", "ocsp", "-respin", str(world.dir / "check-resp.der"), "-resp_text",
              "-noverify"], capture_output=True, text=True).stdout
 
+
+
+def _asn1crypto_answer(responder, key, answers, nonce, produced_at, signature: bytes) -> bytes:
+    """The reference: the response built field by field with asn1crypto, as the responder
+    did before ocsp/answers.py, with a given signature (ECDSA signatures are randomised)."""
+    from ca import signing
+    from ca.revocation import ASN1_NAMES
+    from ocsp.responder import EPOCH, CertStatus
+
+    now = produced_at.replace(microsecond=0)
+    extended = False
+    singles = []
+    for cert_id, info in answers:
+        if info.status is CertStatus.GOOD:
+            status = aocsp.CertStatus(name="good", value=aocsp.StatusGood())
+        elif info.status is CertStatus.REVOKED:
+            revoked: dict = {"revocation_time": info.revoked_at.replace(microsecond=0)}
+            if info.reason is not None and info.reason != "unspecified":
+                revoked["revocation_reason"] = ASN1_NAMES[info.reason]
+            status = aocsp.CertStatus(name="revoked", value=revoked)
+        elif responder.extended_revoke:
+            extended = True
+            status = aocsp.CertStatus(name="revoked", value={
+                "revocation_time": EPOCH, "revocation_reason": "certificate_hold"})
+        else:
+            status = aocsp.CertStatus(name="unknown", value=aocsp.StatusUnknown())
+        singles.append({"cert_id": cert_id, "cert_status": status, "this_update": now,
+                        "next_update": now + responder.validity_for(key)})
+    extensions = []
+    if nonce is not None:
+        extensions.append(aocsp.ResponseDataExtension({"extn_id": "nonce", "critical": False}))
+        extensions[-1]["extn_value"] = acore.ParsableOctetString(contents=nonce.contents)
+    if extended:
+        extensions.append({"extn_id": "extended_revoke", "critical": False,
+                           "extn_value": acore.Null()})
+    signer = aocsp.Certificate.load(key.signer_certificate.public_bytes(
+        serialization.Encoding.DER))
+    data: dict = {"responder_id": aocsp.ResponderId(name="by_key", value=signer.public_key.sha1),
+                  "produced_at": now, "responses": singles}
+    if extensions:
+        data["response_extensions"] = extensions
+    hash_name = signing.default_hash(key.key)
+    basic: dict = {"tbs_response_data": aocsp.ResponseData(data),
+                   "signature_algorithm": signing.signature_algorithm(key.key.public_key,
+                                                                      hash_name),
+                   "signature": signature}
+    if key.signer_certificate != key.issuer_certificate:
+        basic["certs"] = [signer]
+    return aocsp.OCSPResponse({
+        "response_status": "successful",
+        "response_bytes": {"response_type": "basic_ocsp_response",
+                           "response": aocsp.BasicOCSPResponse(basic)}}).dump()
+
+
+@pytest.mark.parametrize("extended", [False, True], ids=["unknown", "extended-revoke"])
+def test_answers_are_asn1crypto_der_byte_for_byte(world: World, extended: bool) -> None:
+    """ocsp/answers.py frames responses by hand for speed: every shape (each status, reasons
+    or none, nonce or none, SHA-1 and SHA-256 CertIDs, several answers, delegated responder or
+    the CA itself) must be exactly what asn1crypto encodes."""
+    from ocsp.responder import CertStatus, StatusInfo
+
+    responder = world.app.extensions["tincay.ocsp"]
+    responder.extended_revoke = extended
+    _, pem = world.leaf()
+    nonce = responder.parse(world.request(pem)).nonce
+    at = NOW - dt.timedelta(days=3, microseconds=1)
+    statuses = [StatusInfo(CertStatus.GOOD), StatusInfo(CertStatus.UNKNOWN),
+                StatusInfo(CertStatus.REVOKED, at, None),
+                StatusInfo(CertStatus.REVOKED, at, "unspecified"),
+                *[StatusInfo(CertStatus.REVOKED, at, reason)
+                  for reason in ("keyCompromise", "certificateHold", "aACompromise")]]
+    assert {key.signer_certificate != key.issuer_certificate
+            for key in responder.keys} == {True, False}  # delegated and CA-signed both
+    for key in responder.keys:
+        for count in (1, len(statuses)):
+            answers = [(responder.cert_id(key, 0x1234 + i, ("sha1", "sha256")[i % 2]), info)
+                       for i, info in enumerate(statuses[:count])]
+            for with_nonce in (None, nonce):
+                ours = responder.sign(key, answers, with_nonce, NOW + dt.timedelta(seconds=0.5))
+                signature = aocsp.OCSPResponse.load(ours).basic_ocsp_response["signature"].native
+                assert ours == _asn1crypto_answer(responder, key, answers, with_nonce,
+                                                  NOW + dt.timedelta(seconds=0.5), signature)
 
 
 # --- pre-produced responses -----------------------------------------------------------------

@@ -131,6 +131,81 @@ def test_token_structure_rfc5816(world: World) -> None:
     assert eku.critical and list(eku.value) == [x509.oid.ExtendedKeyUsageOID.TIME_STAMPING]
 
 
+def _asn1crypto_token(authority: TimeStampAuthority, imprint: atsp.MessageImprint,
+                      info: atsp.TSTInfo, cert_req: bool, signature: bytes) -> bytes:
+    """The reference: the reply built field by field with asn1crypto, as the TSA did before
+    tsa/tokens.py, around a given signature (ECDSA signatures are randomised)."""
+    from ca import signing
+    from tsa.core import _signing_certificate_v2
+    from tsa.tokens import accuracy_fields
+
+    policy, hash_name = authority.policy, authority.hash
+    signer = hx.asn1_cert(authority.unit.certificate)
+    fields: dict = {"version": "v1", "policy": info["policy"].dotted,
+                    "message_imprint": imprint, "serial_number": info["serial_number"].native,
+                    "gen_time": info["gen_time"].native,
+                    "accuracy": accuracy_fields(policy.accuracy)}
+    if info["nonce"].native is not None:
+        fields["nonce"] = info["nonce"].native
+    if policy.tsa_name:
+        fields["tsa"] = {"directory_name": signer.subject}
+    tst_info = atsp.TSTInfo(fields).dump()
+    attributes = sorted(
+        (acms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
+         acms.CMSAttribute({"type": "message_digest",
+                            "values": [hashlib.new(hash_name, tst_info).digest()]}),
+         acms.CMSAttribute({"type": "signing_certificate_v2", "values": [
+             _signing_certificate_v2(signer, hx.der_of(authority.unit.certificate))]})),
+        key=lambda a: a.dump())
+    signer_info = acms.SignerInfo({
+        "version": "v1", "sid": {"issuer_and_serial_number": {
+            "issuer": signer.issuer, "serial_number": signer.serial_number}},
+        "digest_algorithm": {"algorithm": hash_name},
+        "signed_attrs": acms.CMSAttributes(attributes),
+        "signature_algorithm": signing.signature_algorithm(authority.unit.key.public_key,
+                                                           hash_name),
+        "signature": signature})
+    signed_data: dict = {
+        "version": "v3", "digest_algorithms": [aalgos.DigestAlgorithm({"algorithm": hash_name})],
+        "encap_content_info": {"content_type": "tst_info",
+                               "content": acore.ParsableOctetString(tst_info)},
+        "signer_infos": [signer_info]}
+    if cert_req:
+        chain = [hx.asn1_cert(c) for c in authority.unit.chain
+                 if policy.include_chain and c.subject != c.issuer]
+        signed_data["certificates"] = [signer, *chain]
+    return TimeStampResp({"status": {"status": "granted"}, "time_stamp_token": {
+        "content_type": "signed_data", "content": acms.SignedData(signed_data)}}).dump()
+
+
+@pytest.mark.parametrize("policy", [
+    TsaPolicy(),
+    TsaPolicy(accuracy=dt.timedelta(milliseconds=10), tsa_name=True, include_chain=True),
+    TsaPolicy(accuracy=dt.timedelta(microseconds=1500), hashes=("sha1", "sha512"),
+              accepted_policies=("1.2.3.4.5",)),
+], ids=["default", "name-chain-10ms", "sha1-1500us-policy"])
+def test_tokens_are_asn1crypto_der_byte_for_byte(world: World, policy: TsaPolicy) -> None:
+    """tsa/tokens.py frames tokens by hand for speed: every shape (certReq or not, nonce or
+    not, tsa name, chain, accuracy with fractions, requested policy, each hash) must be
+    exactly what asn1crypto encodes."""
+    clock = FrozenClock(NOW + dt.timedelta(microseconds=123456))
+    authority = _authority(world.pki, policy, clock)
+    for algorithm in policy.hashes:
+        imprint = atsp.MessageImprint({"hash_algorithm": {"algorithm": algorithm},
+                                       "hashed_message": hashlib.new(algorithm, DATA).digest()})
+        for cert_req in (True, False):
+            for extra in ({}, {"nonce": 2 ** 63 + 5}, {"req_policy": "1.2.3.4.5"}):
+                if "req_policy" in extra and "1.2.3.4.5" not in policy.accepted_policies:
+                    continue
+                reply = authority.respond(request(message_imprint=imprint, cert_req=cert_req,
+                                                  **{"nonce": None, **extra})).response
+                assert status(reply) == ("granted", None)
+                signature = TimeStampResp.load(reply)["time_stamp_token"]["content"][
+                    "signer_infos"][0]["signature"].native
+                assert reply == _asn1crypto_token(authority, imprint, tst_info(reply),
+                                                  cert_req, signature)
+
+
 def test_rfc3161_client_verifies(world: World) -> None:
     from rfc3161_client import (HashAlgorithm, TimestampRequestBuilder, VerifierBuilder,
                                 decode_timestamp_response)

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable
 
-from asn1crypto import algos as asn1_algos
 from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
 from asn1crypto import tsp as asn1_tsp
@@ -33,6 +32,7 @@ from ca.errors import KeyBackendError
 from ca.issuance import new_serial
 from ca.keys.base import SigningKey
 from ca.timestamps import TimestampRecord
+from tsa.tokens import TokenEncoder
 
 __all__ = ["FAIL_INFOS", "Rejected", "TimeStampAuthority", "TimeStampResp",
            "TsaPolicy", "TsaResult", "TsaUnit", "rejection"]
@@ -139,23 +139,13 @@ class TimeStampAuthority:
         self.hash = signing.default_hash(unit.key)
         der = unit.certificate.public_bytes(serialization.Encoding.DER)
         self._signer = asn1_x509.Certificate.load(der)
-        certificates = [self._signer] + [  # the chain up to, not including, the root:
-            asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))  # a
-            for c in (unit.chain if policy.include_chain else ())  # verifier brings its own
-            if c.subject != c.issuer]
-        # The parts that never change are encoded once and re-loaded per token: asn1crypto
-        # re-encodes a parsed value placed into a new structure (~40 ms a token with the
-        # certificates), but copies an untouched loaded one as bytes.
-        self._certificates_der = asn1_cms.CertificateSet(
-            [asn1_cms.CertificateChoices(name="certificate", value=c) for c in certificates]
-        ).dump()
-        self._signing_certificate_der = asn1_cms.CMSAttribute({
-            "type": "signing_certificate_v2",
-            "values": [_signing_certificate_v2(self._signer, der)]}).dump()
-        self._sid_der = asn1_cms.SignerIdentifier(name="issuer_and_serial_number", value={
-            "issuer": self._signer.issuer, "serial_number": self._signer.serial_number}).dump()
-        self._algorithms_der = asn1_cms.DigestAlgorithms(
-            [asn1_algos.DigestAlgorithm({"algorithm": self.hash})]).dump()
+        chain = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+                 for c in (unit.chain if policy.include_chain else ())  # up to, not
+                 if c.subject != c.issuer]  # including, the root: a verifier brings its own
+        self._encoder = TokenEncoder(
+            self._signer, chain, _signing_certificate_v2(self._signer, der), self.hash,
+            signing.signature_algorithm(unit.key.public_key, self.hash), policy.accuracy,
+            policy.tsa_name)
         self._last = datetime.min.replace(tzinfo=timezone.utc)
         self._lock = threading.Lock()
 
@@ -234,43 +224,12 @@ class TimeStampAuthority:
         return now
 
     def _granted(self, request: _Request, token: TimestampRecord) -> bytes:
-        info: dict = {"version": "v1", "policy": token.policy,
-                      "message_imprint": request.imprint, "serial_number": token.serial,
-                      "gen_time": token.gen_time, "accuracy": _accuracy(self.policy.accuracy)}
-        if token.nonce is not None:
-            info["nonce"] = token.nonce
-        if self.policy.tsa_name:
-            info["tsa"] = asn1_x509.GeneralName(name="directory_name",
-                                                value=self._signer.subject)
-        tst_info = asn1_tsp.TSTInfo(info).dump()
-        digest = hashlib.new(self.hash, tst_info).digest()
-        attributes = sorted(
-            (asn1_cms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
-             asn1_cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
-             asn1_cms.CMSAttribute.load(self._signing_certificate_der)),
-            key=lambda a: a.dump())  # DER orders a SET OF by encoding
-        signed_attrs = asn1_cms.CMSAttributes(attributes)
-        signature = signing.sign(self.unit.key, signed_attrs.dump(), self.hash)
-        signer_info = asn1_cms.SignerInfo({
-            "version": "v1",
-            "sid": asn1_cms.SignerIdentifier.load(self._sid_der),
-            "digest_algorithm": {"algorithm": self.hash},
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": signing.signature_algorithm(self.unit.key.public_key,
-                                                               self.hash),
-            "signature": signature})
-        signed_data = {
-            "version": "v3",
-            "digest_algorithms": asn1_cms.DigestAlgorithms.load(self._algorithms_der),
-            "encap_content_info": {"content_type": "tst_info",
-                                   "content": asn1_core.ParsableOctetString(tst_info)},
-            "signer_infos": [signer_info]}
-        if request.cert_req:
-            signed_data["certificates"] = asn1_cms.CertificateSet.load(self._certificates_der)
-        token_info = asn1_cms.ContentInfo({"content_type": "signed_data",
-                                           "content": asn1_cms.SignedData(signed_data)})
-        return TimeStampResp({"status": {"status": "granted"},
-                                       "time_stamp_token": token_info}).dump()
+        encoder = self._encoder
+        tst_info = encoder.tst_info(token.policy, request.imprint.dump(), token.serial,
+                                    token.gen_time, token.nonce)
+        signed = encoder.signed_attributes(hashlib.new(self.hash, tst_info).digest())
+        signature = signing.sign(self.unit.key, signed, self.hash)
+        return encoder.response(tst_info, signed, signature, request.cert_req)
 
 
 def rejection(fail_info: str, text: str) -> bytes:
@@ -278,19 +237,6 @@ def rejection(fail_info: str, text: str) -> bytes:
     return TimeStampResp({"status": {
         "status": "rejection", "status_string": [text[:200]],
         "fail_info": {FAIL_INFOS[fail_info]}}}).dump()
-
-
-def _accuracy(accuracy: timedelta) -> dict:
-    seconds, micros = divmod(round(accuracy.total_seconds() * 1_000_000), 1_000_000)
-    millis, micros = divmod(micros, 1000)
-    out = {}
-    if seconds:
-        out["seconds"] = seconds
-    if millis:
-        out["millis"] = millis
-    if micros:
-        out["micros"] = micros
-    return out
 
 
 def _signing_certificate_v2(signer: asn1_x509.Certificate, der: bytes) -> asn1_tsp.SigningCertificateV2:

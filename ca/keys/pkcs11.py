@@ -59,6 +59,11 @@ class _TokenSession:
         self._pin = pin
         self._pid = -1
         self._session: Any = None
+        # label -> private key object of this session. SoftHSM keeps private objects'
+        # attributes encrypted, so finding a key by label decrypts the labels of every private
+        # object on the token: more than the signature itself costs. Handles live as long as
+        # the session; a stale one is forgotten and looked up again.
+        self._keys: dict[str, Any] = {}
 
     def run(self, action: Callable[[Any], T]) -> T:
         """Run ``action(session)`` under the process lock, opening the session if needed."""
@@ -69,11 +74,23 @@ class _TokenSession:
                 return action(self._session)
             except (p11.DeviceRemoved, p11.DeviceError, p11.SessionClosed,
                     p11.SessionHandleInvalid, p11.TokenNotPresent) as exc:
-                self._session = None
+                self._session, self._keys = None, {}
                 raise BackendUnavailableError(
                     f"HSM token {self.token_label!r} unavailable: {type(exc).__name__}") from None
 
+    def private_key(self, label: str) -> Any:
+        """The private key labelled ``label`` (call inside :meth:`run`); NoSuchKey if absent."""
+        key = self._keys.get(label)
+        if key is None:
+            key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            self._keys[label] = key
+        return key
+
+    def forget(self, label: str) -> None:
+        self._keys.pop(label, None)
+
     def _open(self) -> None:
+        self._keys = {}
         lib = _load_lib(self.module)
         try:
             token = lib.get_token(token_label=self.token_label)
@@ -105,7 +122,7 @@ class _TokenSession:
                     self._session.close()
                 except p11.PKCS11Error:
                     pass
-            self._session = None
+            self._session, self._keys = None, {}
 
 
 def _load_lib(module: str) -> Any:
@@ -249,8 +266,13 @@ def _hsm_sign(session: _TokenSession, label: str, data: bytes, mechanism: Mechan
               param: Any = None) -> bytes:
     def sign(s: Any) -> bytes:
         try:
-            key = s.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
-            return key.sign(data, mechanism=mechanism, mechanism_param=param)
+            try:
+                return session.private_key(label).sign(data, mechanism=mechanism,
+                                                       mechanism_param=param)
+            except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
+                session.forget(label)  # destroyed or re-created since: look it up again
+                return session.private_key(label).sign(data, mechanism=mechanism,
+                                                       mechanism_param=param)
         except p11.NoSuchKey:
             raise KeyNotFoundError(f"key {label!r} vanished from the token") from None
         except (p11.MechanismInvalid, p11.MechanismParamInvalid) as exc:
