@@ -26,8 +26,7 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     app.extensions["tincay.service"] = service
 
     from ca.http import repository
-    from ocsp.http import RepeatQuestions
-    from ocsp.http import blueprint as ocsp_blueprint
+    from ocsp.http import OcspEndpoint
     from ocsp.responder import Responder
     from ocsp.sources import StoreSource, responder_keys
 
@@ -35,8 +34,8 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     app.extensions["tincay.ocsp"] = Responder(responder_keys(service), source, service.clock,
                                               cache=source)
     app.register_blueprint(repository)
-    app.register_blueprint(ocsp_blueprint)
-    app.wsgi_app = RepeatQuestions(app.wsgi_app, app.extensions["tincay.ocsp"])  # type: ignore[method-assign]
+    app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
+                                app.extensions["tincay.ocsp"])  # /ocsp, before Flask
 
     from tsa.http import blueprint as tsa_blueprint
     from tsa.http import timestamp_authority

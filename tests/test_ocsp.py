@@ -448,11 +448,14 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
         "issuing-ca", issued.certificate.serial_number) is None
 
 
-def test_repeat_questions_are_answered_before_flask_exactly_as_flask_would(
-        world: World, monkeypatch) -> None:
-    """ocsp.http.RepeatQuestions: a nonce-less question asked before, with a current stored
-    answer, skips Flask's dispatch; bytes and headers are the blueprint's, a revocation still
-    shows at once, and a store failure still means tryLater."""
+def test_the_endpoint_answers_before_flask_with_http_semantics(world: World, monkeypatch
+                                                               ) -> None:
+    """ocsp.http.OcspEndpoint serves /ocsp in front of the Flask app: repeated questions get
+    identical bytes and headers, media type parameters and case are accepted, HEAD, 405 with
+    Allow, 413 for a chunked upload over the limit; a revocation still shows at once and a
+    store failure still means tryLater. Flask never sees an OCSP request."""
+    import io
+
     from ca.errors import StoreError
     from ocsp.preproduce import PreProducer
 
@@ -463,28 +466,29 @@ def test_repeat_questions_are_answered_before_flask_exactly_as_flask_would(
     question = world.request(pem, nonce=False)
     path = "/ocsp/" + urllib.parse.quote(base64.b64encode(question).decode(), safe="")
 
-    first = world.http.get(path)
-    assert dispatched == ["flask"]  # a new question: parsed, routed and remembered by Flask
-    again = world.http.get(path)
-    posted = world.http.post("/ocsp", data=question, content_type=REQUEST)
-    assert dispatched == ["flask"]  # both repeats answered before Flask
-    assert again.data == first.data == posted.data
-    assert sorted(again.headers.items()) == sorted(first.headers.items())
-    assert posted.headers["Content-Type"] == "application/ocsp-response"
+    first, again = world.http.get(path), world.http.get(path)
+    assert again.data == first.data and sorted(again.headers.items()) == \
+        sorted(first.headers.items())
     assert "good" in world.openssl_check(question, again.data, pem)
+    head = world.http.head(path)
+    assert head.status_code == 200 and head.data == b"" and \
+        head.headers["Content-Length"] == str(len(first.data)) and head.headers["ETag"]
+    posted = world.http.post("/ocsp/", data=question,
+                             content_type="Application/OCSP-Request; charset=binary")
+    assert posted.data == first.data and posted.mimetype == "application/ocsp-response"
 
-    # a fall-through POST still reaches Flask with its body: a different question, and a
-    # content type with parameters
-    other = world.request(pem, nonce=True)
-    assert "good" in world.openssl_check(other, world.post(other), pem)
-    charset = world.http.post("/ocsp", data=question,
-                              content_type=REQUEST + "; charset=binary")
-    assert charset.data == first.data and dispatched == ["flask"] * 3
+    put = world.http.put("/ocsp", data=question, content_type=REQUEST)
+    assert put.status_code == 405 and put.headers["Allow"] == "POST"
+    post_path = world.http.post(path, data=question, content_type=REQUEST)
+    assert post_path.status_code == 405 and post_path.headers["Allow"] == "GET, HEAD"
+    chunked = world.http.post("/ocsp", input_stream=io.BytesIO(b"\x30" * 9000),
+                              content_type=REQUEST, headers={"Transfer-Encoding": "chunked"})
+    assert chunked.status_code == 413
+    assert world.http.get("/healthz").status_code == 200
+    assert dispatched == ["flask"]  # only /healthz went through Flask
 
     world.pki.revoke(issued, "keyCompromise")
-    revoked = world.http.get(path)
-    assert "revoked" in world.openssl_check(question, revoked.data, pem)
-    assert len(dispatched) == 4  # the stored answer is stale: the full path signs live
+    assert "revoked" in world.openssl_check(question, world.http.get(path).data, pem)
 
     def down(*_: object) -> None:
         raise StoreError("database read failed: server closed the connection")
