@@ -55,6 +55,7 @@ class Issued:
     ca: str
     profile: str
     chain: tuple[x509.Certificate, ...]  # issuing CA first, root last
+    key_uri: str | None = None  # where the key lives: pkcs11:token=...;object=... on an HSM
 
     @property
     def pem(self) -> bytes:
@@ -143,7 +144,7 @@ class Hierarchy:
         result = self.service.issue(ca, profile, pairs, source, emails=emails,
                                     dns_names=dns_names, days=days)
         issued = Issued(result.certificate, result.private_key, result.serial_hex, ca, profile,
-                        tuple(self.chain(ca)))
+                        tuple(self.chain(ca)), result.key_uri)
         self.issued.append(issued)
         return issued
 
