@@ -7,6 +7,7 @@ database pool and its own PKCS#11 session (one per process, DESIGN.md section 5)
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
@@ -38,9 +39,9 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask
 
     from tsa.http import blueprint as tsa_blueprint
-    from tsa.http import timestamp_authority
+    from tsa.http import timestamp_authority, tsa_settings
 
-    app.extensions["tincay.tsa"] = timestamp_authority(service)
+    app.extensions["tincay.tsa"] = timestamp_authority(service, *tsa_settings(os.environ))
     app.register_blueprint(tsa_blueprint)
 
     @app.get("/healthz")

@@ -456,6 +456,53 @@ def test_sha1_only_when_configured_and_chain_on_request(world: World, tmp_path: 
         hx.asn1_cert(world.unit.certificate).subject.native
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"TINCAY_TSA_ACCURACY": "2s"}, "TINCAY_TSA_ACCURACY: accuracy must be"),
+    ({"TINCAY_TSA_ACCURACY": "fast"}, "TINCAY_TSA_ACCURACY: 'fast' is not a duration"),
+    ({"TINCAY_TSA_HASHES": "sha256,md5"}, "TINCAY_TSA_HASHES: hashes: \\['md5'\\]"),
+    ({"TINCAY_TSA_POLICIES": "1.2.3,medical"}, "TINCAY_TSA_POLICIES: 'medical' is not"),
+    ({"TINCAY_TSA_DEFAULT_POLICY": "1.2.03"}, "TINCAY_TSA_DEFAULT_POLICY: '1.2.03'"),
+    ({"TINCAY_TSA_CHAIN": "maybe"}, "TINCAY_TSA_CHAIN='maybe': use yes or no"),
+], ids=["accuracy-range", "accuracy-text", "hash", "policy", "default-policy", "flag"])
+def test_bad_tsa_settings_name_the_variable(env: dict, message: str) -> None:
+    from ca.errors import ConfigurationError
+    from tsa.http import tsa_settings
+
+    with pytest.raises(ConfigurationError, match=message):
+        tsa_settings(env)
+
+
+def test_tsa_settings_from_the_environment_reach_the_served_tokens(world: World, monkeypatch
+                                                                   ) -> None:
+    from ca.errors import ConfigurationError
+    from tsa.http import tsa_settings
+
+    assert tsa_settings({}) == (None, TsaPolicy())
+    env = {"TINCAY_TSA_UNIT": world.unit.name, "TINCAY_TSA_ACCURACY": "10ms",
+           "TINCAY_TSA_DEFAULT_POLICY": "1.3.6.1.4.1.59999.1.3",
+           "TINCAY_TSA_POLICIES": "1.2.3.4, 1.2.3.5", "TINCAY_TSA_HASHES": "sha256,sha1",
+           "TINCAY_TSA_CHAIN": "yes", "TINCAY_TSA_NAME": "on"}
+    assert tsa_settings(env) == (world.unit.name, TsaPolicy(
+        default_policy="1.3.6.1.4.1.59999.1.3", accepted_policies=("1.2.3.4", "1.2.3.5"),
+        accuracy=dt.timedelta(milliseconds=10), hashes=("sha256", "sha1"), include_chain=True,
+        tsa_name=True))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    http = create_app(world.pki.service).test_client()
+    reply = http.post("/tsa", data=world.query("-sha1", "-cert"), content_type=QUERY).data
+    assert status(reply) == ("granted", None)
+    info = tst_info(reply)
+    assert info["accuracy"].native == {"seconds": None, "millis": 10, "micros": None}
+    assert info["tsa"].chosen.native == hx.asn1_cert(world.unit.certificate).subject.native
+    assert len(TimeStampResp.load(reply)["time_stamp_token"]["content"]["certificates"]) == 2
+    assert world.openssl_verify(reply).returncode == 0
+    asked = http.post("/tsa", data=request(req_policy="1.2.3.5"), content_type=QUERY).data
+    assert tst_info(asked)["policy"].dotted == "1.2.3.5"
+    monkeypatch.setenv("TINCAY_TSA_UNIT", "no-such-unit")
+    with pytest.raises(ConfigurationError, match="TINCAY_TSA_UNIT: no TSA unit named"):
+        create_app(world.pki.service)
+
+
 @pytest.mark.softhsm
 @pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048"])
 def test_tsa_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path,

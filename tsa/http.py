@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from typing import Mapping
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from ca.errors import TincayError
+from ca.durations import parse_duration
+from ca.errors import ConfigurationError, TincayError
 from ca.http import protocol_body
 from ca.service import CertificateAuthorityService
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit, rejection
@@ -26,11 +29,66 @@ MAX_REQUEST_BYTES = 8 * 1024  # a TimeStampReq with a SHA-512 imprint is about 1
 log = logging.getLogger("tincay.tsa")
 
 
+_OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
+    """The TSA unit to serve and how it answers, from the environment (read at worker start):
+
+    - ``TINCAY_TSA_UNIT``: the TSA unit's name (default: the first one created);
+    - ``TINCAY_TSA_ACCURACY``: ``1s`` (default) down to ``1us``; genTime carries as many
+      fraction digits as the accuracy warrants;
+    - ``TINCAY_TSA_DEFAULT_POLICY``: the policy OID of tokens whose request names none
+      (default: the TSA certificate's first policy);
+    - ``TINCAY_TSA_POLICIES``: further policy OIDs a request may ask for, comma-separated;
+    - ``TINCAY_TSA_HASHES``: accepted imprint hashes (default ``sha256,sha384,sha512``; add
+      ``sha1`` only for legacy clients);
+    - ``TINCAY_TSA_CHAIN`` (yes/no): put the TSA's issuing chain, without the root, in tokens
+      that ask for certificates; ``TINCAY_TSA_NAME`` (yes/no): name the TSA in TSTInfo.
+
+    ConfigurationError naming the variable for anything it cannot use.
+    """
+    def listed(name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+    def flag(name: str) -> bool:
+        value = env.get(name, "").strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise ConfigurationError(f"{name}={env[name]!r}: use yes or no")
+        return value in _TRUE
+
+    def oids(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not _OID.fullmatch(value):
+                raise ConfigurationError(f"{name}: {value!r} is not a dotted OID")
+        return values
+
+    fields: dict = {"accepted_policies": oids("TINCAY_TSA_POLICIES",
+                                              listed("TINCAY_TSA_POLICIES")),
+                    "include_chain": flag("TINCAY_TSA_CHAIN"), "tsa_name": flag("TINCAY_TSA_NAME")}
+    if env.get("TINCAY_TSA_DEFAULT_POLICY", "").strip():
+        [fields["default_policy"]] = oids("TINCAY_TSA_DEFAULT_POLICY",
+                                          (env["TINCAY_TSA_DEFAULT_POLICY"].strip(),))
+    for name, key, parse in (("TINCAY_TSA_ACCURACY", "accuracy", parse_duration),
+                             ("TINCAY_TSA_HASHES", "hashes", lambda _: listed(name))):
+        if env.get(name, "").strip():
+            try:
+                fields[key] = parse(env[name])
+                TsaPolicy(**{key: fields[key]})  # its own checks, reported by variable
+            except ValueError as exc:
+                raise ConfigurationError(f"{name}: {exc}") from None
+    return env.get("TINCAY_TSA_UNIT", "").strip() or None, TsaPolicy(**fields)
+
+
 def timestamp_authority(service: CertificateAuthorityService, unit: str | None = None,
                         policy: TsaPolicy | None = None) -> TimeStampAuthority | None:
-    """The TSA for the unit named ``unit`` (default: the first TSA unit), None if none."""
+    """The TSA for the unit named ``unit`` (default: the first TSA unit), None if there is
+    no TSA unit at all; ConfigurationError if ``unit`` names none."""
     units = [u for u in service.service_units("tsa") if unit is None or u.name == unit]
     if not units:
+        if unit is not None:
+            raise ConfigurationError(f"TINCAY_TSA_UNIT: no TSA unit named {unit!r}")
         return None
     chosen = units[0]
     return TimeStampAuthority(
