@@ -34,7 +34,7 @@ from ca.hierarchy import HierarchySpec, load_hierarchy
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey
 from ca.keys.memory import MemoryBackend
 from ca.profiles import ProfileSet, load_profiles
-from ca.service import CertificateAuthorityService, KeySource
+from ca.service import CertificateAuthorityService, CrlInfo, KeySource
 from ca.settings import REPO_ROOT
 from ca.store.db import create_engine_for, make_session_factory, migrate
 from ca.subject import parse_subject
@@ -157,6 +157,12 @@ class Hierarchy:
             serial = target
         self.service.revoke(ca or self.default_ca, serial, reason,
                             invalidity_date=invalidity_date)
+
+    def crl(self, ca: str | None = None, *, delta: bool = False,
+            validity: dt.timedelta | None = None) -> CrlInfo:
+        """Publish a new CRL of ``ca`` now (a delta CRL with ``delta``; the CA's validity or
+        ``validity``); ``.der`` is what ``/crl/<ca>.crl`` serves from then on."""
+        return self.service.publish_crl(ca or self.default_ca, validity=validity, delta=delta)
 
     @contextlib.contextmanager
     def at(self, when: dt.datetime) -> Iterator[None]:

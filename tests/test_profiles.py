@@ -20,7 +20,7 @@ from ca.profiles import (Profile, ProfileSet, check_profile_file, load_profiles,
                          profile_as_dict)
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-SHIPPED = {"root-ca", "issuing-ca", "ocsp-responder", "tsa", "clinician", "pharmacist", "teacher",
+SHIPPED = {"root-ca", "intermediate-ca", "issuing-ca", "ocsp-responder", "tsa", "clinician", "pharmacist", "teacher",
            "citizen", "organization-seal", "tls-server", "clinician-qualified",
            "organization-seal-qualified"}
 ABSTRACT = {"ca-base", "person-base", "service-base"}
@@ -59,7 +59,7 @@ def test_every_shipped_profile_loads(shipped: ProfileSet) -> None:
     assert set(shipped.names()) == SHIPPED
     assert shipped.names() == sorted(SHIPPED)
     assert set(shipped.abstract_names()) == ABSTRACT
-    assert len(shipped) == 12
+    assert len(shipped) == 13
     assert {p.name for p in shipped} == SHIPPED
     assert "clinician" in shipped and "person-base" not in shipped and "nope" not in shipped
     for profile in shipped:

@@ -221,3 +221,68 @@ def test_serve_lets_certvalidator_fetch_live_ocsp() -> None:
         pki.revoke(doctor, "keyCompromise")
         with pytest.raises(RevokedError):
             validate()
+
+
+def test_three_level_hierarchy_validates_with_live_revocation_at_every_level(
+        tmp_path: Path) -> None:
+    """profiles/hierarchies/three-level.yaml: root -> health-ca (intermediate-ca, pathLen 1)
+    -> hospital-ca (issuing-ca, pathLen 0) -> leaves. OpenSSL verifies the 4-certificate path
+    with every CRL; pyhanko-certvalidator fetches OCSP for both CA levels below the root and
+    the leaf; pathLen stops a fourth CA level; pkilint finds no error in the intermediate."""
+    import asyncio
+
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import RevokedError
+
+    import yaml
+
+    from ca.errors import IssuanceError
+    from ca.hierarchy import load_hierarchy
+    from ca.settings import REPO_ROOT
+
+    spec = REPO_ROOT / "profiles" / "hierarchies" / "three-level.yaml"
+    with Hierarchy.from_spec(spec) as pki, pki.serve() as url:
+        doctor = pki.issue("clinician", "C=VN, O=Bệnh viện Đa khoa Tincay, CN=Nguyễn Văn A, "
+                                        "UID=CCCD:079073009568", key_type="ec-p256")
+        assert [c.subject.rfc4514_string() for c in doctor.chain] == [
+            pki.ca("hospital-ca").subject.rfc4514_string(),
+            pki.ca("health-ca").subject.rfc4514_string(), pki.root.subject.rfc4514_string()]
+        health = pki.ca("health-ca")
+        assert health.extensions.get_extension_for_class(x509.BasicConstraints).value \
+            .path_length == 1
+        assert not hx.at_least(hx.pkilint_pkix(health), "ERROR")
+
+        leaf = hx.write_pem(tmp_path / "leaf.pem", doctor.certificate)
+        chain = hx.write_pem(tmp_path / "chain.pem", pki.ca("hospital-ca"), health)
+        root = hx.write_pem(tmp_path / "root.pem", pki.root)
+        crls = tmp_path / "crls.pem"
+        crls.write_bytes(b"".join(
+            subprocess.run(["openssl", "crl", "-inform", "DER"], input=pki.crl(ca).der,
+                           capture_output=True, check=True).stdout
+            for ca in ("root-ca", "health-ca", "hospital-ca")))
+        verified = subprocess.run(["openssl", "verify", "-crl_check_all", "-CRLfile", str(crls),
+                                   "-CAfile", str(root), "-untrusted", str(chain), str(leaf)],
+                                  capture_output=True, text=True)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+
+        def validate() -> None:
+            context = ValidationContext(trust_roots=[hx.asn1_cert(pki.root)],
+                                        allow_fetching=True, revocation_mode="require")
+            asyncio.run(CertificateValidator(
+                hx.asn1_cert(doctor.certificate),
+                intermediate_certs=[hx.asn1_cert(pki.ca("hospital-ca")), hx.asn1_cert(health)],
+                validation_context=context).async_validate_usage({"non_repudiation"}))
+
+        validate()
+        hospital_serial = format(pki.ca("hospital-ca").serial_number, "x")
+        pki.revoke(hospital_serial, "cACompromise", ca="health-ca")
+        with pytest.raises(RevokedError):  # the hospital CA, by the intermediate's OCSP
+            validate()
+        assert url == pki.url
+
+        for parent, profile in (("hospital-ca", "issuing-ca"), ("health-ca", "intermediate-ca")):
+            grown = yaml.safe_load(spec.read_text(encoding="utf-8"))
+            grown["authorities"].append({"name": "ward-ca", "parent": parent, "profile": profile,
+                                         "key": "ec-p256", "subject": "C=VN, O=Khoa Nội, CN=Ward"})
+            with pytest.raises(IssuanceError, match="pathLenConstraint"):
+                pki.service.init_hierarchy(load_hierarchy(grown, pki.service.profiles))
