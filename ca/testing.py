@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from sqlalchemy.engine import make_url
 
 from ca.clock import FrozenClock, SystemClock, ensure_utc
 from ca.errors import KeyBackendError
@@ -36,7 +37,8 @@ from ca.keys.memory import MemoryBackend
 from ca.profiles import ProfileSet, load_profiles
 from ca.service import CertificateAuthorityService, CrlInfo, KeySource
 from ca.settings import REPO_ROOT
-from ca.store.db import create_engine_for, make_session_factory, migrate
+from ca.store.db import (create_engine_for, create_throwaway_schema, make_session_factory,
+                         migrate)
 from ca.subject import parse_subject
 
 DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
@@ -99,7 +101,11 @@ class Hierarchy:
         parsed = load_hierarchy(spec if isinstance(spec, Mapping) else Path(spec), profile_set)
         clock = FrozenClock((at or SystemClock().now()).replace(microsecond=0))
         engine = create_engine_for(database_url)
-        migrate(engine)
+        if make_url(database_url).get_backend_name() == "sqlite" and \
+                make_url(database_url).database in (None, "", ":memory:"):
+            create_throwaway_schema(engine)  # dies with the process: no migration chain
+        else:
+            migrate(engine)
         service = CertificateAuthorityService(make_session_factory(engine),
                                               keys or MemoryBackend(), profile_set, clock,
                                               public_url)

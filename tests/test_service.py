@@ -397,6 +397,39 @@ def test_migrations_match_the_models(database_url: str) -> None:
     engine.dispose()
 
 
+def test_throwaway_schema_is_the_migrated_schema() -> None:
+    """ca/testing.py builds in-memory databases from the models (create_throwaway_schema) instead
+    of running the migrations: same tables, columns, keys, indexes and append-only triggers."""
+    from sqlalchemy import inspect
+
+    from ca.store.db import create_throwaway_schema
+
+    def shape(build) -> dict:
+        engine = create_engine_for("sqlite://")
+        build(engine)
+        found = inspect(engine)
+        tables = sorted(set(found.get_table_names()) - {"alembic_version"})
+        shape = {t: (sorted((c["name"], str(c["type"]), c["nullable"])
+                            for c in found.get_columns(t)),
+                     found.get_pk_constraint(t)["constrained_columns"],
+                     sorted((tuple(i["column_names"]), bool(i["unique"]), i["name"])
+                            for i in found.get_indexes(t)),
+                     sorted(tuple(u["column_names"]) for u in found.get_unique_constraints(t)),
+                     sorted((tuple(f["constrained_columns"]), f["referred_table"])
+                            for f in found.get_foreign_keys(t)))
+                 for t in tables}
+        with engine.connect() as connection:
+            shape["triggers"] = sorted(connection.exec_driver_sql(
+                "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'").all())
+        engine.dispose()
+        return shape
+
+    migrated, throwaway = shape(migrate), shape(create_throwaway_schema)
+    assert migrated["triggers"] == [("audit_events_no_delete", "audit_events"),
+                                    ("audit_events_no_update", "audit_events")]
+    assert throwaway == migrated
+
+
 def test_serial_lookup_accepts_what_operators_type(world: World) -> None:
     issued = world.service.issue("issuing-ca", "citizen",
                                  [("CN", "A"), ("UID", "CCCD:038093015572")],

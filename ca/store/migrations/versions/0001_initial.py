@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from ca.store.db import append_only_ddl
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -93,16 +95,8 @@ def upgrade() -> None:
 
 def _append_only(table: str, sqlite: bool) -> None:
     """The audit log refuses UPDATE and DELETE in the database itself, not just in our code."""
-    if sqlite:
-        for verb in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
-                       f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END")
-        return
-    op.execute(f"""
-        CREATE FUNCTION {table}_append_only() RETURNS trigger AS $$
-        BEGIN RAISE EXCEPTION '{table} is append-only'; END $$ LANGUAGE plpgsql""")
-    op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-               f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()")
+    for statement in append_only_ddl(table, "sqlite" if sqlite else "postgresql"):
+        op.execute(statement)
 
 
 def downgrade() -> None:
