@@ -148,14 +148,21 @@ class Responder:
     # --- the one entry point ------------------------------------------------------------------
 
     def respond(self, request_der: bytes) -> bytes:
-        """An OCSPResponse for ``request_der``; never raises."""
+        """An OCSPResponse for ``request_der``; never raises.
+
+        A nonce-less question asked before (byte for byte) goes straight to its stored
+        answer: no parsing, one indexed query, the whole of the hot path. Only when that
+        answer is missing or stale (a revocation since) is the request parsed and signed live.
+        """
+        route = self._routes.get(request_der) if self.cache is not None else None
         try:
-            hit = self._answer_repeat(request_der)
+            if route is not None:
+                hit = self.cache.preproduced(route[0].ca_name, route[1])  # type: ignore[union-attr]
+                if hit is not None:
+                    return hit
         except (BackendUnavailableError, StoreError) as exc:
             log.warning("OCSP answer deferred: %s", exc)
             return TRY_LATER
-        if hit is not None:
-            return hit
         try:
             parsed = self.parse(request_der)
         except MalformedRequest as exc:
@@ -165,7 +172,8 @@ class Responder:
             key = self.match(parsed.cert_ids)
             if key is None:
                 return UNAUTHORIZED
-            if self.cache is not None and parsed.nonce is None and len(parsed.cert_ids) == 1:
+            if route is None and self.cache is not None and parsed.nonce is None and \
+                    len(parsed.cert_ids) == 1:
                 cert_id = parsed.cert_ids[0]
                 serial = cert_id["serial_number"].native
                 if cert_id.dump() == self.cert_id(key, serial).dump():
@@ -185,18 +193,6 @@ class Responder:
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
             log.exception("OCSP responder failed")
             return INTERNAL_ERROR
-
-    def _answer_repeat(self, request_der: bytes) -> bytes | None:
-        """The pre-produced answer to a nonce-less question asked before (byte for byte), if
-        one is stored and still current; None when the request needs the full path. This is
-        the whole of the hot path: no parsing, one indexed query. May raise
-        BackendUnavailableError or StoreError."""
-        if self.cache is None:
-            return None
-        route = self._routes.get(request_der)
-        if route is None:
-            return None
-        return self.cache.preproduced(route[0].ca_name, route[1])
 
     # --- the steps ----------------------------------------------------------------------------
 
