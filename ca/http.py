@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, abort, current_app, request
+from werkzeug.wsgi import get_input_stream
 
 from ca.errors import NotFoundError
 from ca.service import CertificateAuthorityService
@@ -40,19 +41,35 @@ def cacheable(body: bytes, mimetype: str, last_modified: datetime, max_age: time
     return response
 
 
-def protocol_body(content_type: str, limit: int, what: str) -> bytes | Response:
-    """The body of a DER protocol POST (OCSP, RFC 3161), or the HTTP refusal a client gets
-    before the protocol layer sees anything: 415 for another Content-Type, 413 past ``limit``
-    (checked on the header first, then on what was read, for chunked uploads)."""
-    if request.mimetype != content_type:
-        return Response(f"415 Content-Type must be {content_type}\n", status=415,
-                        mimetype="text/plain")
-    too_large = Response(f"413 {what} are limited to {limit} bytes\n", status=413,
-                         mimetype="text/plain")
-    if request.content_length is not None and request.content_length > limit:
+def read_protocol_body(environ: dict, content_type: str, limit: int, what: str
+                       ) -> bytes | tuple[int, str]:
+    """The body of a DER protocol POST (OCSP, RFC 3161) from the WSGI ``environ``, or the
+    HTTP refusal a client gets before the protocol layer sees anything, as (status, text):
+    415 for another Content-Type (parameters and case ignored), 413 past ``limit`` (checked
+    on the header first, then on what was read, for chunked uploads). Plain WSGI, so the
+    OCSP endpoint in front of Flask and the Flask views share it."""
+    media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    if media_type != content_type:
+        return 415, f"Content-Type must be {content_type}"
+    too_large = 413, f"{what} are limited to {limit} bytes"
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        length = -1
+    if length > limit:
         return too_large
-    body = request.get_data(cache=False)
+    body = get_input_stream(environ, max_content_length=None).read(
+        length if length >= 0 else limit + 1)
     return too_large if len(body) > limit else body
+
+
+def protocol_body(content_type: str, limit: int, what: str) -> bytes | Response:
+    """:func:`read_protocol_body` for a Flask view: the body, or the refusal as a Response."""
+    body = read_protocol_body(request.environ, content_type, limit, what)
+    if isinstance(body, tuple):
+        code, text = body
+        return Response(f"{code} {text}\n", status=code, mimetype="text/plain")
+    return body
 
 
 @repository.get("/certs/<name>.cer")

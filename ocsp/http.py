@@ -23,8 +23,8 @@ from urllib.parse import unquote
 
 from asn1crypto import ocsp as asn1_ocsp
 from werkzeug.http import http_date, quote_etag
-from werkzeug.wsgi import get_input_stream
 
+from ca.http import read_protocol_body
 from ocsp.responder import Responder
 
 __all__ = ["OcspEndpoint"]
@@ -69,29 +69,13 @@ class OcspEndpoint:
             return "200 OK", _cache_headers(answer, int(self.responder.clock.now().timestamp())), \
                 answer
         if method == "POST" and path in ("/ocsp", "/ocsp/"):
-            media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-            if media_type != OCSP_REQUEST:
-                return _plain(415, f"Content-Type must be {OCSP_REQUEST}")
-            body = _body(environ)
-            if body is None:
-                return _plain(413, f"OCSP requests are limited to {MAX_REQUEST_BYTES} bytes")
+            body = read_protocol_body(environ, OCSP_REQUEST, MAX_REQUEST_BYTES, "OCSP requests")
+            if isinstance(body, tuple):
+                return _plain(*body)
             return "200 OK", _POST_HEADERS, self.responder.respond(body)
         allowed = "POST" if path in ("/ocsp", "/ocsp/") else "GET, HEAD"
         status, headers, body = _plain(405, "Method Not Allowed")
         return status, (*headers, ("Allow", allowed)), body
-
-
-def _body(environ: dict) -> bytes | None:
-    """The request body, or None when it is over the limit."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or -1)
-    except ValueError:
-        length = -1
-    if length > MAX_REQUEST_BYTES:
-        return None
-    stream = get_input_stream(environ, max_content_length=None)
-    body = stream.read(length if length >= 0 else MAX_REQUEST_BYTES + 1)
-    return None if len(body) > MAX_REQUEST_BYTES else body
 
 
 def _plain(code: int, text: str) -> tuple[str, tuple[tuple[str, str], ...], bytes]:
