@@ -50,7 +50,7 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
     ConfigurationError naming the variable for anything it cannot use.
     """
     def listed(name: str) -> tuple[str, ...]:
-        return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+        return _comma_separated(env.get(name, ""))
 
     def flag(name: str) -> bool:
         value = env.get(name, "").strip().lower()
@@ -71,7 +71,7 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
         [fields["default_policy"]] = oids("TINCAY_TSA_DEFAULT_POLICY",
                                           (env["TINCAY_TSA_DEFAULT_POLICY"].strip(),))
     for name, key, parse in (("TINCAY_TSA_ACCURACY", "accuracy", parse_duration),
-                             ("TINCAY_TSA_HASHES", "hashes", lambda _: listed(name))):
+                             ("TINCAY_TSA_HASHES", "hashes", _comma_separated)):
         if env.get(name, "").strip():
             try:
                 fields[key] = parse(env[name])
@@ -79,6 +79,10 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
             except ValueError as exc:
                 raise ConfigurationError(f"{name}: {exc}") from None
     return env.get("TINCAY_TSA_UNIT", "").strip() or None, TsaPolicy(**fields)
+
+
+def _comma_separated(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def timestamp_authority(service: CertificateAuthorityService, unit: str | None = None,
