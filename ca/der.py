@@ -12,7 +12,7 @@ from datetime import datetime
 
 from ca.clock import ensure_utc
 
-__all__ = ["header", "tlv", "integer", "generalized_time", "time_from_digits"]
+__all__ = ["header", "tlv", "integer", "generalized_time", "time_from_digits", "read"]
 
 
 def header(tag: int, length: int) -> bytes:
@@ -54,3 +54,29 @@ def time_from_digits(digits: str) -> bytes:
     if digits < "2050":
         return tlv(0x17, f"{digits[2:]}Z".encode())
     return tlv(0x18, f"{digits}Z".encode())
+
+
+def read(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """The element at ``data[pos:end]``: (identifier octet, contents start, contents end).
+
+    Strict DER (X.690 10.1): single-octet identifiers, definite lengths in their shortest
+    form, no element running past ``end``; ValueError for anything else. For hot-path readers
+    of known shapes, which hand anything unusual to asn1crypto."""
+    if end - pos < 2:
+        raise ValueError("truncated element")
+    tag, first = data[pos], data[pos + 1]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("multi-octet identifier")
+    if first < 0x80:
+        start, length = pos + 2, first
+    else:
+        count = first & 0x7F
+        start = pos + 2 + count
+        if count == 0 or count > 4 or start > end or data[pos + 2] == 0:
+            raise ValueError("indefinite or non-minimal length")
+        length = int.from_bytes(data[pos + 2:start], "big")
+        if length < 0x80:
+            raise ValueError("non-minimal length")
+    if start + length > end:
+        raise ValueError("element runs past its container")
+    return tag, start, start + length

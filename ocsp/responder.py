@@ -6,8 +6,8 @@ ocsp/responder), time from an injected clock, signatures from key objects (HSM o
 malformedRequest for anything that does not parse or breaks RFC 8954, unauthorized for an issuer
 we do not serve, tryLater when the HSM or the database is unreachable, internalError for bugs.
 
-Responses are built with asn1crypto (cryptography's builder holds one SingleResponse only) and
-carry: responder ID by key hash, producedAt, thisUpdate and nextUpdate, the CertID exactly as
+Requests are read by ocsp/requests.py, responses framed by ocsp/answers.py (cryptography's
+builder holds one SingleResponse only); they carry: responder ID by key hash, producedAt, thisUpdate and nextUpdate, the CertID exactly as
 requested (SHA-1 or SHA-256), the nonce echoed, and the delegated responder's certificate.
 
 Imports no flask, sqlalchemy or click.
@@ -31,6 +31,7 @@ from ca.clock import Clock
 from ca.errors import BackendUnavailableError, StoreError
 from ca.keys.base import SigningKey
 from ocsp import answers as answers_der
+from ocsp.requests import MalformedRequest, OcspQuestion, RequestedCert, read_request
 
 __all__ = ["CertStatus", "MalformedRequest", "Responder", "ResponderKey", "ResponseCache",
            "StatusInfo", "StatusSource"]
@@ -38,10 +39,7 @@ __all__ = ["CertStatus", "MalformedRequest", "Responder", "ResponderKey", "Respo
 log = logging.getLogger("tincay.ocsp")
 
 CERT_ID_HASHES = ("sha1", "sha256")  # RFC 6960 (SHA-1) and RFC 9919 (SHA-256)
-MAX_NONCE = 32  # RFC 8954: 1..32 octets
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_IGNORED_EXTENSIONS = ("acceptable_responses", "preferred_signature_algorithms",
-                       "1.3.6.1.5.5.7.48.1.7")  # service locator
 
 
 class CertStatus(enum.Enum):
@@ -106,16 +104,6 @@ class ResponseCache(Protocol):
         still valid and still agrees with the certificate's status, or None."""
 
 
-class MalformedRequest(ValueError):
-    """The request does not parse or breaks a rule the responder enforces."""
-
-
-@dataclass(frozen=True)
-class ParsedRequest:
-    cert_ids: tuple[asn1_ocsp.CertId, ...]
-    nonce: asn1_core.Asn1Value | None
-
-
 def _status_response(status: str) -> bytes:
     return asn1_ocsp.OCSPResponse({"response_status": status}).dump()
 
@@ -175,16 +163,15 @@ class Responder:
             if route is None and self.cache is not None and parsed.nonce is None and \
                     len(parsed.cert_ids) == 1:
                 cert_id = parsed.cert_ids[0]
-                serial = cert_id["serial_number"].native
-                if cert_id.dump() == self.cert_id(key, serial).dump():
+                serial = cert_id.serial
+                if cert_id.der == self.cert_id(key, serial).der:
                     if len(self._routes) >= _MAX_ROUTES:
                         self._routes.clear()
                     self._routes[request_der] = (key, serial)
                     hit = self.cache.preproduced(key.ca_name, serial)
                     if hit is not None:
                         return hit
-            answers = [(cert_id, self.source.status(key.ca_name,
-                                                    cert_id["serial_number"].native))
+            answers = [(cert_id, self.source.status(key.ca_name, cert_id.serial))
                        for cert_id in parsed.cert_ids]
             return self.sign(key, answers, parsed.nonce, self.clock.now())
         except (BackendUnavailableError, StoreError) as exc:
@@ -196,66 +183,43 @@ class Responder:
 
     # --- the steps ----------------------------------------------------------------------------
 
-    def parse(self, request_der: bytes) -> ParsedRequest:
+    def parse(self, request_der: bytes) -> OcspQuestion:
         """Decode and check a request; MalformedRequest for anything we will not answer."""
-        if not request_der:
-            raise MalformedRequest("empty request")
-        try:
-            request = asn1_ocsp.OCSPRequest.load(bytes(request_der), strict=True)
-            tbs = request["tbs_request"]
-            if tbs["version"].native != "v1":
-                raise MalformedRequest(f"version {tbs['version'].native}")
-            cert_ids = tuple(item["req_cert"] for item in tbs["request_list"])
-            for cert_id in cert_ids:  # force full decoding now, not while answering
-                cert_id["hash_algorithm"]["algorithm"].native  # noqa: B018
-                cert_id["issuer_name_hash"].native  # noqa: B018
-                cert_id["issuer_key_hash"].native  # noqa: B018
-                if cert_id["serial_number"].native < 0:
-                    raise MalformedRequest("negative serial number")
-            for item in tbs["request_list"]:
-                _check_extensions(item["single_request_extensions"])
-            nonce = _check_extensions(tbs["request_extensions"])
-            request["optional_signature"].native  # noqa: B018 - parsed, not required
-        except MalformedRequest:
-            raise
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-            raise MalformedRequest(f"does not parse: {exc}") from None
-        if not cert_ids:
-            raise MalformedRequest("no request in requestList")
-        if len(cert_ids) > self.max_requests:
-            raise MalformedRequest(f"{len(cert_ids)} requests; at most {self.max_requests}")
-        return ParsedRequest(cert_ids, nonce)
+        question = read_request(request_der)
+        if len(question.cert_ids) > self.max_requests:
+            raise MalformedRequest(f"{len(question.cert_ids)} requests; at most "
+                                   f"{self.max_requests}")
+        return question
 
-    def match(self, cert_ids: Sequence[asn1_ocsp.CertId]) -> ResponderKey | None:
+    def match(self, cert_ids: Sequence[RequestedCert]) -> ResponderKey | None:
         """The served CA every CertID names (by issuer name and key hash), or None."""
         found: ResponderKey | None = None
         for cert_id in cert_ids:
-            hash_name = cert_id["hash_algorithm"]["algorithm"].native
-            name_hash = cert_id["issuer_name_hash"].native
-            key_hash = cert_id["issuer_key_hash"].native
-            key = next((k for k in self.keys if k.matches(hash_name, name_hash, key_hash)), None)
+            key = next((k for k in self.keys if k.matches(cert_id.hash_name, cert_id.name_hash,
+                                                          cert_id.key_hash)), None)
             if key is None or (found is not None and key is not found):
                 return None
             found = key
         return found
 
     def cert_id(self, key: ResponderKey, serial: int, hash_name: str = "sha1"
-                ) -> asn1_ocsp.CertId:
+                ) -> RequestedCert:
         """The CertID OpenSSL and most clients send for ``serial``: what pre-produced
         responses answer, so a cached answer is served only to a byte-identical question."""
         name_hash, key_hash = key._ids[hash_name]
-        return asn1_ocsp.CertId({"hash_algorithm": {"algorithm": hash_name,
-                                                    "parameters": asn1_core.Null()},
-                                 "issuer_name_hash": name_hash, "issuer_key_hash": key_hash,
-                                 "serial_number": serial})
+        return RequestedCert(hash_name, name_hash, key_hash, serial, asn1_ocsp.CertId({
+            "hash_algorithm": {"algorithm": hash_name, "parameters": asn1_core.Null()},
+            "issuer_name_hash": name_hash, "issuer_key_hash": key_hash,
+            "serial_number": serial}).dump())
 
     def validity_for(self, key: ResponderKey) -> timedelta:
         """How long answers for ``key``'s CA are valid: its own setting, else the default."""
         return key.validity or self.validity
 
-    def sign(self, key: ResponderKey, answers: Sequence[tuple[asn1_ocsp.CertId, StatusInfo]],
-             nonce: asn1_core.Asn1Value | None, produced_at: datetime) -> bytes:
-        """A signed, successful OCSPResponse answering ``answers`` (ocsp/answers.py)."""
+    def sign(self, key: ResponderKey, answers: Sequence[tuple[RequestedCert, StatusInfo]],
+             nonce: bytes | None, produced_at: datetime) -> bytes:
+        """A signed, successful OCSPResponse answering ``answers`` (ocsp/answers.py);
+        ``nonce`` is the request's nonce extnValue octets, echoed as received."""
         now = produced_at.replace(microsecond=0)
         this_update = der.generalized_time(now)
         next_update = der.generalized_time(now + self.validity_for(key))
@@ -264,11 +228,11 @@ class Responder:
         for cert_id, info in answers:
             status, used_extension = self._cert_status(info)
             extended |= used_extension
-            singles.append(answers_der.single_response(cert_id.dump(), status, this_update,
+            singles.append(answers_der.single_response(cert_id.der, status, this_update,
                                                        next_update))
         extensions = []
         if nonce is not None:  # echoed byte for byte: the octets inside extnValue
-            extensions.append(answers_der.nonce_extension(nonce.contents))
+            extensions.append(answers_der.nonce_extension(nonce))
         if extended:
             extensions.append(answers_der.EXTENDED_REVOKE)
         tbs = answers_der.response_data(key._ids["responder_id"], this_update, singles,
@@ -285,29 +249,3 @@ class Responder:
         if self.extended_revoke:  # RFC 6960 2.2: "revoked" for a serial never issued
             return answers_der.revoked(EPOCH, "certificateHold"), True
         return answers_der.UNKNOWN, False
-
-
-def _check_extensions(extensions: asn1_core.Asn1Value) -> asn1_core.Asn1Value | None:
-    """The nonce among ``extensions`` as its extnValue (echoed byte for byte), after
-    RFC 8954's 1..32-octet rule; unknown critical extensions are refused.
-
-    RFC 6960 wraps the nonce in an OCTET STRING inside extnValue (OpenSSL does); some clients
-    put the bare octets there. Both are measured by the nonce itself and echoed as received.
-    """
-    nonce = None
-    if not extensions:
-        return None
-    for extension in extensions:
-        name = extension["extn_id"].native
-        if name == "nonce":
-            raw = extension["extn_value"].contents
-            try:
-                length = len(asn1_core.OctetString.load(raw, strict=True).native)
-            except ValueError:
-                length = len(raw)
-            if not 1 <= length <= MAX_NONCE:
-                raise MalformedRequest(f"nonce of {length} octets (RFC 8954: 1 to 32)")
-            nonce = extension["extn_value"]  # echoed as parsed: same octets out as in
-        elif extension["critical"].native and name not in _IGNORED_EXTENSIONS:
-            raise MalformedRequest(f"unsupported critical extension {name}")
-    return nonce

@@ -35,3 +35,32 @@ def test_times(value: dt.datetime) -> None:
     digits = value.strftime("%Y%m%d%H%M%S")
     choice = "utc_time" if value.year < 2050 else "general_time"
     assert der.time_from_digits(digits) == asn1_x509.Time({choice: value}).dump()
+
+
+@given(st.integers(min_value=0, max_value=70_000), st.binary(max_size=3))
+@settings(max_examples=60, deadline=None)
+def test_reading_back_what_was_framed(length: int, after: bytes) -> None:
+    element = der.tlv(0x04, bytes(length))
+    data = b"\x30" + element + after
+    assert der.read(data, 1, 1 + len(element)) == (0x04, len(element) - length + 1,
+                                                   1 + len(element))
+    for cut in (0, 1, len(element) - 1):
+        if cut < len(element):
+            try:
+                der.read(data, 1, 1 + cut)
+            except ValueError:
+                continue
+            raise AssertionError(f"read past a cut at {cut}")
+
+
+def test_reading_refuses_what_der_forbids() -> None:
+    for bad in (b"\x04\x80\x00\x00",  # indefinite length
+                b"\x04\x81\x05hello",  # long form for a short length
+                b"\x04\x82\x00\x80" + bytes(128),  # a leading zero length octet
+                b"\x1f\x22\x01\x00",  # multi-octet identifier
+                b"\x04"):
+        try:
+            der.read(bad, 0, len(bad))
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad[:6].hex()}")

@@ -274,6 +274,98 @@ def test_unreachable_backend_means_try_later(world: World, monkeypatch) -> None:
     assert status_of(world.post(world.request(pem))) == "try_later"
 
 
+def _request_der(cert_ids: list[dict], nonce: bytes | None, *, wrap_nonce: bool = True,
+                 critical: bool = False) -> bytes:
+    from ca import der
+
+    request_list = aocsp.Requests([{"req_cert": cert_id} for cert_id in cert_ids]).dump()
+    extensions = b""
+    if nonce is not None:  # framed by hand: asn1crypto will not build a bare nonce
+        value = acore.OctetString(nonce).dump() if wrap_nonce else nonce
+        extension = der.tlv(0x30, acore.ObjectIdentifier("1.3.6.1.5.5.7.48.1.2").dump(),
+                            b"\x01\x01\xff" if critical else b"", der.tlv(0x04, value))
+        extensions = der.tlv(0xA2, der.tlv(0x30, extension))
+    return der.tlv(0x30, der.tlv(0x30, request_list, extensions))
+
+
+def _read(reader, der: bytes):
+    from ocsp.requests import MalformedRequest
+
+    try:
+        return reader(der)
+    except MalformedRequest:
+        return "malformed"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_direct_request_reader_agrees_with_asn1crypto(data: st.DataObject) -> None:
+    """ocsp/requests.py reads the common request shape without asn1crypto: whatever it
+    accepts (or refuses) must be what the asn1crypto reader makes of the same bytes, and it
+    must really take the common shapes (else the fast path is dead)."""
+    from ocsp import requests as reader
+
+    hash_name = data.draw(st.sampled_from(["sha1", "sha256"]))
+    size = 20 if hash_name == "sha1" else 32
+    algorithm = {"algorithm": hash_name}
+    if data.draw(st.booleans()):
+        algorithm["parameters"] = acore.Null()
+    cert_ids = [{"hash_algorithm": algorithm,
+                 "issuer_name_hash": data.draw(st.binary(min_size=size, max_size=size)),
+                 "issuer_key_hash": data.draw(st.binary(min_size=size, max_size=size)),
+                 "serial_number": data.draw(st.integers(0, 2 ** 160))}
+                for _ in range(data.draw(st.integers(1, 3)))]
+    nonce = data.draw(st.one_of(st.none(), st.binary(min_size=0, max_size=40)))
+    body = bytearray(_request_der(cert_ids, nonce))
+    direct = reader._read_common_shape(bytes(body))
+    if nonce is None or 1 <= len(nonce) <= 32:
+        assert direct is not None and direct == reader._read_any_shape(bytes(body))
+        assert [c.serial for c in direct.cert_ids] == [c["serial_number"] for c in cert_ids]
+        assert direct.nonce == (None if nonce is None else acore.OctetString(nonce).dump())
+    for _ in range(data.draw(st.integers(0, 3))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        at = data.draw(st.integers(0, max(len(body) - 1, 0)))
+        if kind == "flip" and body:
+            body[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del body[at:]
+        elif kind == "insert":
+            body[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        elif body:
+            del body[at]
+    direct = _read(reader._read_common_shape, bytes(body))
+    if direct is not None:
+        assert direct == _read(reader._read_any_shape, bytes(body))
+    assert _read(reader.read_request, bytes(body)) == \
+        (direct if direct is not None else _read(reader._read_any_shape, bytes(body)))
+
+
+def test_uncommon_request_shapes_are_read_by_asn1crypto() -> None:
+    """A critical nonce, a requestor name, an MD5 CertID: the direct reader declines and the
+    request is still read as RFC 6960 and RFC 8954 say; a bare nonce is malformed either way."""
+    from ocsp import requests as reader
+
+    cert_id = {"hash_algorithm": {"algorithm": "sha1"}, "issuer_name_hash": b"\x01" * 20,
+               "issuer_key_hash": b"\x02" * 20, "serial_number": 7}
+    shapes = {
+        "critical nonce": _request_der([cert_id], b"\x05" * 8, critical=True),
+        "requestor name": aocsp.OCSPRequest({"tbs_request": {
+            "requestor_name": {"dns_name": "emr.example.vn"},
+            "request_list": [{"req_cert": cert_id}]}}).dump(),
+    }
+    for name, der in shapes.items():
+        assert reader._read_common_shape(der) is None, name
+        assert reader.read_request(der).cert_ids[0].serial == 7, name
+    assert reader.read_request(shapes["critical nonce"]).nonce == \
+        acore.OctetString(b"\x05" * 8).dump()
+    bare = _request_der([cert_id], b"\x05" * 8, wrap_nonce=False)
+    assert reader._read_common_shape(bare) is None
+    assert _read(reader.read_request, bare) == "malformed"
+    md5 = dict(cert_id, hash_algorithm={"algorithm": "md5"})
+    assert reader._read_common_shape(_request_der([md5], None)) is None
+    assert reader.read_request(_request_der([md5], None)).cert_ids[0].hash_name == "md5"
+
+
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
@@ -344,12 +436,13 @@ def _asn1crypto_answer(responder, key, answers, nonce, produced_at, signature: b
                 "revocation_time": EPOCH, "revocation_reason": "certificate_hold"})
         else:
             status = aocsp.CertStatus(name="unknown", value=aocsp.StatusUnknown())
-        singles.append({"cert_id": cert_id, "cert_status": status, "this_update": now,
+        singles.append({"cert_id": aocsp.CertId.load(cert_id.der), "cert_status": status,
+                        "this_update": now,
                         "next_update": now + responder.validity_for(key)})
     extensions = []
     if nonce is not None:
         extensions.append(aocsp.ResponseDataExtension({"extn_id": "nonce", "critical": False}))
-        extensions[-1]["extn_value"] = acore.ParsableOctetString(contents=nonce.contents)
+        extensions[-1]["extn_value"] = acore.ParsableOctetString(contents=nonce)
     if extended:
         extensions.append({"extn_id": "extended_revoke", "critical": False,
                            "extn_value": acore.Null()})
