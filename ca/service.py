@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Sequence
 
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, partial
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -35,9 +35,10 @@ from ca.keys.base import KeyBackend, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile, ProfileSet
 from ca.revocation import parse_reason
 from ca.store import queries
-from ca.store.hot import HotQuery
+from ca.store.hot import HotInsert, HotQuery
 from ca.store.group_commit import GroupCommitter
-from ca.store.models import ISSUED, REVOKED, Authority, Certificate, ServiceUnit, status_token
+from ca.store.models import (ISSUED, REVOKED, Authority, Certificate, ServiceUnit,
+                             TimestampToken, status_token)
 from ca.subject import build_name, format_name
 from ca.timestamps import TimestampRecord
 
@@ -549,14 +550,18 @@ class CertificateAuthorityService:
 
     @cached_property
     def _timestamp_log(self) -> GroupCommitter[TimestampRecord]:
-        return GroupCommitter(self._sessions, queries.add_timestamp_tokens)
+        return GroupCommitter(partial(queries.add_timestamp_tokens, self._token_insert))
+
+    @cached_property
+    def _token_insert(self) -> HotInsert:
+        return HotInsert(self._engine, TimestampToken.__table__, queries.TOKEN_COLUMNS)
 
     def close(self) -> None:
         """Stop the background writer, if one started (after its pending commits), and hand
         the hot-path connections back to the engine's pool."""
         if "_timestamp_log" in self.__dict__:
             self._timestamp_log.close()
-        for hot in ("_status_query", "_preproduced_query"):
+        for hot in ("_status_query", "_preproduced_query", "_token_insert"):
             if hot in self.__dict__:
                 self.__dict__[hot].close()
 

@@ -561,12 +561,18 @@ def test_status_lookup_and_service_units_for_the_responders(world: World) -> Non
 
 # --- the TSA's token log --------------------------------------------------------------------
 
-def test_hot_status_reads_see_every_commit_and_survive_a_dropped_connection(
+def test_hot_statements_see_every_commit_and_survive_a_dropped_connection(
         world: World, database_url: str) -> None:
-    """The OCSP hot path reads on kept DBAPI connections (ca/store/hot.py): they must see
-    other connections' commits at once, and a connection the server dropped costs one
-    StoreError (tryLater), not a broken worker."""
+    """The OCSP hot path reads and the TSA log writes on kept DBAPI connections
+    (ca/store/hot.py): reads must see other connections' commits at once, and a connection the
+    server dropped costs one StoreError (tryLater, systemFailure), not a broken worker."""
+    from ca.service import TimestampRecord
+
+    def token(serial: int) -> TimestampRecord:
+        return TimestampRecord("tsa", serial, NOW, "sha256", b"x" * 32, "1.3.6.1.4.1.59999.3.1")
+
     service = world.service
+    service.record_timestamp(token(1))
     serial = _citizen(world)
     as_int = int(serial, 16)
     threads = [threading.Thread(target=service.certificate_status, args=("issuing-ca", as_int))
@@ -588,6 +594,10 @@ def test_hot_status_reads_see_every_commit_and_survive_a_dropped_connection(
     with pytest.raises(StoreError, match="database read failed"):
         service.certificate_status("issuing-ca", as_int)
     assert service.certificate_status("issuing-ca", as_int).status == "revoked"
+    with pytest.raises(StoreError, match="database write failed"):
+        service.record_timestamp(token(2))
+    service.record_timestamp(token(2))
+    assert [r["serial"] for r in service.timestamp_log()] == ["2", "1"]
 
 
 def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:

@@ -13,26 +13,23 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Generic, TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from ca.errors import StoreError
 
 T = TypeVar("T")
-Writer = Callable[[Session, list[T]], None]
+Transaction = Callable[[list[T]], None]
 
 
 class GroupCommitter(Generic[T]):
-    """``submit(item)`` returns once ``write(session, [..., item, ...])`` has committed.
+    """``submit(item)`` returns once ``transaction([..., item, ...])`` has committed.
 
     ``max_batch`` bounds one transaction. A failing batch is retried item by item, so one bad
     record (a duplicate serial) fails only its own caller. The writer thread starts on first use
     and again after a fork (gunicorn workers each get their own).
     """
 
-    def __init__(self, sessions: sessionmaker[Session], write: Writer[T], *,
-                 max_batch: int = 256, timeout: float = 30.0) -> None:
-        self._sessions = sessions
-        self._write = write
+    def __init__(self, transaction: Transaction[T], *, max_batch: int = 256,
+                 timeout: float = 30.0) -> None:
+        self._transaction = transaction
         self._max_batch = max_batch
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -87,6 +84,7 @@ class GroupCommitter(Generic[T]):
     def _commit(self, batch: list[tuple[T, Future[None]]]) -> None:
         try:
             self._transaction([item for item, _ in batch])
+            self.commits += 1
         except Exception as exc:  # noqa: BLE001 - not hidden: handed to the waiting caller
             if len(batch) == 1:
                 batch[0][1].set_exception(exc)
@@ -96,8 +94,3 @@ class GroupCommitter(Generic[T]):
             return
         for _, done in batch:
             done.set_result(None)
-
-    def _transaction(self, items: list[T]) -> None:
-        with self._sessions() as session, session.begin():
-            self._write(session, items)
-        self.commits += 1

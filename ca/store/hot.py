@@ -1,29 +1,88 @@
-"""Hot-path reads: a prebuilt Core SELECT run straight on a kept DBAPI connection.
+"""Hot-path statements: prebuilt Core SQL run straight on kept DBAPI connections.
 
-The OCSP responder asks the database once per request. Through a SQLAlchemy ``Connection``
-that costs a pool checkout, an execution context and result wrapping, several times what
-SQLite or PostgreSQL spend answering the indexed lookup itself. :class:`HotQuery` compiles the
-statement once for the engine's dialect, keeps its result processors (so UTC datetimes come
-back exactly as through the ORM), and runs it on a connection taken from a small free list of
-connections it checked out of the engine's pool (so the engine's connect events, SQLite's
-pragmas among them, still apply). Reads only, in autocommit, so a kept connection never holds a
-transaction (nor a PostgreSQL snapshot) open and every query sees the latest commit.
+The OCSP responder asks the database once per request and the TSA records every token it
+grants. Through a SQLAlchemy ``Session`` or ``Connection`` that costs a pool checkout, an
+execution context and result wrapping: for the TSA's one-row transaction 0.30 ms of CPU
+against 0.07 ms for the same INSERT and COMMIT on the DBAPI connection. Here a statement is
+compiled once for the engine's dialect with its bind and result processors (so UTC datetimes
+go in and come back exactly as through the ORM), and runs on a connection from a small free
+list of connections checked out of the engine's pool (so the engine's connect events, SQLite's
+pragmas among them, still apply).
 
-A failed query invalidates its connection and the kept ones (a server restart takes them all);
-the caller gets :class:`StoreError` (the OCSP responder answers tryLater) and the next query
-connects afresh.
+:class:`HotQuery` reads in autocommit, so a kept connection never holds a transaction (nor a
+PostgreSQL snapshot) open and every query sees the latest commit. :class:`HotInsert` writes
+rows in one transaction and commits before it returns.
+
+A failed statement invalidates its connection and the kept ones (a server restart takes them
+all); the caller gets :class:`StoreError` (the OCSP responder answers tryLater, the TSA
+systemFailure) and the next statement connects afresh. An integrity error (a duplicate key)
+only rolls back: it is the caller's to explain.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import Engine, Select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, Select, Table, insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ca.errors import StoreError
 
-__all__ = ["HotQuery"]
+__all__ = ["HotInsert", "HotQuery"]
+
+
+class _KeptConnections:
+    """Pool connections kept checked out for one statement, never across a fork."""
+
+    def __init__(self, engine: Engine, *, autocommit: bool, keep: int) -> None:
+        self.engine = engine
+        self._autocommit = autocommit
+        self._keep = keep
+        self._idle: list[Any] = []  # checked-out pool connections; list pop/append are atomic
+        self._pid = os.getpid()
+        dbapi_error = getattr(engine.dialect.dbapi, "Error", None)
+        self.errors = (DBAPIError, *((dbapi_error,) if isinstance(dbapi_error, type) else ()))
+        integrity = getattr(engine.dialect.dbapi, "IntegrityError", None)
+        self.integrity_errors = (integrity,) if isinstance(integrity, type) else ()
+
+    def checkout(self) -> Any:
+        if self._pid != os.getpid():  # never a connection opened before a fork
+            self._idle, self._pid = [], os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        try:
+            fairy = self.engine.raw_connection()
+        except DBAPIError as exc:
+            raise StoreError(f"database unreachable: {exc.orig}") from None
+        if self._autocommit and self.engine.dialect.name != "sqlite":
+            fairy.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+        return fairy
+
+    def checkin(self, fairy: Any) -> None:
+        if len(self._idle) < self._keep:
+            self._idle.append(fairy)
+        else:
+            self._to_pool(fairy)
+
+    def failed(self, fairy: Any, what: str, exc: BaseException) -> StoreError:
+        """Invalidate ``fairy`` and the kept ones; the StoreError to raise."""
+        _invalidate(fairy)
+        stale, self._idle = self._idle, []  # a server restart took the others with it
+        for other in stale:
+            _invalidate(other)
+        return StoreError(f"database {what} failed: {exc}")
+
+    def close(self) -> None:
+        """Return every kept connection to the engine's pool (before ``engine.dispose()``)."""
+        while self._idle:
+            self._to_pool(self._idle.pop())
+
+    def _to_pool(self, fairy: Any) -> None:
+        if self._autocommit and self.engine.dialect.name != "sqlite":
+            fairy.dbapi_connection.autocommit = False  # type: ignore[union-attr]
+        fairy.close()
 
 
 class HotQuery:
@@ -32,21 +91,17 @@ class HotQuery:
     def __init__(self, engine: Engine, statement: Select, *, keep: int = 8) -> None:
         dialect = engine.dialect
         compiled = statement.compile(dialect=dialect)
-        self._engine = engine
         self._sql = compiled.string
         self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
         self._processors: tuple[Callable[[Any], Any] | None, ...] = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in statement.selected_columns)
-        self._keep = keep
-        self._idle: list[Any] = []  # checked-out pool connections; list pop/append are atomic
-        self._pid = os.getpid()
-        self._dbapi_errors = (DBAPIError, *_dbapi_error_classes(engine))
+        self._connections = _KeptConnections(engine, autocommit=True, keep=keep)
 
     def first(self, params: Mapping[str, Any]) -> tuple | None:
         bound = tuple(params[name] for name in self._order) if self._order is not None \
             else params
-        fairy = self._checkout()
+        fairy = self._connections.checkout()
         try:
             cursor = fairy.dbapi_connection.cursor()
             try:
@@ -54,51 +109,71 @@ class HotQuery:
                 row = cursor.fetchone()
             finally:
                 cursor.close()
-        except self._dbapi_errors as exc:
-            _invalidate(fairy)
-            stale, self._idle = self._idle, []  # a server restart took the others with it
-            for other in stale:
-                _invalidate(other)
-            raise StoreError(f"database read failed: {exc}") from None
+        except self._connections.errors as exc:
+            raise self._connections.failed(fairy, "read", exc) from None
         except BaseException:
             _invalidate(fairy)
             raise
-        self._checkin(fairy)
+        self._connections.checkin(fairy)
         if row is None:
             return None
         return tuple(value if process is None else process(value)
                      for value, process in zip(row, self._processors))
 
-    def _checkout(self) -> Any:
-        if self._pid != os.getpid():  # never a connection opened before a fork
-            self._idle, self._pid = [], os.getpid()
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
-        try:
-            fairy = self._engine.raw_connection()
-        except DBAPIError as exc:
-            raise StoreError(f"database unreachable: {exc.orig}") from None
-        if self._engine.dialect.name != "sqlite":
-            fairy.dbapi_connection.autocommit = True  # type: ignore[union-attr]
-        return fairy
+    def close(self) -> None:
+        self._connections.close()
 
-    def _checkin(self, fairy: Any) -> None:
-        if len(self._idle) < self._keep:
-            self._idle.append(fairy)
-        else:
-            self._checkin_to_pool(fairy)
+
+class HotInsert:
+    """``HotInsert(engine, table, columns).insert(rows)``: the rows (mappings of column name
+    to value) inserted in one transaction, committed on return. A duplicate key rolls back
+    and raises SQLAlchemy's IntegrityError (as a Session would); any other failure is a
+    StoreError."""
+
+    def __init__(self, engine: Engine, table: Table, columns: Sequence[str], *,
+                 keep: int = 1) -> None:
+        dialect = engine.dialect
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
+        self._sql = compiled.string
+        self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        self._processors = {name: table.c[name].type.dialect_impl(dialect)
+                            .bind_processor(dialect) for name in columns}
+        self._processors = {k: v for k, v in self._processors.items() if v is not None}
+        self._connections = _KeptConnections(engine, autocommit=False, keep=keep)
+
+    def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        processed = [self._bind(row) for row in rows]
+        fairy = self._connections.checkout()
+        connection = fairy.dbapi_connection
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.executemany(self._sql, processed)
+            finally:
+                cursor.close()
+            connection.commit()
+        except self._connections.integrity_errors as exc:
+            try:
+                connection.rollback()
+            except self._connections.errors as again:
+                raise self._connections.failed(fairy, "write", again) from None
+            self._connections.checkin(fairy)
+            raise IntegrityError(self._sql, None, exc) from None
+        except self._connections.errors as exc:
+            raise self._connections.failed(fairy, "write", exc) from None
+        except BaseException:
+            _invalidate(fairy)
+            raise
+        self._connections.checkin(fairy)
+
+    def _bind(self, row: Mapping[str, Any]) -> Any:
+        values = {name: (process(value) if (process := self._processors.get(name)) else value)
+                  for name, value in row.items()}
+        return tuple(values[name] for name in self._order) if self._order is not None \
+            else values
 
     def close(self) -> None:
-        """Return every kept connection to the engine's pool (before ``engine.dispose()``)."""
-        while self._idle:
-            self._checkin_to_pool(self._idle.pop())
-
-    def _checkin_to_pool(self, fairy: Any) -> None:
-        if self._engine.dialect.name != "sqlite":
-            fairy.dbapi_connection.autocommit = False  # type: ignore[union-attr]
-        fairy.close()
+        self._connections.close()
 
 
 def _invalidate(fairy: Any) -> None:
@@ -106,9 +181,3 @@ def _invalidate(fairy: Any) -> None:
         fairy.invalidate()
     except Exception:  # noqa: BLE001 - already broken; the pool replaces it
         pass
-
-
-def _dbapi_error_classes(engine: Engine) -> tuple[type[BaseException], ...]:
-    dbapi = engine.dialect.dbapi
-    error = getattr(dbapi, "Error", None)
-    return (error,) if isinstance(error, type) else ()

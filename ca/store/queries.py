@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import String, bindparam, func, insert, select
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ca.crl import StoredRevocation
 from ca.errors import AlreadyExistsError, NotFoundError
 from ca.hierarchy import PublicationSettings
-from ca.store.hot import HotQuery
+from ca.store.hot import HotInsert, HotQuery
 from ca.timestamps import TimestampRecord
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
                              Authority, Certificate, CrlRecord, OcspResponse, ServiceUnit,
@@ -351,25 +351,26 @@ def store_response(session: Session, certificate_id: int, token: str, this_updat
 
 # --- time-stamp tokens ----------------------------------------------------------------------
 
-def add_timestamp_tokens(session: Session, tokens: Sequence[TimestampRecord]) -> None:
-    """Record granted tokens: one Core INSERT for the batch (the TSA's reply waits on it, and
-    ORM objects would double the transaction's cost); a duplicate serial is an
-    AlreadyExistsError naming it when the batch holds one token."""
+TOKEN_COLUMNS = ("unit", "serial_hex", "gen_time", "imprint_algorithm", "imprint_hex", "policy",
+                 "nonce_hex", "requester")  # what a HotInsert of the token log writes
+
+
+def add_timestamp_tokens(token_insert: HotInsert, tokens: Sequence[TimestampRecord]) -> None:
+    """Record granted tokens in one transaction (the TSA's reply waits on it: ``token_insert``
+    is a :class:`HotInsert` of :data:`TOKEN_COLUMNS` into the token table); a duplicate serial
+    is an AlreadyExistsError naming it when the batch holds one token."""
     rows = [{"unit": t.unit, "serial_hex": format(t.serial, "x"), "gen_time": t.gen_time,
              "imprint_algorithm": t.imprint_algorithm, "imprint_hex": t.imprint.hex(),
              "policy": t.policy, "nonce_hex": format(t.nonce, "x") if t.nonce is not None else None,
              "requester": t.requester} for t in tokens]
     try:
-        session.connection().execute(_INSERT_TOKEN, rows)
+        token_insert.insert(rows)
     except IntegrityError as exc:
         if not _is_unique_violation(exc):
             raise
         which = (f"serial {rows[0]['serial_hex']} of TSA unit {rows[0]['unit']}"
                  if len(rows) == 1 else "a serial in this batch")
         raise AlreadyExistsError(f"time-stamp token {which} is already recorded") from None
-
-
-_INSERT_TOKEN = insert(TimestampToken.__table__)
 
 
 def find_timestamp_tokens(session: Session, *, unit: str | None = None,
