@@ -1,5 +1,5 @@
-"""The WSGI app factory: one Flask app with the repository, OCSP and TSA blueprints over one
-AppContext per worker process.
+"""The WSGI app factory: the OCSP and TSA endpoints in front of one Flask app (the
+repository, /healthz), over one AppContext per worker process.
 
 gunicorn calls :func:`create_app` in every worker after the fork, so each worker opens its own
 database pool and its own PKCS#11 session (one per process, DESIGN.md section 5).
@@ -38,11 +38,11 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask
 
-    from tsa.http import blueprint as tsa_blueprint
-    from tsa.http import timestamp_authority, tsa_settings
+    from tsa.http import TsaEndpoint, timestamp_authority, tsa_settings
 
     app.extensions["tincay.tsa"] = timestamp_authority(service, *tsa_settings(os.environ))
-    app.register_blueprint(tsa_blueprint)
+    app.wsgi_app = TsaEndpoint(app.wsgi_app,  # type: ignore[method-assign]
+                               app.extensions["tincay.tsa"], service)  # /tsa, before Flask
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -352,10 +352,21 @@ def test_non_critical_unknown_extensions_and_accepted_policies(world: World) -> 
     assert status(world.stamp(der)) == ("granted", None)
 
 
-def test_http_errors(world: World) -> None:
+def test_http_errors_and_no_flask_on_the_way(world: World) -> None:
+    """tsa.http.TsaEndpoint answers /tsa in front of the Flask app; Flask never sees it."""
+    dispatched: list[str] = []
+    world.app.before_request(lambda: dispatched.append("flask") and None)
     assert world.post(request(), content_type="application/octet-stream").status_code == 415
     assert world.post(b"\x30" * 9000).status_code == 413
-    assert world.http.get("/tsa").status_code == 405
+    refused = world.http.get("/tsa")
+    assert refused.status_code == 405 and refused.headers["Allow"] == "POST"
+    reply = world.http.post("/tsa/", data=request(), content_type=QUERY + "; charset=binary")
+    assert reply.status_code == 200 and reply.mimetype == REPLY
+    assert status(reply.data) == ("granted", None)
+    assert int(reply.headers["Content-Length"]) == len(reply.data)
+    assert dispatched == []
+    assert world.http.post("/tsa/other", data=request(), content_type=QUERY).status_code == 404
+    assert dispatched == ["flask"]  # only the path that is not the TSA's
 
 
 def test_unavailable_key_time_and_expired_certificate(world: World, monkeypatch) -> None:
@@ -522,3 +533,12 @@ def test_tsa_keys_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path,
         chain = hx.write_pem(tmp_path / "ca.pem", pki.ca(f"{unique_label}-ca"))
         result = world.openssl_verify(reply, "-untrusted", str(chain))
         assert result.returncode == 0, result.stderr
+
+
+def test_no_tsa_unit_is_a_plain_404() -> None:
+    spec = {"authorities": [{"name": "root-ca", "profile": "root-ca", "key": "ec-p256",
+                             "subject": "C=VN, O=T, CN=Root"}]}
+    with Hierarchy.from_spec(spec, at=NOW) as pki:
+        answer = create_app(pki.service).test_client().post("/tsa", data=request(),
+                                                            content_type=QUERY)
+    assert answer.status_code == 404 and b"no time-stamp unit" in answer.data

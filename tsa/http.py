@@ -1,7 +1,8 @@
-"""The TSA blueprint: RFC 3161 over HTTP (section 3.4), ``POST /tsa``.
+"""The TSA endpoint: RFC 3161 over HTTP (section 3.4), ``POST /tsa``.
 
-A thin adapter like ocsp/http.py: it checks content type and size, hands the body to the pure
-core, and records every granted token durably *before* the reply leaves (the store batches
+A thin adapter like ocsp/http.py, and like it WSGI middleware in front of Flask (a token costs
+the core about as much as Flask's request handling would add): it checks content type and
+size, hands the body to the pure core, and records every granted token durably *before* the reply leaves (the store batches
 concurrent records into shared commits). A token that could not be recorded is never sent:
 the client gets a systemFailure rejection instead, so no client holds a token the operator
 cannot account for.
@@ -11,20 +12,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Mapping
+from typing import Callable, Mapping
 
-from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from ca.durations import parse_duration
 from ca.errors import ConfigurationError, TincayError
-from ca.http import protocol_body
+from ca.http import Answer, ProtocolEndpoint, plain, read_protocol_body
 from ca.service import CertificateAuthorityService
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit, rejection
 
-blueprint = Blueprint("tsa", __name__)
 TIMESTAMP_QUERY = "application/timestamp-query"
 TIMESTAMP_REPLY = "application/timestamp-reply"
+_REPLY_HEADERS = (("Content-Type", TIMESTAMP_REPLY),)
 MAX_REQUEST_BYTES = 8 * 1024  # a TimeStampReq with a SHA-512 imprint is about 100 bytes
 log = logging.getLogger("tincay.tsa")
 
@@ -101,25 +101,39 @@ def timestamp_authority(service: CertificateAuthorityService, unit: str | None =
         policy or TsaPolicy(), service.clock)
 
 
-@blueprint.post("/tsa")
-@blueprint.post("/tsa/")
-def post() -> Response:
-    authority: TimeStampAuthority | None = current_app.extensions.get("tincay.tsa")
-    if authority is None:
-        return Response("404 no time-stamp unit is configured here\n", status=404,
-                        mimetype="text/plain")
-    body = protocol_body(TIMESTAMP_QUERY, MAX_REQUEST_BYTES, "time-stamp requests")
-    if isinstance(body, Response):
-        return body
-    result = authority.respond(body)
-    if result.granted is not None:
-        token = result.granted
-        try:
-            current_app.extensions["tincay.service"].record_timestamp(
-                dataclasses.replace(token, requester=request.remote_addr))
-        except (TincayError, SQLAlchemyError) as exc:
-            log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
-            return Response(rejection("systemFailure", "the token could not be recorded"),
-                            mimetype=TIMESTAMP_REPLY)
-    return Response(result.response, mimetype=TIMESTAMP_REPLY)
+class TsaEndpoint(ProtocolEndpoint):
+    """POST ``/tsa`` (or ``/tsa/``) answered here, in front of the Flask app
+    (ca.http.ProtocolEndpoint): 415 for another Content-Type, 413 past MAX_REQUEST_BYTES, 405
+    for other methods, 404 when no TSA unit is configured."""
 
+    log = log
+
+    def __init__(self, app: Callable, authority: TimeStampAuthority | None,
+                 service: CertificateAuthorityService) -> None:
+        super().__init__(app)
+        self.authority = authority
+        self.service = service
+
+    def serves(self, path: str) -> bool:
+        return path in ("/tsa", "/tsa/")
+
+    def answer(self, environ: dict, path: str) -> Answer:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return plain(405, "Method Not Allowed", ("Allow", "POST"))
+        if self.authority is None:
+            return plain(404, "no time-stamp unit is configured here")
+        body = read_protocol_body(environ, TIMESTAMP_QUERY, MAX_REQUEST_BYTES,
+                                  "time-stamp requests")
+        if isinstance(body, tuple):
+            return plain(*body)
+        result = self.authority.respond(body)
+        if result.granted is not None:
+            token = result.granted
+            try:
+                self.service.record_timestamp(
+                    dataclasses.replace(token, requester=environ.get("REMOTE_ADDR")))
+            except (TincayError, SQLAlchemyError) as exc:
+                log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
+                return "200 OK", _REPLY_HEADERS, rejection("systemFailure",
+                                                           "the token could not be recorded")
+        return "200 OK", _REPLY_HEADERS, result.response
