@@ -35,6 +35,7 @@ test-fast: venv
 
 bench: venv
 	@bash .ci/system-deps --bench
+	@$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
 clean:
