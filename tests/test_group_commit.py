@@ -1,0 +1,93 @@
+"""ca/store/group_commit.py: callers share transactions, failures stay with their caller, and
+a caller left waiting gets a StoreError instead of hanging."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ca.errors import StoreError
+from ca.store.group_commit import GroupCommitter
+
+
+class Log:
+    """A transaction that can be held open and made to refuse one item."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()
+        self.refuse: int | None = None
+
+    def __call__(self, items: list[int]) -> None:
+        self.entered.set()
+        assert self.hold.wait(10)
+        if self.refuse in items:
+            raise ValueError(f"item {self.refuse} refused")
+        self.batches.append(list(items))
+
+
+def _submit_in_thread(committer: GroupCommitter[int], item: int,
+                      errors: dict[int, BaseException]) -> threading.Thread:
+    def run() -> None:
+        try:
+            committer.submit(item)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors[item] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_waiting_callers_share_the_next_transaction() -> None:
+    log = Log()
+    committer = GroupCommitter(log, max_batch=3)
+    log.hold.clear()
+    errors: dict[int, BaseException] = {}
+    first = _submit_in_thread(committer, 0, errors)
+    assert log.entered.wait(5)  # 0 leads and is held inside its transaction
+    others = [_submit_in_thread(committer, i, errors) for i in range(1, 6)]
+    while len(committer._pending) < 5:  # noqa: SLF001 - all five queued behind the leader
+        threading.Event().wait(0.01)
+    log.hold.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert not errors
+    assert log.batches[0] == [0]
+    assert sorted(i for batch in log.batches[1:] for i in batch) == [1, 2, 3, 4, 5]
+    assert [len(batch) for batch in log.batches[1:]] == [3, 2]  # max_batch, then the rest
+    assert committer.commits == 3
+
+
+def test_a_failing_record_fails_only_its_caller() -> None:
+    log = Log()
+    log.refuse = 2
+    committer = GroupCommitter(log)
+    log.hold.clear()
+    errors: dict[int, BaseException] = {}
+    first = _submit_in_thread(committer, 0, errors)
+    assert log.entered.wait(5)
+    others = [_submit_in_thread(committer, i, errors) for i in (1, 2, 3)]
+    while len(committer._pending) < 3:  # noqa: SLF001
+        threading.Event().wait(0.01)
+    log.hold.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert list(errors) == [2] and "item 2 refused" in str(errors[2])
+    assert sorted(i for batch in log.batches for i in batch) == [0, 1, 3]
+
+
+def test_a_caller_left_waiting_gets_a_store_error_and_its_record_is_withdrawn() -> None:
+    log = Log()
+    committer = GroupCommitter(log, timeout=0.3)
+    log.hold.clear()
+    errors: dict[int, BaseException] = {}
+    first = _submit_in_thread(committer, 0, errors)
+    assert log.entered.wait(5)
+    with pytest.raises(StoreError, match="did not commit within 0.3 s"):
+        committer.submit(1)
+    log.hold.set()
+    first.join(10)
+    committer.submit(2)
+    assert log.batches == [[0], [2]]  # 1 was withdrawn: never written after its caller gave up
