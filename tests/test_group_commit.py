@@ -40,20 +40,27 @@ def _submit_in_thread(committer: GroupCommitter[int], item: int,
     return thread
 
 
-def test_waiting_callers_share_the_next_transaction() -> None:
-    log = Log()
-    committer = GroupCommitter(log, max_batch=3)
+def _behind_a_held_leader(log: Log, committer: GroupCommitter[int],
+                          items: list[int]) -> dict[int, BaseException]:
+    """Item 0 leads and is held inside its transaction until ``items`` are all queued behind
+    it; then everything runs to the end. The errors each caller got, by item."""
     log.hold.clear()
     errors: dict[int, BaseException] = {}
     first = _submit_in_thread(committer, 0, errors)
-    assert log.entered.wait(5)  # 0 leads and is held inside its transaction
-    others = [_submit_in_thread(committer, i, errors) for i in range(1, 6)]
-    while len(committer._pending) < 5:  # noqa: SLF001 - all five queued behind the leader
+    assert log.entered.wait(5)
+    others = [_submit_in_thread(committer, i, errors) for i in items]
+    while len(committer._pending) < len(items):  # noqa: SLF001 - all queued behind 0
         threading.Event().wait(0.01)
     log.hold.set()
     for thread in (first, *others):
         thread.join(10)
-    assert not errors
+    return errors
+
+
+def test_waiting_callers_share_the_next_transaction() -> None:
+    log = Log()
+    committer = GroupCommitter(log, max_batch=3)
+    assert not _behind_a_held_leader(log, committer, [1, 2, 3, 4, 5])
     assert log.batches[0] == [0]
     assert sorted(i for batch in log.batches[1:] for i in batch) == [1, 2, 3, 4, 5]
     assert [len(batch) for batch in log.batches[1:]] == [3, 2]  # max_batch, then the rest
@@ -63,17 +70,7 @@ def test_waiting_callers_share_the_next_transaction() -> None:
 def test_a_failing_record_fails_only_its_caller() -> None:
     log = Log()
     log.refuse = 2
-    committer = GroupCommitter(log)
-    log.hold.clear()
-    errors: dict[int, BaseException] = {}
-    first = _submit_in_thread(committer, 0, errors)
-    assert log.entered.wait(5)
-    others = [_submit_in_thread(committer, i, errors) for i in (1, 2, 3)]
-    while len(committer._pending) < 3:  # noqa: SLF001
-        threading.Event().wait(0.01)
-    log.hold.set()
-    for thread in (first, *others):
-        thread.join(10)
+    errors = _behind_a_held_leader(log, GroupCommitter(log), [1, 2, 3])
     assert list(errors) == [2] and "item 2 refused" in str(errors[2])
     assert sorted(i for batch in log.batches for i in batch) == [0, 1, 3]
 

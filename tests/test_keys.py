@@ -10,7 +10,7 @@ import threading
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pkcs11 import Attribute, ObjectClass
 
 from ca.errors import (ConfigurationError, KeyBackendError, KeyExistsError, KeyNotFoundError,

@@ -21,7 +21,8 @@ only rolls back: it is the caller's to explain.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Engine, Select, Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -66,13 +67,28 @@ class _KeptConnections:
         else:
             self._to_pool(fairy)
 
-    def failed(self, fairy: Any, what: str, exc: BaseException) -> StoreError:
-        """Invalidate ``fairy`` and the kept ones; the StoreError to raise."""
-        _invalidate(fairy)
-        stale, self._idle = self._idle, []  # a server restart took the others with it
-        for other in stale:
-            _invalidate(other)
-        return StoreError(f"database {what} failed: {exc}")
+    @contextmanager
+    def use(self, what: str) -> Iterator[Any]:
+        """A kept DBAPI connection for one statement: back to the free list afterwards, also
+        after an IntegrityError (the caller rolled back); a driver error invalidates it and
+        the kept ones (a server restart took them all) and becomes StoreError("database
+        <what> failed")."""
+        fairy = self.checkout()
+        try:
+            yield fairy.dbapi_connection
+        except IntegrityError:
+            self.checkin(fairy)
+            raise
+        except self.errors as exc:
+            _invalidate(fairy)
+            stale, self._idle = self._idle, []
+            for other in stale:
+                _invalidate(other)
+            raise StoreError(f"database {what} failed: {exc}") from None
+        except BaseException:
+            _invalidate(fairy)
+            raise
+        self.checkin(fairy)
 
     def close(self) -> None:
         """Return every kept connection to the engine's pool (before ``engine.dispose()``)."""
@@ -101,20 +117,13 @@ class HotQuery:
     def first(self, params: Mapping[str, Any]) -> tuple | None:
         bound = tuple(params[name] for name in self._order) if self._order is not None \
             else params
-        fairy = self._connections.checkout()
-        try:
-            cursor = fairy.dbapi_connection.cursor()
+        with self._connections.use("read") as connection:
+            cursor = connection.cursor()
             try:
                 cursor.execute(self._sql, bound)
                 row = cursor.fetchone()
             finally:
                 cursor.close()
-        except self._connections.errors as exc:
-            raise self._connections.failed(fairy, "read", exc) from None
-        except BaseException:
-            _invalidate(fairy)
-            raise
-        self._connections.checkin(fairy)
         if row is None:
             return None
         return tuple(value if process is None else process(value)
@@ -143,28 +152,16 @@ class HotInsert:
 
     def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         processed = [self._bind(row) for row in rows]
-        fairy = self._connections.checkout()
-        connection = fairy.dbapi_connection
-        try:
+        with self._connections.use("write") as connection:
             cursor = connection.cursor()
             try:
                 cursor.executemany(self._sql, processed)
+                connection.commit()
+            except self._connections.integrity_errors as exc:
+                connection.rollback()
+                raise IntegrityError(self._sql, None, exc) from None
             finally:
                 cursor.close()
-            connection.commit()
-        except self._connections.integrity_errors as exc:
-            try:
-                connection.rollback()
-            except self._connections.errors as again:
-                raise self._connections.failed(fairy, "write", again) from None
-            self._connections.checkin(fairy)
-            raise IntegrityError(self._sql, None, exc) from None
-        except self._connections.errors as exc:
-            raise self._connections.failed(fairy, "write", exc) from None
-        except BaseException:
-            _invalidate(fairy)
-            raise
-        self._connections.checkin(fairy)
 
     def _bind(self, row: Mapping[str, Any]) -> Any:
         values = {name: (process(value) if (process := self._processors.get(name)) else value)
