@@ -109,7 +109,7 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
 
 @pytest.mark.softhsm
 def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str]]) -> None:
-    base, home, _ = served_demo
+    base, home, env = served_demo
     for name in ("root-ca", "issuing-ca"):
         with urllib.request.urlopen(f"{base}/crl/{name}.crl", timeout=5) as response:
             assert response.headers["Content-Type"] == "application/pkix-crl"
@@ -123,6 +123,18 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{base}/certs/none.cer", timeout=5)
     assert missing.value.code == 404
+
+    # each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
+    port = base.rsplit(":", 1)[1]
+    table = Path("/proc/net/tcp").read_text().splitlines()[1:]  # local address, state 0A: LISTEN
+    listening = [row for row in table
+                 if row.split()[1].endswith(f":{int(port):04X}") and row.split()[3] == "0A"]
+    assert len(listening) == 2, listening  # --workers 2
+    # and a second server on the same port is refused rather than let in beside it
+    second = subprocess.run([TINCAY, "serve", "--port", port, "--no-maintenance"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0 and f"cannot serve on 127.0.0.1:{port}" in second.stderr
+    urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
 
 
 @pytest.mark.softhsm
