@@ -557,10 +557,7 @@ class CertificateAuthorityService:
         return HotInsert(self._engine, TimestampToken.__table__, queries.TOKEN_COLUMNS)
 
     def close(self) -> None:
-        """Stop the background writer, if one started (after its pending commits), and hand
-        the hot-path connections back to the engine's pool."""
-        if "_timestamp_log" in self.__dict__:
-            self._timestamp_log.close()
+        """Hand the hot-path connections back to the engine's pool (before it is disposed)."""
         for hot in ("_status_query", "_preproduced_query", "_token_insert"):
             if hot in self.__dict__:
                 self.__dict__[hot].close()

@@ -7,8 +7,9 @@ malformedRequest for anything that does not parse or breaks RFC 8954, unauthoriz
 we do not serve, tryLater when the HSM or the database is unreachable, internalError for bugs.
 
 Requests are read by ocsp/requests.py, responses framed by ocsp/answers.py (cryptography's
-builder holds one SingleResponse only); they carry: responder ID by key hash, producedAt, thisUpdate and nextUpdate, the CertID exactly as
-requested (SHA-1 or SHA-256), the nonce echoed, and the delegated responder's certificate.
+builder holds one SingleResponse only); they carry: responder ID by key hash, producedAt,
+thisUpdate and nextUpdate, the CertID exactly as requested (SHA-1 or SHA-256), the nonce
+echoed, and the delegated responder's certificate.
 
 Imports no flask, sqlalchemy or click.
 """

@@ -84,9 +84,6 @@ class GroupCommitter(Generic[T]):
                                     self._pending[self._max_batch:])
             return batch
 
-    def close(self) -> None:
-        """Nothing to stop: callers commit their own batches. Kept for the service's close()."""
-
     def _commit(self, batch: list[_Entry[T]]) -> None:
         try:
             self._transaction([entry.item for entry in batch])

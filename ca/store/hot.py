@@ -145,9 +145,9 @@ class HotInsert:
         compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
         self._sql = compiled.string
         self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        self._processors = {name: table.c[name].type.dialect_impl(dialect)
-                            .bind_processor(dialect) for name in columns}
-        self._processors = {k: v for k, v in self._processors.items() if v is not None}
+        processors = {name: table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in columns}
+        self._processors = {name: p for name, p in processors.items() if p is not None}
         self._connections = _KeptConnections(engine, autocommit=False, keep=keep)
 
     def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
