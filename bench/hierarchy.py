@@ -25,6 +25,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from bench.http_load import _free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "profiles" / "hierarchies" / "three-level.yaml"
 LEAVES = 10
@@ -199,9 +201,3 @@ def _certomancer_config(folder: Path, port: int) -> tuple[Path, list[str]]:
     path = folder / "certomancer.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path, labels
-
-
-def _free_port() -> int:
-    from bench.http_load import _free_port as free_port
-
-    return free_port()

@@ -2,10 +2,10 @@
 
 A thin adapter like ocsp/http.py, and like it WSGI middleware in front of Flask (a token costs
 the core about as much as Flask's request handling would add): it checks content type and
-size, hands the body to the pure core, and records every granted token durably *before* the reply leaves (the store batches
-concurrent records into shared commits). A token that could not be recorded is never sent:
-the client gets a systemFailure rejection instead, so no client holds a token the operator
-cannot account for.
+size, hands the body to the pure core, and records every granted token durably *before* the
+reply leaves (the store batches concurrent records into shared commits). A token that could
+not be recorded is never sent: the client gets a systemFailure rejection instead, so no client
+holds a token the operator cannot account for.
 """
 from __future__ import annotations
 
