@@ -202,6 +202,44 @@ def test_hsm_key_usable_after_fork(hsm_backend, unique_label) -> None:
     key.private_key.sign(b"parent-again", ec.ECDSA(hashes.SHA256()))
 
 
+def _boot_workers(uri: str, boots: int, queue) -> None:
+    """Like a gunicorn master: fork ``boots`` workers one after another, each opening the
+    token and signing once; report how many failed."""
+    failures = 0
+    for _ in range(boots):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                from ca.keys.pkcs11 import Pkcs11Backend
+                env = os.environ
+                backend = Pkcs11Backend(env["TINCAY_PKCS11_MODULE"], env["TINCAY_PKCS11_TOKEN"],
+                                        PinSource(env))
+                backend.load(uri).private_key.sign(b"boot", ec.ECDSA(hashes.SHA256()))
+                code = 0
+            finally:
+                os._exit(code)
+        failures += os.waitpid(pid, 0)[1] != 0
+    queue.put(failures)
+
+
+@pytest.mark.softhsm
+def test_hsm_processes_opening_the_token_at_once_all_succeed(hsm_backend, unique_label) -> None:
+    """SoftHSM rewrites its token file at every login; another process reading it meanwhile
+    finds no token (softhsm/SoftHSMv2#757). Without the machine-wide lock most rounds here
+    failed a worker; with it none may."""
+    key = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    masters = [ctx.Process(target=_boot_workers, args=(key.uri, 12, queue)) for _ in range(4)]
+    for master in masters:
+        master.start()
+    failures = [queue.get(timeout=120) for _ in masters]
+    for master in masters:
+        master.join(30)
+    assert failures == [0, 0, 0, 0]
+
+
 @pytest.mark.softhsm
 @pytest.mark.parametrize("override,expected", [
     ({"TINCAY_PKCS11_PIN": "000000"}, "PinError: wrong PIN"),

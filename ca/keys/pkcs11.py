@@ -5,13 +5,23 @@ threads on two sessions of one process crash it. So every process holds exactly 
 session per token, shared by every backend object in that process and guarded by one lock, and
 scales by adding processes. After a fork (gunicorn workers) the child re-initialises the module and
 opens its own session on first use.
+
+Processes also get in each other's way: SoftHSM rewrites its token file at every login, and a
+process that reads the token meanwhile (its own C_Initialize, finding the token or a key)
+sees no token, or a key that "vanished", for as long as its module stays initialised
+(softhsm/SoftHSMv2#757; four processes opening the token in a loop failed every other time
+here). So opening a session, looking a key up and generating one happen under an exclusive
+lock on the module file shared by every process of the machine; signing with a key already
+found does not read the token file and takes no such lock.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 import pkcs11
 from asn1crypto import algos as asn1_algos
@@ -48,6 +58,36 @@ _PSS_DIGEST_MECHS = {"sha256": (Mechanism.SHA256, pkcs11.MGF.SHA256),
 _PROCESS_LOCK = threading.RLock()
 _LIBS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str], "_TokenSession"] = {}
+_MODULE_LOCKS: dict[str, tuple[int, int, int]] = {}  # module -> (pid, fd, depth)
+
+
+@contextmanager
+def _token_files_locked(module: str) -> Iterator[None]:
+    """Hold the machine-wide lock on ``module`` (reentrant; call under _PROCESS_LOCK)."""
+    pid = os.getpid()
+    held = _MODULE_LOCKS.get(module)
+    if held is not None and held[0] == pid:
+        _MODULE_LOCKS[module] = (pid, held[1], held[2] + 1)
+    else:
+        try:
+            fd = os.open(module, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigurationError(f"PKCS#11 module {module}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        _MODULE_LOCKS[module] = (pid, fd, 1)
+    try:
+        yield
+    finally:
+        _, fd, depth = _MODULE_LOCKS[module]
+        if depth > 1:
+            _MODULE_LOCKS[module] = (pid, fd, depth - 1)
+        else:
+            del _MODULE_LOCKS[module]
+            os.close(fd)  # releases the flock
 
 
 class _TokenSession:
@@ -65,12 +105,17 @@ class _TokenSession:
         # the session; a stale one is forgotten and looked up again.
         self._keys: dict[str, Any] = {}
 
-    def run(self, action: Callable[[Any], T]) -> T:
-        """Run ``action(session)`` under the process lock, opening the session if needed."""
+    def run(self, action: Callable[[Any], T], *, reads_token: bool = False) -> T:
+        """Run ``action(session)`` under the process lock, opening the session if needed;
+        ``reads_token``: also under the machine-wide lock (finding or making objects)."""
         with _PROCESS_LOCK:
             if self._session is None or self._pid != os.getpid():
-                self._open()
+                with _token_files_locked(self.module):
+                    self._open()
             try:
+                if reads_token:
+                    with _token_files_locked(self.module):
+                        return action(self._session)
                 return action(self._session)
             except (p11.DeviceRemoved, p11.DeviceError, p11.SessionClosed,
                     p11.SessionHandleInvalid, p11.TokenNotPresent) as exc:
@@ -82,7 +127,8 @@ class _TokenSession:
         """The private key labelled ``label`` (call inside :meth:`run`); NoSuchKey if absent."""
         key = self._keys.get(label)
         if key is None:
-            key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            with _token_files_locked(self.module):
+                key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
             self._keys[label] = key
         return key
 
@@ -181,7 +227,7 @@ class Pkcs11Backend:
         def find(session: Any) -> bool:
             return any(True for _ in session.get_objects(
                 {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}))
-        return self._session.run(find)
+        return self._session.run(find, reads_token=True)
 
     def generate(self, label: str, spec: KeySpec) -> SigningKey:
         def gen(session: Any) -> None:
@@ -217,7 +263,7 @@ class Pkcs11Backend:
                 raise UnsupportedKeyError(
                     f"token {self.token_label!r} cannot generate {spec}: {type(exc).__name__}"
                 ) from None
-        self._session.run(gen)
+        self._session.run(gen, reads_token=True)
         return self.load(label)
 
     def load(self, uri_or_label: str) -> SigningKey:
@@ -235,7 +281,7 @@ class Pkcs11Backend:
                     f"several keys are labelled {label!r} on token {self.token_label!r}") from None
             return _public_key(public)
 
-        public = self._session.run(find)
+        public = self._session.run(find, reads_token=True)
         spec = KeySpec.of_public_key(public)
         signer = _make_signer(self._session, label, public)
         return SigningKey(self.uri(label), spec, signer, public)
