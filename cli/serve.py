@@ -3,13 +3,15 @@
 gthread workers with keep-alive measured about 20% above sync workers here (DESIGN.md 5); each
 worker is a process with its own PKCS#11 session, which is how HSM signing scales.
 
-The workers share one listening socket and race to accept. A burst of keep-alive connections
-opened at once (a validator's connection pool, wrk) can land mostly on one worker and stay
-there: under wrk one run in three left a worker nearly idle and halved the throughput. One
-SO_REUSEPORT socket per worker (gunicorn's reuse_port) balanced it in every run measured, but a
-full test run then saw one TSA request reset mid-answer, as happens when a worker with
-connections queued on its own socket exits; until that is understood the shared socket stays.
-:func:`serve` checks the port is free first, so a port in use is one clear error.
+Each worker listens on its own SO_REUSEPORT socket (gunicorn's reuse_port), so the kernel
+spreads new connections across the workers. On one shared socket the workers race to accept,
+and a burst of keep-alive connections opened at once (a validator's connection pool, wrk) could
+land mostly on one worker and stay there: under wrk one run in three left a worker nearly idle
+and halved the throughput (nonce OCSP 1,480 instead of 2,990 req/s). The price: connections
+queued on a worker's socket when that worker exits (a reload, a crash) are reset unless the
+kernel migrates them, so production hosts set ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14+).
+SO_REUSEPORT would also let a second server join a port in use, so :func:`serve` first checks
+that the port is free.
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "worker_class": "gthread",
         "threads": threads,
         "keepalive": 5,
+        "reuse_port": True,  # one socket per worker: the kernel balances connections
         "timeout": 30,
         "graceful_timeout": 10,
         "preload_app": False,  # open DB pools and HSM sessions after the fork, per worker
@@ -93,8 +96,8 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
 
 
 def _check_free(host: str, port: int) -> None:
-    """ConfigurationError if something listens on ``host:port`` already, instead of
-    gunicorn's retries and exit."""
+    """ConfigurationError if something listens on ``host:port`` already (without
+    SO_REUSEPORT the bind fails; with it, a second server would silently share the port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"

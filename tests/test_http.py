@@ -124,8 +124,13 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
         urllib.request.urlopen(f"{base}/certs/none.cer", timeout=5)
     assert missing.value.code == 404
 
-    # a second server on the same port is refused with a clear message; the first serves on
+    # each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
     port = base.rsplit(":", 1)[1]
+    table = Path("/proc/net/tcp").read_text().splitlines()[1:]  # local address, state 0A: LISTEN
+    listening = [row for row in table
+                 if row.split()[1].endswith(f":{int(port):04X}") and row.split()[3] == "0A"]
+    assert len(listening) == 2, listening  # --workers 2
+    # and a second server on the same port is refused rather than let in beside it
     second = subprocess.run([TINCAY, "serve", "--port", port, "--no-maintenance"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"cannot serve on 127.0.0.1:{port}" in second.stderr
