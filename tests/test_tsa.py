@@ -17,6 +17,7 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ca.der import tlv
 from ca.clock import FrozenClock
 from ca.errors import BackendUnavailableError, StoreError
 from ca.testing import Hierarchy
@@ -399,6 +400,61 @@ def test_mutated_requests_never_break_the_tsa(world: World, data: st.DataObject)
     response = world.post(mutate(data, request()))
     assert response.status_code == 200
     assert status(response.data)[0] in ("granted", "rejection")
+
+
+def _read(reader, der: bytes):
+    from tsa.requests import Rejected
+
+    try:
+        return reader(der)
+    except Rejected as exc:
+        return "rejected", exc.fail_info
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_direct_request_reader_agrees_with_asn1crypto(data: st.DataObject) -> None:
+    """tsa/requests.py reads the common request shape without asn1crypto: whatever it
+    accepts must be what the asn1crypto reader makes of the same bytes, and it must really
+    take the common shapes (else the fast path is dead)."""
+    from tsa.requests import RequestReader
+
+    reader = RequestReader(("sha256", "sha384", "sha512"), {"1.2.3.4", "2.16.704.1.99"})
+    algorithm = data.draw(st.sampled_from(["sha1", "sha256", "sha384", "sha512", "md5"]))
+    size = data.draw(st.sampled_from([{"sha1": 20, "md5": 16, "sha256": 32, "sha384": 48,
+                                       "sha512": 64}[algorithm], 31]))
+    oid = aalgos.DigestAlgorithmId(algorithm).dump()
+    null = data.draw(st.sampled_from([b"\x05\x00", b""]))  # clients send NULL or nothing
+    digest = data.draw(st.binary(min_size=size, max_size=size))
+    imprint = tlv(0x30, tlv(0x30, oid, null), tlv(0x04, digest))
+    fields = {"version": "v1", "message_imprint": atsp.MessageImprint.load(imprint)}
+    policy = data.draw(st.sampled_from([None, "1.2.3.4", "2.16.704.1.99", "1.2.3.5"]))
+    nonce = data.draw(st.one_of(st.none(), st.integers(-2 ** 64, 2 ** 300)))
+    cert_req = data.draw(st.booleans())
+    critical = data.draw(st.sampled_from([None, False, True]))
+    if policy is not None:
+        fields["req_policy"] = policy
+    if nonce is not None:
+        fields["nonce"] = nonce
+    if cert_req:
+        fields["cert_req"] = True
+    if critical is not None:
+        fields["extensions"] = [{"extn_id": "1.2.3.9", "critical": critical,
+                                 "extn_value": b"\x05\x00"}]
+    body = atsp.TimeStampReq(fields).dump()
+    direct = reader._read_common_shape(body)
+    common = (algorithm in reader.hashes and size != 31 and policy != "1.2.3.5"
+              and critical is None and (nonce is None or 0 <= nonce < 2 ** 255))
+    assert (direct is not None) == common
+    if direct is not None:
+        assert direct == reader._read_any_shape(body)
+        assert (direct.policy, direct.nonce, direct.cert_req) == (policy, nonce, cert_req)
+    body = mutate(data, body, min_steps=0, max_steps=3)
+    direct = _read(reader._read_common_shape, body)
+    if direct is not None:
+        assert direct == _read(reader._read_any_shape, body)
+    assert _read(reader.read, body) == \
+        (direct if direct is not None else _read(reader._read_any_shape, body))
 
 
 # --- time and serials -----------------------------------------------------------------------

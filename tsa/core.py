@@ -32,6 +32,7 @@ from ca.errors import KeyBackendError
 from ca.issuance import new_serial
 from ca.keys.base import SigningKey
 from ca.timestamps import TimestampRecord
+from tsa.requests import DIGEST_SIZES, Rejected, RequestReader, TsaQuestion
 from tsa.tokens import TokenEncoder
 
 __all__ = ["FAIL_INFOS", "Rejected", "TimeStampAuthority", "TimeStampResp",
@@ -39,14 +40,11 @@ __all__ = ["FAIL_INFOS", "Rejected", "TimeStampAuthority", "TimeStampResp",
 
 log = logging.getLogger("tincay.tsa")
 
-# RFC 3161 imprint hashes by asn1crypto name, with their digest sizes
-DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 # RFC 3161 failInfo names (as operators read them) -> asn1crypto's PKIFailureInfo names
 FAIL_INFOS = {"badAlg": "bad_alg", "badRequest": "bad_request",
               "badDataFormat": "bad_data_format", "timeNotAvailable": "time_not_available",
               "unacceptedPolicy": "unaccepted_policy",
               "unacceptedExtension": "unaccepted_extensions", "systemFailure": "system_failure"}
-MAX_NONCE_OCTETS = 32  # far above the 64-bit nonces clients send; bounds what we echo
 
 
 @dataclass(frozen=True)
@@ -107,23 +105,6 @@ class TimeStampResp(asn1_core.Sequence):
                ("time_stamp_token", asn1_cms.ContentInfo, {"optional": True})]
 
 
-class Rejected(Exception):
-    """A request the TSA refuses: ``fail_info`` is an RFC 3161 name (badAlg, ...)."""
-
-    def __init__(self, fail_info: str, text: str) -> None:
-        super().__init__(text)
-        self.fail_info = fail_info
-
-
-@dataclass(frozen=True)
-class _Request:
-    imprint: asn1_tsp.MessageImprint
-    algorithm: str
-    policy: str | None
-    nonce: int | None
-    cert_req: bool
-
-
 class TimeStampAuthority:
     """One TSA unit answering RFC 3161 requests; thread-safe."""
 
@@ -135,7 +116,8 @@ class TimeStampAuthority:
         self.clock = clock
         self.serials = serials
         self.default_policy = policy.default_policy or _first_policy(unit.certificate)
-        self.accepted = {self.default_policy, *policy.accepted_policies}
+        self._reader = RequestReader(policy.hashes,
+                                     {self.default_policy, *policy.accepted_policies})
         self.hash = signing.default_hash(unit.key)
         der = unit.certificate.public_bytes(serialization.Encoding.DER)
         self._signer = asn1_x509.Certificate.load(der)
@@ -146,6 +128,9 @@ class TimeStampAuthority:
             self._signer, chain, _signing_certificate_v2(self._signer, der), self.hash,
             signing.signature_algorithm(unit.key.public_key, self.hash), policy.accuracy,
             policy.tsa_name)
+        self._valid = (unit.certificate.not_valid_before_utc,
+                       unit.certificate.not_valid_after_utc)
+        self._gen_time_step = 10 ** (6 - policy.fraction_digits)  # in microseconds
         self._last = datetime.min.replace(tzinfo=timezone.utc)
         self._lock = threading.Lock()
 
@@ -155,10 +140,9 @@ class TimeStampAuthority:
             request = self.parse(request_der)
             gen_time = self._gen_time()
             token = TimestampRecord(self.unit.name, self.serials(), gen_time, request.algorithm,
-                                 bytes(request.imprint["hashed_message"].native),
-                                 request.policy or self.default_policy, request.nonce)
-            if not self.unit.certificate.not_valid_before_utc <= gen_time <= \
-                    self.unit.certificate.not_valid_after_utc:
+                                    request.digest, request.policy or self.default_policy,
+                                    request.nonce)
+            if not self._valid[0] <= gen_time <= self._valid[1]:
                 raise Rejected("systemFailure", "the TSA certificate is not valid now")
             return TsaResult(self._granted(request, token), granted=token)
         except Rejected as exc:
@@ -175,37 +159,9 @@ class TimeStampAuthority:
 
     # --- the steps ----------------------------------------------------------------------------
 
-    def parse(self, request_der: bytes) -> _Request:
+    def parse(self, request_der: bytes) -> TsaQuestion:
         """Check a TimeStampReq; :class:`Rejected` with the fitting failInfo otherwise."""
-        try:
-            request = asn1_tsp.TimeStampReq.load(request_der, strict=True)
-            request.native  # noqa: B018 - parse every field now, not lazily later
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-            raise Rejected("badDataFormat", f"not a DER TimeStampReq: {exc}") from None
-        if request["version"].native != "v1":
-            raise Rejected("badRequest", f"version {request['version'].native} (only v1)")
-        imprint = request["message_imprint"]
-        algorithm = imprint["hash_algorithm"]["algorithm"].native
-        if algorithm not in self.policy.hashes:
-            raise Rejected("badAlg", f"imprint hash {algorithm} not accepted (accepted: "
-                                     f"{', '.join(self.policy.hashes)})")
-        if imprint["hash_algorithm"]["parameters"].native is not None:
-            raise Rejected("badAlg", f"{algorithm} with parameters")
-        length = len(imprint["hashed_message"].native)
-        if length != DIGEST_SIZES[algorithm]:
-            raise Rejected("badDataFormat", f"a {algorithm} imprint of {length} octets "
-                                            f"(expected {DIGEST_SIZES[algorithm]})")
-        policy = request["req_policy"].native
-        if policy is not None and policy not in self.accepted:
-            raise Rejected("unacceptedPolicy", f"policy {policy} not accepted")
-        nonce = request["nonce"].native
-        if nonce is not None and len(request["nonce"].contents) > MAX_NONCE_OCTETS:
-            raise Rejected("badRequest", f"nonce longer than {MAX_NONCE_OCTETS} octets")
-        for extension in request["extensions"] or ():
-            if extension["critical"].native:
-                raise Rejected("unacceptedExtension",
-                               f"critical extension {extension['extn_id'].dotted}")
-        return _Request(imprint, algorithm, policy, nonce, bool(request["cert_req"].native))
+        return self._reader.read(request_der)
 
     def _gen_time(self) -> datetime:
         """Now, never earlier than the last genTime of this process, truncated to the digits
@@ -214,8 +170,7 @@ class TimeStampAuthority:
             now = ensure_utc(self.clock.now())
         except Exception as exc:  # noqa: BLE001 - any clock fault means no trusted time
             raise Rejected("timeNotAvailable", f"no trusted time: {exc}") from None
-        digits = self.policy.fraction_digits
-        step = 10 ** (6 - digits)
+        step = self._gen_time_step
         now = now.replace(microsecond=now.microsecond // step * step)
         with self._lock:
             if now < self._last:
@@ -223,9 +178,9 @@ class TimeStampAuthority:
             self._last = now
         return now
 
-    def _granted(self, request: _Request, token: TimestampRecord) -> bytes:
+    def _granted(self, request: TsaQuestion, token: TimestampRecord) -> bytes:
         encoder = self._encoder
-        tst_info = encoder.tst_info(token.policy, request.imprint.dump(), token.serial,
+        tst_info = encoder.tst_info(token.policy, request.imprint, token.serial,
                                     token.gen_time, token.nonce)
         signed = encoder.signed_attributes(hashlib.new(self.hash, tst_info).digest())
         signature = signing.sign(self.unit.key, signed, self.hash)

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
-from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from ca.errors import (BackendUnavailableError, ConfigurationError, KeyBackendError,
                        KeyExistsError, KeyNotFoundError, PinError, TokenNotFoundError,
@@ -390,7 +390,9 @@ class _HsmEcKey(ec.EllipticCurvePrivateKey):
             raise UnsupportedKeyError("only ECDSA signatures are supported")
         digest, _ = _digest(data, signature_algorithm.algorithm)
         raw = _hsm_sign(self._session, self._label, digest, Mechanism.ECDSA)
-        return encode_ecdsa_signature(raw)
+        half = len(raw) // 2  # PKCS#11 gives r || s; X.509 and CMS want Ecdsa-Sig-Value
+        return utils.encode_dss_signature(int.from_bytes(raw[:half], "big"),
+                                          int.from_bytes(raw[half:], "big"))
 
     @property
     def curve(self) -> ec.EllipticCurve:
