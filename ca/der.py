@@ -34,8 +34,9 @@ def tlv(tag: int, *contents: bytes) -> bytes:
 
 
 def integer(value: int) -> bytes:
-    """An INTEGER (two's complement, minimal octets)."""
-    return tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+    """An INTEGER (two's complement, minimal octets: -128 is one octet, 128 two)."""
+    magnitude = value if value >= 0 else ~value
+    return tlv(0x02, value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True))
 
 
 def generalized_time(value: datetime) -> bytes:

@@ -24,6 +24,8 @@ def test_framing_short_and_long_lengths(length: int) -> None:
 @settings(max_examples=200, deadline=None)
 def test_integers(value: int) -> None:
     assert der.integer(value) == asn1_core.Integer(value).dump()
+    for edge in (-129, -128, -1, 0, 127, 128, -2 ** 63, 2 ** 63):  # where octet counts change
+        assert der.integer(edge) == asn1_core.Integer(edge).dump()
 
 
 @given(st.datetimes(min_value=dt.datetime(1950, 1, 1), max_value=dt.datetime(9999, 12, 31),

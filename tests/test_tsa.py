@@ -196,7 +196,8 @@ def test_tokens_are_asn1crypto_der_byte_for_byte(world: World, policy: TsaPolicy
         imprint = atsp.MessageImprint({"hash_algorithm": {"algorithm": algorithm},
                                        "hashed_message": hashlib.new(algorithm, DATA).digest()})
         for cert_req in (True, False):
-            for extra in ({}, {"nonce": 2 ** 63 + 5}, {"req_policy": "1.2.3.4.5"}):
+            for extra in ({}, {"nonce": 2 ** 63 + 5}, {"nonce": -128},  # echoed as sent
+                          {"req_policy": "1.2.3.4.5"}):
                 if "req_policy" in extra and "1.2.3.4.5" not in policy.accepted_policies:
                     continue
                 reply = authority.respond(request(message_imprint=imprint, cert_req=cert_req,
