@@ -76,6 +76,7 @@ class Hierarchy:
         self._engine = engine
         self._listener = listener
         self.issued: list[Issued] = []
+        self._chains: dict[str, tuple[x509.Certificate, ...]] = {}
 
     @classmethod
     def from_spec(cls, spec: Path | str | Mapping[str, Any] = DEMO_SPEC, *,
@@ -127,8 +128,12 @@ class Hierarchy:
         return self.service.authority_certificate(name)
 
     def chain(self, name: str) -> list[x509.Certificate]:
-        """``name``'s certificate, then its parents up to the root."""
-        return self.service.chain(name)
+        """``name``'s certificate, then its parents up to the root (read once: a CA's
+        certificate never changes, and every issue() hands the chain back)."""
+        chain = self._chains.get(name)
+        if chain is None:
+            chain = self._chains[name] = tuple(self.service.chain(name))
+        return list(chain)
 
     # --- issuing and revoking -------------------------------------------------------------------
 
