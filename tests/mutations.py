@@ -2,6 +2,8 @@
 readers: bit flips, truncations, cut spans, inserted and deleted bytes."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from hypothesis import strategies as st
 
 
@@ -22,3 +24,17 @@ def mutate(data: st.DataObject, der: bytes, min_steps: int = 1, max_steps: int =
         elif body:
             del body[at]
     return bytes(body)
+
+
+def assert_mutated_readers_agree(data: st.DataObject, der: bytes, *, fast: Callable,
+                                 general: Callable, combined: Callable,
+                                 outcome: Callable[[Callable, bytes], Any]) -> None:
+    """For a hot-path request reader (``fast``: the common shape or None) beside the general
+    one: after up to three mutations of ``der``, whatever ``fast`` decides is what ``general``
+    decides, and ``combined`` (what the service calls) agrees with whichever decides.
+    ``outcome(reader, der)`` is the reader's result, or a comparable marker of its refusal."""
+    body = mutate(data, der, min_steps=0, max_steps=3)
+    direct = outcome(fast, body)
+    if direct is not None:
+        assert direct == outcome(general, body)
+    assert outcome(combined, body) == (direct if direct is not None else outcome(general, body))
