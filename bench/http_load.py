@@ -156,19 +156,14 @@ while time.perf_counter() < end:
 print(count / 1.5)
 """
     def measure(n: int) -> float:
-        # two processes opening one SoftHSM token at the same instant sometimes find it empty
-        # (its file store is read while the other process rewrites it): try again
-        for attempt in range(3):
-            procs = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                     for _ in range(n)]
-            outputs = [p.communicate() for p in procs]
-            if all(p.returncode == 0 for p in procs):
-                return sum(float(out.strip().splitlines()[-1]) for out, _ in outputs)
-            failure = next(err for (_, err), p in zip(outputs, procs) if p.returncode)
-            print(f"  (raw signatures, {n} processes, attempt {attempt + 1} failed: "
-                  f"{failure.strip().splitlines()[-1]})")
-        raise RuntimeError("raw signatures could not be measured")
+        procs = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(n)]
+        outputs = [p.communicate() for p in procs]
+        failed = [err for (_, err), p in zip(outputs, procs) if p.returncode]
+        if failed:
+            raise RuntimeError(f"raw signatures, {n} processes: {failed[0].strip()}")
+        return sum(float(out.strip().splitlines()[-1]) for out, _ in outputs)
     return measure(1), measure(2)
 
 

@@ -102,8 +102,8 @@ class Hierarchy:
         parsed = load_hierarchy(spec if isinstance(spec, Mapping) else Path(spec), profile_set)
         clock = FrozenClock((at or SystemClock().now()).replace(microsecond=0))
         engine = create_engine_for(database_url)
-        if make_url(database_url).get_backend_name() == "sqlite" and \
-                make_url(database_url).database in (None, "", ":memory:"):
+        url = make_url(database_url)
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             create_throwaway_schema(engine)  # dies with the process: no migration chain
         else:
             migrate(engine)
