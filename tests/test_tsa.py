@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from ca.testing import Hierarchy
 from cli.app import create_app
 from tests import helpers_x509 as hx
 from tests.mutations import assert_mutated_readers_agree, mutate
-from tsa.core import TimeStampAuthority, TimeStampResp, TsaPolicy, TsaUnit
+from tsa.core import (TimeStampAuthority, TimeStampResp, TsaPolicy, TsaUnit,
+                      time_ordered_serial)
 
 QUERY = "application/timestamp-query"
 REPLY = "application/timestamp-reply"
@@ -219,7 +221,7 @@ def test_rfc3161_client_verifies(world: World) -> None:
     verifier = VerifierBuilder.from_request(request).add_root_certificate(world.pki.root) \
         .add_intermediate_certificate(world.unit.chain[0]).build()
     assert verifier.verify_message(response, DATA)
-    assert response.tst_info.serial_number > 2 ** 64  # random, not sequential
+    assert response.tst_info.serial_number > 2 ** 64  # time-ordered with random low bits
     with pytest.raises(Exception):  # noqa: B017 - the library's own error type per version
         verifier.verify_message(response, DATA + b"tampered")
 
@@ -481,6 +483,21 @@ def test_gen_time_never_goes_back_and_carries_only_warranted_digits() -> None:
         serials = {tst_info(coarse.respond(request()).response)["serial_number"].native
                    for _ in range(200)}
         assert len(serials) == 200
+
+
+def test_serials_sort_by_issue_time_and_fit_rfc_3161() -> None:
+    """Time-ordered, so the log's serial index grows at its right edge; still 63 random bits
+    each, positive, and within RFC 3161's 160 bits."""
+    drawn = []
+    for _ in range(50):
+        drawn.append(time_ordered_serial())
+        time.sleep(0.000002)  # a later microsecond
+    assert drawn == sorted(drawn) and len(set(drawn)) == len(drawn)
+    assert all(0 < s < 2 ** 160 for s in drawn)
+    assert len({s & (2 ** 63 - 1) for s in drawn}) == len(drawn)  # the random low bits
+    hexes = [format(s, "x") for s in drawn]  # as the log's index stores them
+    assert hexes == sorted(hexes)
+    assert abs((drawn[0] >> 63) / 1e6 - time.time()) < 60  # microseconds since 1970
 
 
 def test_misconfigured_units_fail_at_start() -> None:
