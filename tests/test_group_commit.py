@@ -88,3 +88,31 @@ def test_a_caller_left_waiting_gets_a_store_error_and_its_record_is_withdrawn() 
     first.join(10)
     committer.submit(2)
     assert log.batches == [[0], [2]]  # 1 was withdrawn: never written after its caller gave up
+
+
+def test_a_leader_interrupted_mid_transaction_leaves_no_caller_believing_it_committed() -> None:
+    """A BaseException in the leader (KeyboardInterrupt, SystemExit) ends its transaction
+    unfinished; the callers whose records were in it get a StoreError, not a silent return."""
+    log = Log()
+
+    def transaction(items: list[int]) -> None:
+        log(items)
+        if len(log.batches) == 2:  # the second transaction: 1 and 2 together
+            raise KeyboardInterrupt
+
+    committer = GroupCommitter(transaction)
+    log.hold.clear()
+    errors: dict[int, BaseException] = {}
+    first = _submit_in_thread(committer, 0, errors)
+    assert log.entered.wait(5)
+    others = [_submit_in_thread(committer, i, errors) for i in (1, 2)]
+    while len(committer._pending) < 2:  # noqa: SLF001 - both queued behind 0
+        threading.Event().wait(0.01)
+    log.hold.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert 0 not in errors and log.batches == [[0], [1, 2]]
+    leader, follower = sorted((1, 2), key=lambda i: isinstance(errors[i], KeyboardInterrupt),
+                              reverse=True)
+    assert isinstance(errors[leader], KeyboardInterrupt)
+    assert isinstance(errors[follower], StoreError) and "interrupted" in str(errors[follower])

@@ -94,6 +94,10 @@ class GroupCommitter(Generic[T]):
             else:
                 for entry in batch:  # isolate the failing record: the others still commit
                     self._commit([entry])
+        except BaseException:  # the leader interrupted: nobody may take the batch as recorded
+            for entry in batch:
+                entry.error = StoreError("the transaction was interrupted")
+            raise
         finally:
             for entry in batch:
                 entry.done = True
