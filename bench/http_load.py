@@ -14,6 +14,11 @@ beside the same-run references:
 Targets (issue 3 and 4, 2 cores): pre-produced answers >= 90% of the ceiling and >= OpenSSL's
 responder; P-256 nonce answers and P-256 TSA tokens >= 50% of the ceiling. wrk and the server
 share the machine, as a validator's load generator would not; the ratios are what compare.
+
+The ceiling server runs beside tincay's, and every rate is measured ROUNDS times, each run
+paired with a ceiling run right before or after it: on this VM two runs of the same server
+minutes apart differ by up to 2x, while paired runs seconds apart move together, so the median
+of the paired ratios is what a single ceiling measured once could not give.
 """
 from __future__ import annotations
 
@@ -23,13 +28,16 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 TINCAY = str(Path(sys.executable).with_name("tincay"))
 WORKERS = 2
@@ -49,27 +57,30 @@ services:
 """
 
 
+ROUNDS = 3  # each rate measured this many times, alternating with the ceiling
+
+
 def run(quick: bool = False) -> None:
     if shutil.which("wrk") is None:
         print("http_load: wrk is not installed (make bench installs it); skipped")
         return
-    seconds = 3 if quick else 10
+    seconds = 3 if quick else 5
+    print(f"each rate: median of {ROUNDS} wrk runs (-t2 -c{CONNECTIONS}, {seconds} s), each "
+          "beside a run against the ceiling just before or after it (the order alternates); "
+          "the ratio is the median of those paired ratios, with its range: this VM's speed "
+          "drifts by up to 2x within minutes, so only runs side by side compare")
     with tempfile.TemporaryDirectory(prefix="tincay-bench-") as tmp:
         work = Path(tmp)
-        peer = _openssl_responder(work, seconds)
-        if peer:
-            print(f"peer: openssl ocsp -index -multi 2, P-256, signs live: {peer:,.0f} req/s")
+        peers = []
         for key in ("ec-p256", "rsa-2048"):
-            # the ceiling just before and just after, and the higher one taken: this VM's
-            # throughput drifts by 2x within minutes, and a low ceiling flatters the ratios
-            before = _ceiling(seconds)
-            results = _tincay(work / key, key, seconds)
-            after = _ceiling(seconds)
-            ceiling = max(before, after)
-            print(f"ceiling: gunicorn gthread {WORKERS}x4 + Flask, constant 1.5 kB body: "
-                  f"{before:,.0f} req/s before, {after:,.0f} after (wrk -t2 -c{CONNECTIONS}, "
-                  f"{seconds} s)")
-            _report(key, results, ceiling, peer)
+            peers.append(_openssl_responder(work, seconds, len(peers)))
+            _report(key, _tincay(work / key, key, seconds), peers[-1])
+        peers.append(_openssl_responder(work, seconds, len(peers)))
+        measured = [p for p in peers if p]
+        if measured:
+            print(f"peer: openssl ocsp -index -multi 2, P-256, signs live: "
+                  f"{', '.join(f'{p:,.0f}' for p in measured)} req/s (before each key's runs "
+                  f"and after the last; each key's x-figures are against the one before it)")
 
 
 # --- tincay -----------------------------------------------------------------------------------
@@ -108,14 +119,15 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
         _wait(base)
         get_path = "/ocsp/" + urllib.parse.quote(base64.b64encode(plain.read_bytes()).decode(),
                                                  safe="")
-        results = {
-            "pre-produced GET": _wrk(base + get_path, seconds),
-            "pre-produced POST": _wrk(base + "/ocsp", seconds, plain, "application/ocsp-request"),
-            "nonce POST (signed live)": _wrk(base + "/ocsp", seconds, nonced,
-                                             "application/ocsp-request"),
-            "TSA token (signed, logged)": _wrk(base + "/tsa", seconds, tsq,
-                                               "application/timestamp-query"),
+        targets = {
+            "pre-produced GET": (base + get_path, None, None),
+            "pre-produced POST": (base + "/ocsp", plain, "application/ocsp-request"),
+            "nonce POST (signed live)": (base + "/ocsp", nonced, "application/ocsp-request"),
+            "TSA token (signed, logged)": (base + "/tsa", tsq, "application/timestamp-query"),
         }
+        with _ceiling_server() as ceiling:
+            results = {name: _paired(ceiling, seconds, *target)
+                       for name, target in targets.items()}
         logged = json.loads(_cli(env, "tsa", "log", "--json", "--limit", "1000000"))
     finally:
         server.terminate()
@@ -123,13 +135,34 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
     return {"raw": (raw1, raw2), "rates": results, "logged": len(logged)}
 
 
-def _report(key: str, results: dict, ceiling: float, peer: float | None) -> None:
+def _paired(ceiling: str, seconds: int, url: str, body: Path | None,
+            content_type: str | None) -> tuple[float, float, float, float, list[float]]:
+    """(median rate, median ratio to the ceiling, lowest and highest ratio, the ceiling's
+    rates) over ROUNDS pairs of runs, the ceiling first in every other pair."""
+    rates, ratios, ceilings = [], [], []
+    for round_ in range(ROUNDS):
+        if round_ % 2 == 0:
+            top = _wrk(ceiling, seconds)
+            rate = _wrk(url, seconds, body, content_type)
+        else:
+            rate = _wrk(url, seconds, body, content_type)
+            top = _wrk(ceiling, seconds)
+        rates.append(rate)
+        ceilings.append(top)
+        ratios.append(rate / top)
+    return (statistics.median(rates), statistics.median(ratios), min(ratios), max(ratios),
+            ceilings)
+
+
+def _report(key: str, results: dict, peer: float | None) -> None:
     raw1, raw2 = results["raw"]
     print(f"tincay, {key} responder and TSA keys on SoftHSM (raw signatures/s: "
           f"{raw1:,.0f} in 1 process, {raw2:,.0f} in 2):")
-    for name, rate in results["rates"].items():
-        versus = f", x{rate / peer:.2f} OpenSSL's responder" if peer and "pre" in name else ""
-        print(f"  {name:28} {rate:8,.0f} req/s = {rate / ceiling:5.0%} of the ceiling{versus}")
+    for name, (rate, ratio, low, high, ceilings) in results["rates"].items():
+        versus = f", x{rate / peer:.2f} OpenSSL's" if peer and "pre" in name else ""
+        print(f"  {name:28} {rate:8,.0f} req/s = {ratio:5.0%} of the ceiling "
+              f"({low:.0%}-{high:.0%}; ceiling {', '.join(f'{c:,.0f}' for c in ceilings)})"
+              f"{versus}")
     print(f"  tokens in the log after the run: {results['logged']:,} (every granted token)")
 
 
@@ -169,7 +202,10 @@ print(count / 1.5)
 
 # --- references -------------------------------------------------------------------------------
 
-def _ceiling(seconds: int) -> float:
+@contextmanager
+def _ceiling_server() -> Iterator[str]:
+    """The reference: the same gunicorn stack (WORKERS x 4 threads, per-worker sockets)
+    answering a constant 1.5 kB body through Flask; yields its URL."""
     port = _free_port()
     code = (f"from cli.serve import serve; from bench.constant_app import create_app; "
             f"serve('127.0.0.1', {port}, {WORKERS}, 4, app_factory=create_app)")
@@ -177,18 +213,19 @@ def _ceiling(seconds: int) -> float:
                               stderr=subprocess.DEVNULL)
     try:
         _wait(f"http://127.0.0.1:{port}")
-        return _wrk(f"http://127.0.0.1:{port}/ocsp", seconds)
+        yield f"http://127.0.0.1:{port}/ocsp"
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def _openssl_responder(work: Path, seconds: int) -> float | None:
-    """OpenSSL's responder in a private network namespace, wrk beside it in the same one."""
+def _openssl_responder(work: Path, seconds: int, run: int) -> float | None:
+    """OpenSSL's responder in a private network namespace, wrk beside it in the same one;
+    a fresh responder each ``run``."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         print("peer: unshare/ip not available; OpenSSL's responder not measured")
         return None
-    peer = work / "openssl-peer"
+    peer = work / f"openssl-peer-{run}"
     peer.mkdir()
 
     def openssl(*args: str) -> None:
