@@ -115,10 +115,9 @@ def time_ordered_serial() -> int:
     rewrites a page nobody else touched and the WAL and its checkpoints grow with it. Measured
     (SQLite, one token per commit): on a log of 100,000 tokens 129 us (79 us CPU) with random
     serials, 83 us (52 us CPU) with these; on 1,000,000 tokens 150-161 us (76-81 us CPU)
-    against 108 us (63 us CPU). Unique
-    across workers and restarts as the random ones were: two serials collide only if drawn
-    in the same microsecond with the same 63 random bits (and the log's unique index would
-    refuse the second token, which is then never sent).
+    against 108 us (63 us CPU). Unique across workers and restarts as the random ones were:
+    two serials collide only if drawn in the same microsecond with the same 63 random bits
+    (and the log's unique index would refuse the second token, which is then never sent).
     """
     return time.time_ns() // 1000 << _SERIAL_RANDOM_BITS | secrets.randbits(_SERIAL_RANDOM_BITS)
 
