@@ -116,3 +116,33 @@ def test_a_leader_interrupted_mid_transaction_leaves_no_caller_believing_it_comm
                               reverse=True)
     assert isinstance(errors[leader], KeyboardInterrupt)
     assert isinstance(errors[follower], StoreError) and "interrupted" in str(errors[follower])
+
+
+def test_an_interrupted_retry_leaves_the_records_after_it_unrecorded() -> None:
+    """The batch [1, 2, 3] fails (2 is refused), so each is retried alone; an interruption
+    while 1 is retried ends the leader there: 2 and 3, never committed, get a StoreError."""
+    log = Log()
+    log.refuse = 2
+
+    def transaction(items: list[int]) -> None:
+        log(items)
+        if items == [1]:
+            raise SystemExit
+
+    committer = GroupCommitter(transaction)
+    log.hold.clear()
+    errors: dict[int, BaseException] = {}
+    first = _submit_in_thread(committer, 0, errors)
+    assert log.entered.wait(5)
+    others = [_submit_in_thread(committer, i, errors) for i in (1, 2, 3)]
+    while len(committer._pending) < 3:  # noqa: SLF001 - all queued behind 0
+        threading.Event().wait(0.01)
+    log.hold.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert 0 not in errors and log.batches[0] == [0]
+    interrupted = [i for i in (1, 2, 3) if isinstance(errors.get(i), SystemExit)]
+    assert len(interrupted) == 1  # the leader of the second transaction
+    for item in (1, 2, 3):
+        if item not in interrupted:
+            assert isinstance(errors.get(item), StoreError), (item, errors)
