@@ -12,7 +12,11 @@ from datetime import datetime
 
 from ca.clock import ensure_utc
 
-__all__ = ["header", "tlv", "integer", "generalized_time", "time_from_digits", "read"]
+__all__ = ["BOOLEAN", "INTEGER", "OCTET_STRING", "OID", "SEQUENCE", "header", "tlv", "integer",
+           "generalized_time", "time_from_digits", "read", "read_unsigned"]
+
+# universal identifier octets the hot-path readers compare against
+BOOLEAN, INTEGER, OCTET_STRING, OID, SEQUENCE = 0x01, 0x02, 0x04, 0x06, 0x30
 
 
 def header(tag: int, length: int) -> bytes:
@@ -36,7 +40,7 @@ def tlv(tag: int, *contents: bytes) -> bytes:
 def integer(value: int) -> bytes:
     """An INTEGER (two's complement, minimal octets: -128 is one octet, 128 two)."""
     magnitude = value if value >= 0 else ~value
-    return tlv(0x02, value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True))
+    return tlv(INTEGER, value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True))
 
 
 def generalized_time(value: datetime) -> bytes:
@@ -81,3 +85,13 @@ def read(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     if start + length > end:
         raise ValueError("element runs past its container")
     return tag, start, start + length
+
+
+def read_unsigned(contents: bytes) -> int | None:
+    """The value of an INTEGER's ``contents`` if they are DER and not negative; None if they
+    are empty, negative, or open with a zero octet DER does not need (X.690 8.3.2), which
+    hot-path readers leave to asn1crypto to word."""
+    if not contents or contents[0] & 0x80 or \
+            (len(contents) > 1 and contents[0] == 0 and not contents[1] & 0x80):
+        return None
+    return int.from_bytes(contents, "big")

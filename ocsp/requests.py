@@ -30,7 +30,7 @@ _HASHES = {
     for name, oid in (("sha1", "06052b0e03021a"), ("sha256", "0609608648016503040201"))
     for suffix in (b"\x05\x00", b"")}
 _NONCE_OID = asn1_core.ObjectIdentifier("1.3.6.1.5.5.7.48.1.2").dump()
-_SEQUENCE, _OCTETS, _INTEGER, _REQUEST_EXTENSIONS = 0x30, 0x04, 0x02, 0xA2
+_REQUEST_EXTENSIONS = 0xA2  # [2] EXPLICIT in TBSRequest
 
 
 class MalformedRequest(ValueError):
@@ -71,21 +71,21 @@ def _read_common_shape(data: bytes) -> OcspQuestion | None:
     """The request if it has the common shape (module docstring), else None."""
     try:
         tag, start, end = der.read(data, 0, len(data))
-        if tag != _SEQUENCE or end != len(data):
+        if tag != der.SEQUENCE or end != len(data):
             return None
         tag, pos, tbs_end = der.read(data, start, end)
-        if tag != _SEQUENCE or tbs_end != end:  # no optionalSignature
+        if tag != der.SEQUENCE or tbs_end != end:  # no optionalSignature
             return None
         tag, pos, list_end = der.read(data, pos, tbs_end)
-        if tag != _SEQUENCE:  # a version or a requestorName comes first: not the common shape
+        if tag != der.SEQUENCE:  # a version or a requestorName comes first: not the common shape
             return None
         cert_ids = []
         while pos < list_end:
             tag, item, item_end = der.read(data, pos, list_end)
-            if tag != _SEQUENCE:
+            if tag != der.SEQUENCE:
                 return None
             tag, cert_start, cert_end = der.read(data, item, item_end)
-            if tag != _SEQUENCE or cert_end != item_end:  # singleRequestExtensions
+            if tag != der.SEQUENCE or cert_end != item_end:  # singleRequestExtensions
                 return None
             cert_id = _read_cert_id(data, item, cert_start, cert_end)
             if cert_id is None:
@@ -108,20 +108,19 @@ def _read_cert_id(data: bytes, begin: int, pos: int, end: int) -> RequestedCert 
     tag, start, alg_end = der.read(data, pos, end)
     hash_name = _HASHES.get(data[pos:alg_end])
     tag, name_start, name_end = der.read(data, alg_end, end)
-    if hash_name is None or tag != _OCTETS:
+    if hash_name is None or tag != der.OCTET_STRING:
         return None
     tag, key_start, key_end = der.read(data, name_end, end)
-    if tag != _OCTETS:
+    if tag != der.OCTET_STRING:
         return None
     tag, serial_start, serial_end = der.read(data, key_end, end)
-    if tag != _INTEGER or serial_end != end or serial_start == serial_end:
+    if tag != der.INTEGER or serial_end != end:
         return None
-    serial_octets = data[serial_start:serial_end]
-    if serial_octets[0] & 0x80 or (len(serial_octets) > 1 and serial_octets[0] == 0
-                                   and not serial_octets[1] & 0x80):
-        return None  # negative or non-minimal: asn1crypto decides
-    return RequestedCert(hash_name, data[name_start:name_end], data[key_start:key_end],
-                         int.from_bytes(serial_octets, "big"), data[begin:end])
+    serial = der.read_unsigned(data[serial_start:serial_end])
+    if serial is None:
+        return None  # empty, negative or non-minimal: asn1crypto decides
+    return RequestedCert(hash_name, data[name_start:name_end], data[key_start:key_end], serial,
+                         data[begin:end])
 
 
 def _read_nonce_only(data: bytes, pos: int, end: int) -> bytes | None:
@@ -132,19 +131,19 @@ def _read_nonce_only(data: bytes, pos: int, end: int) -> bytes | None:
     if tag != _REQUEST_EXTENSIONS or outer_end != end:
         return None
     tag, start, list_end = der.read(data, start, end)
-    if tag != _SEQUENCE or list_end != end:
+    if tag != der.SEQUENCE or list_end != end:
         return None
     tag, start, ext_end = der.read(data, start, end)
-    if tag != _SEQUENCE or ext_end != end:
+    if tag != der.SEQUENCE or ext_end != end:
         return None
     tag, oid_start, oid_end = der.read(data, start, end)
     if data[start:oid_end] != _NONCE_OID:
         return None
     tag, value_start, value_end = der.read(data, oid_end, end)
-    if tag != _OCTETS or value_end != end:
+    if tag != der.OCTET_STRING or value_end != end:
         return None  # a critical flag comes first: asn1crypto decides
     tag, inner_start, inner_end = der.read(data, value_start, value_end)
-    if tag != _OCTETS or inner_end != value_end:
+    if tag != der.OCTET_STRING or inner_end != value_end:
         return None
     _check_nonce_length(inner_end - inner_start)
     return data[value_start:value_end]

@@ -66,3 +66,20 @@ def test_reading_refuses_what_der_forbids() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad[:6].hex()}")
+
+
+@given(st.binary(max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_read_unsigned_takes_exactly_the_der_non_negative_integers(contents: bytes) -> None:
+    value = der.read_unsigned(contents)
+    if value is None:
+        assert not contents or contents[0] & 0x80 or der.integer(
+            int.from_bytes(contents, "big", signed=True)) != der.tlv(der.INTEGER, contents)
+    else:
+        assert value >= 0 and der.integer(value) == der.tlv(der.INTEGER, contents)
+
+
+def test_read_unsigned_at_the_octet_boundaries() -> None:
+    for boundary in (0, 1, 127, 128, 255, 256, 2 ** 63):
+        assert der.read_unsigned(der.integer(boundary)[2:]) == boundary
+    assert der.read_unsigned(b"\x00\x7f") is None and der.read_unsigned(b"\x80") is None

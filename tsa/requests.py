@@ -25,7 +25,6 @@ __all__ = ["DIGEST_SIZES", "MAX_NONCE_OCTETS", "Rejected", "RequestReader", "Tsa
 # RFC 3161 imprint hashes by asn1crypto name, with their digest sizes
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 MAX_NONCE_OCTETS = 32  # far above the 64-bit nonces clients send; bounds what we echo
-_SEQUENCE, _INTEGER, _OCTETS, _OID, _BOOLEAN = 0x30, 0x02, 0x04, 0x06, 0x01
 _VERSION_1 = b"\x01"
 _TRUE = b"\xff"
 
@@ -59,7 +58,7 @@ class RequestReader:
         self.hashes = tuple(hashes)
         self.policies = frozenset(policies)
         self._algorithms = {  # AlgorithmIdentifier DER without parameters and with NULL
-            der.tlv(_SEQUENCE, asn1_algos.DigestAlgorithmId(name).dump(), null): name
+            der.tlv(der.SEQUENCE, asn1_algos.DigestAlgorithmId(name).dump(), null): name
             for name in self.hashes for null in (b"", b"\x05\x00")}
         self._policy_oids = {asn1_core.ObjectIdentifier(policy).dump(): policy
                              for policy in self.policies}
@@ -74,38 +73,36 @@ class RequestReader:
         """The request if it has the common shape (module docstring), else None."""
         try:
             tag, pos, end = der.read(data, 0, len(data))
-            if tag != _SEQUENCE or end != len(data):
+            if tag != der.SEQUENCE or end != len(data):
                 return None
             tag, start, pos = der.read(data, pos, end)
-            if tag != _INTEGER or data[start:pos] != _VERSION_1:
+            if tag != der.INTEGER or data[start:pos] != _VERSION_1:
                 return None
             imprint_start = pos
             tag, start, imprint_end = der.read(data, pos, end)
-            if tag != _SEQUENCE:
+            if tag != der.SEQUENCE:
                 return None
             tag, _, algorithm_end = der.read(data, start, imprint_end)
             algorithm = self._algorithms.get(data[start:algorithm_end])
             tag, digest_start, digest_end = der.read(data, algorithm_end, imprint_end)
-            if algorithm is None or tag != _OCTETS or digest_end != imprint_end or \
+            if algorithm is None or tag != der.OCTET_STRING or digest_end != imprint_end or \
                     digest_end - digest_start != DIGEST_SIZES[algorithm]:
                 return None
             policy = nonce = None
             cert_req = False
             pos = imprint_end
-            if pos < end and data[pos] == _OID:
+            if pos < end and data[pos] == der.OID:
                 _, _, oid_end = der.read(data, pos, end)
                 policy = self._policy_oids.get(data[pos:oid_end])
                 if policy is None:
                     return None
                 pos = oid_end
-            if pos < end and data[pos] == _INTEGER:
+            if pos < end and data[pos] == der.INTEGER:
                 _, start, pos = der.read(data, pos, end)
-                octets = data[start:pos]
-                if not octets or len(octets) > MAX_NONCE_OCTETS or octets[0] & 0x80 or \
-                        (len(octets) > 1 and octets[0] == 0 and not octets[1] & 0x80):
+                nonce = der.read_unsigned(data[start:pos])
+                if nonce is None or pos - start > MAX_NONCE_OCTETS:
                     return None  # empty, long, negative or non-minimal: asn1crypto decides
-                nonce = int.from_bytes(octets, "big")
-            if pos < end and data[pos] == _BOOLEAN:
+            if pos < end and data[pos] == der.BOOLEAN:
                 _, start, pos = der.read(data, pos, end)
                 if data[start:pos] != _TRUE:  # FALSE is the DEFAULT: DER leaves it out
                     return None
