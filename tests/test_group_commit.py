@@ -100,17 +100,7 @@ def test_a_leader_interrupted_mid_transaction_leaves_no_caller_believing_it_comm
         if len(log.batches) == 2:  # the second transaction: 1 and 2 together
             raise KeyboardInterrupt
 
-    committer = GroupCommitter(transaction)
-    log.hold.clear()
-    errors: dict[int, BaseException] = {}
-    first = _submit_in_thread(committer, 0, errors)
-    assert log.entered.wait(5)
-    others = [_submit_in_thread(committer, i, errors) for i in (1, 2)]
-    while len(committer._pending) < 2:  # noqa: SLF001 - both queued behind 0
-        threading.Event().wait(0.01)
-    log.hold.set()
-    for thread in (first, *others):
-        thread.join(10)
+    errors = _behind_a_held_leader(log, GroupCommitter(transaction), [1, 2])
     assert 0 not in errors and log.batches == [[0], [1, 2]]
     leader, follower = sorted((1, 2), key=lambda i: isinstance(errors[i], KeyboardInterrupt),
                               reverse=True)
@@ -129,17 +119,7 @@ def test_an_interrupted_retry_leaves_the_records_after_it_unrecorded() -> None:
         if items == [1]:
             raise SystemExit
 
-    committer = GroupCommitter(transaction)
-    log.hold.clear()
-    errors: dict[int, BaseException] = {}
-    first = _submit_in_thread(committer, 0, errors)
-    assert log.entered.wait(5)
-    others = [_submit_in_thread(committer, i, errors) for i in (1, 2, 3)]
-    while len(committer._pending) < 3:  # noqa: SLF001 - all queued behind 0
-        threading.Event().wait(0.01)
-    log.hold.set()
-    for thread in (first, *others):
-        thread.join(10)
+    errors = _behind_a_held_leader(log, GroupCommitter(transaction), [1, 2, 3])
     assert 0 not in errors and log.batches[0] == [0]
     interrupted = [i for i in (1, 2, 3) if isinstance(errors.get(i), SystemExit)]
     assert len(interrupted) == 1  # the leader of the second transaction
