@@ -204,7 +204,7 @@ print(count / 1.5)
 
 @contextmanager
 def _ceiling_server() -> Iterator[str]:
-    """The reference: the same gunicorn stack (WORKERS x 4 threads, per-worker sockets)
+    """The reference: the same gunicorn stack (WORKERS gevent workers, per-worker sockets)
     answering a constant 1.5 kB body through Flask; yields its URL."""
     port = _free_port()
     code = (f"from cli.serve import serve; from bench.constant_app import create_app; "

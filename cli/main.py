@@ -21,7 +21,7 @@ from ca.errors import TincayError
 from ca.settings import REPO_ROOT
 from cli.context import AppContext
 from cli.output import emit, emit_one, progress
-from cli.params import DurationType
+from cli.params import WORKER_CLASSES, DurationType
 
 DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
 _FORMATS = click.Choice(["pem", "der"])
@@ -132,13 +132,15 @@ def demo(as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes [CPU count].")
+@click.option("--worker-class", type=click.Choice(WORKER_CLASSES), default="gevent",
+              show_default=True, help="Requests on greenlets (gevent) or threads (gthread).")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Threads per worker.")
+              help="Threads per gthread worker.")
 @click.option("--maintenance-interval", type=DurationType(), default="5m", show_default=True,
               help="How often the maintenance process publishes due CRLs and OCSP answers.")
 @click.option("--no-maintenance", is_flag=True,
               help="Serve only (another host runs tincay maintain).")
-def serve(host: str, port: int, workers: int | None, threads: int,
+def serve(host: str, port: int, workers: int | None, worker_class: str, threads: int,
           maintenance_interval: timedelta, no_maintenance: bool) -> None:
     """Serve OCSP, CRLs and CA certificates over HTTP under gunicorn, with a maintenance
     process that keeps CRLs and pre-produced OCSP answers fresh."""
@@ -149,7 +151,8 @@ def serve(host: str, port: int, workers: int | None, threads: int,
     app.close()
     progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
     run_server(host, port, workers, threads,
-               maintenance=None if no_maintenance else maintenance_interval)
+               maintenance=None if no_maintenance else maintenance_interval,
+               worker_class=worker_class)
 
 
 # --- CAs ------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import click
 
 from ca.durations import parse_duration
 
+WORKER_CLASSES = ("gevent", "gthread")  # the gunicorn workers cli/serve.py runs
+
 
 class DurationType(click.ParamType):
     """``7d``, ``12h``, ``1d12h``, ``90m`` (ca/durations.py); with ``allow_off``, ``off``."""

@@ -5,6 +5,7 @@ import datetime as dt
 import os
 import secrets
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -87,6 +88,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tincay.db'}"
         return
+    with postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server, dropped afterwards (skips without one)."""
     if not POSTGRES_URL:
         pytest.skip("TINCAY_TEST_POSTGRES_URL is not set (make test starts a PostgreSQL server)")
     from sqlalchemy import create_engine, text

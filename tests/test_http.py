@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,7 @@ from ca.hierarchy import load_hierarchy
 from ca.service import CertificateAuthorityService
 from ca.store.db import create_engine_for, make_session_factory, migrate
 from cli.app import create_app
+from tests.conftest import postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 11, 24, 8, 0, 0, tzinfo=dt.timezone.utc)
@@ -78,19 +80,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
-    env["TINCAY_HOME"] = str(tmp_path / "home")
-    env["TINCAY_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
-    subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2",
-                               "--maintenance-interval", "1s"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+def served_demo(request: pytest.FixtureRequest, tmp_path: Path
+                ) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """The demo hierarchy under ``tincay serve``: gevent workers and SQLite, the defaults,
+    unless the test asks (``indirect`` parametrization) for "gthread" workers or for
+    "gevent+postgres", a database on the test PostgreSQL server."""
+    worker_class, _, database = getattr(request, "param", "gevent").partition("+")
+    with ExitStack() as stack:
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
+        env["TINCAY_HOME"] = str(tmp_path / "home")
+        env["TINCAY_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
+        if database == "postgres":
+            env["TINCAY_DATABASE_URL"] = stack.enter_context(postgres_database())
+        subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
+        log = stack.enter_context((tmp_path / "serve.log").open("wb"))
+        server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2",
+                                   "--maintenance-interval", "1s", "--worker-class", worker_class],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        stack.callback(server.wait, timeout=30)
+        stack.callback(server.terminate)
+        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -101,10 +112,6 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
                     raise AssertionError((tmp_path / "serve.log").read_text())
                 time.sleep(0.1)
         yield base, tmp_path / "home", env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.softhsm
@@ -135,6 +142,7 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
                             capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"cannot serve on 127.0.0.1:{port}" in second.stderr
     urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
+    assert "Using worker: gevent" in (home.parent / "serve.log").read_text()  # the default
 
 
 @pytest.mark.softhsm
@@ -185,6 +193,7 @@ def test_latest_crl_is_served_until_its_next_update(client) -> None:
 
 
 @pytest.mark.softhsm
+@pytest.mark.parametrize("served_demo", ["gevent", "gthread"], indirect=True)
 def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict[str, str]],
                                               tmp_path: Path) -> None:
     """OpenSSL as the client of the real server: the HSM-held responder key signs in the
@@ -223,6 +232,9 @@ def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict
 
 
 @pytest.mark.softhsm
+@pytest.mark.parametrize("served_demo", [
+    "gevent", "gthread", pytest.param("gevent+postgres", marks=pytest.mark.postgres)],
+    indirect=True)
 def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dict[str, str]],
                                                tmp_path: Path) -> None:
     """200 time-stamp requests from 8 threads against 2 gunicorn workers (each its own HSM

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ca.errors import ConfigurationError, StoreError
+from ca.greenlets import gevent_patched
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -47,7 +48,20 @@ def create_engine_for(url: str) -> Engine:
         raise ConfigurationError(f"TINCAY_DATABASE_URL: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.driver == "psycopg2" and gevent_patched():
+        _wait_for_postgres_cooperatively()
     return engine
+
+
+def _wait_for_postgres_cooperatively() -> None:
+    """Under gevent, have psycopg2 wait for the server through ``select()``, which gevent
+    turned into a wait on its event loop: a worker's other requests go on while one waits for
+    PostgreSQL (across a network, a round trip would otherwise stall the whole worker). This is
+    psycopg2's own mechanism for coroutine libraries; the setting is per process."""
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

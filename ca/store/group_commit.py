@@ -11,6 +11,12 @@ can do the work itself, so no thread is woken per batch and nothing needs restar
 fork. (Measured under wrk it serves as many tokens/s as the writer thread did. What the log
 costs the TSA is less the database's work, 60-90 us a commit, than the hand-offs between the
 waiting threads: each wake-up is a context switch and a GIL hand-over.)
+
+Under gevent (``tincay serve``'s default worker) the callers are greenlets of one thread and a
+transaction blocks them all, so a leader that committed at once would always commit alone.
+Instead each caller first yields once: every request whose reply is ready gets as far as queueing
+its record, and the first of them commits the lot. No thread wakes anyone; measured on 2 cores,
+this served 1.3-1.5x the tokens/s of gthread workers with the same log.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import time
 from typing import Callable, Generic, TypeVar
 
 from ca.errors import StoreError
+from ca.greenlets import yield_to_ready_greenlets
 
 T = TypeVar("T")
 Transaction = Callable[[list[T]], None]
@@ -57,6 +64,7 @@ class GroupCommitter(Generic[T]):
         deadline = time.monotonic() + self._timeout
         with self._changed:
             self._pending.append(entry)
+        yield_to_ready_greenlets()
         while not entry.done:
             batch = self._lead_or_wait(entry, deadline)
             if batch is not None:
