@@ -24,6 +24,7 @@ from ca.service import CertificateAuthorityService
 repository = Blueprint("repository", __name__)
 CA_CERT_MAX_AGE = timedelta(hours=1)
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CLOSE = ("Connection", "close")
 
 
 def service() -> CertificateAuthorityService:
@@ -46,12 +47,17 @@ def cacheable(body: bytes, mimetype: str, last_modified: datetime, max_age: time
     return response
 
 
+Refusal = tuple  # (status, text, *headers): the arguments of plain()
+
+
 def read_protocol_body(environ: dict, content_type: str, limit: int, what: str
-                       ) -> bytes | tuple[int, str]:
+                       ) -> bytes | Refusal:
     """The body of a DER protocol POST (OCSP, RFC 3161) from the WSGI ``environ``, or the
-    HTTP refusal a client gets before the protocol layer sees anything, as (status, text):
-    415 for another Content-Type (parameters and case ignored), 413 past ``limit`` (checked
-    on the header first, then on what was read, for chunked uploads)."""
+    HTTP refusal a client gets before the protocol layer sees anything, as the arguments of
+    :func:`plain`: 415 for another Content-Type (parameters and case ignored), 413 past
+    ``limit`` (checked on the header first, then on what was read, for chunked uploads), 400
+    for a body that broke off (the client closed early or garbled the chunking: no protocol
+    answer, and ``Connection: close``, since the rest of the stream cannot be framed)."""
     media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
     if media_type != content_type:
         return 415, f"Content-Type must be {content_type}"
@@ -62,8 +68,14 @@ def read_protocol_body(environ: dict, content_type: str, limit: int, what: str
         length = -1
     if length > limit:
         return too_large
-    body = get_input_stream(environ, max_content_length=None).read(
-        length if length >= 0 else limit + 1)
+    try:
+        body = get_input_stream(environ, max_content_length=None).read(
+            length if length >= 0 else limit + 1)
+    except Exception:  # noqa: BLE001 - each server has its own (OSError, werkzeug's
+        # ClientDisconnected, gunicorn's ParseException): all say the upload broke off
+        return 400, "the body broke off before its end", _CLOSE
+    if len(body) < length:
+        return 400, f"the body ended after {len(body)} of its {length} bytes", _CLOSE
     return too_large if len(body) > limit else body
 
 

@@ -132,8 +132,8 @@ def demo(as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes [CPU count].")
-@click.option("--worker-class", type=click.Choice(WORKER_CLASSES), default="gevent",
-              show_default=True, help="Requests on greenlets (gevent) or threads (gthread).")
+@click.option("--worker-class", type=click.Choice(WORKER_CLASSES), default=WORKER_CLASSES[0],
+              show_default=True, help="gunicorn workers: requests on greenlets or threads.")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Threads per gthread worker.")
 @click.option("--maintenance-interval", type=DurationType(), default="5m", show_default=True,

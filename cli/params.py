@@ -8,7 +8,7 @@ import click
 
 from ca.durations import parse_duration
 
-WORKER_CLASSES = ("gevent", "gthread")  # the gunicorn workers cli/serve.py runs
+WORKER_CLASSES = ("gevent_pywsgi", "gthread")  # the gunicorn workers cli/serve.py runs
 
 
 class DurationType(click.ParamType):

@@ -1,14 +1,16 @@
 """Run the app under gunicorn: the production server, also what ``make run`` starts.
 
 Each worker is a process with its own PKCS#11 session, which is how HSM signing scales. Within
-a worker, requests run on gevent greenlets by default: measured on 2 cores with wrk against
-gthread workers (2 x 4 threads, which beat sync workers by about 20%, DESIGN.md 5), the constant
-body ceiling was level or up to 1.1x, pre-produced OCSP 1.0-1.3x, nonce OCSP 1.0-1.25x and
-time-stamps 1.3-1.5x (the token log commits a batch of greenlets' records with no thread
-hand-offs, ca/store/group_commit.py). Nothing blocks for long in a request: HSM signatures take
-microseconds to a millisecond and the database is SQLite or a PostgreSQL server that psycopg2
-waits for cooperatively (ca/store/db.py). ``worker_class="gthread"`` remains for operators
-whose database or HSM answers slowly.
+a worker, requests run as greenlets under gevent's WSGI server (gunicorn's ``gevent_pywsgi``
+worker). Measured on 2 cores with wrk, two servers side by side and alternated: against gthread
+workers (2 x 4 threads, which beat sync workers by about 20%, DESIGN.md 5) gunicorn's own
+gevent worker gave 1.03x on the constant-body ceiling, 1.08x on pre-produced OCSP, 1.14x on
+nonce OCSP and 1.39x on time-stamps; gevent_pywsgi, which parses HTTP faster than gunicorn's
+parser, gave a further 1.23x, 1.34x, 1.17x and 1.23x over that. Time-stamps gain most because
+concurrent tokens then share a commit with no thread hand-offs (ca/store/group_commit.py).
+Nothing in a request blocks for long: an HSM signature takes microseconds to a millisecond and
+psycopg2 waits for PostgreSQL cooperatively (ca/store/db.py). ``worker_class="gthread"`` is
+there for a database or HSM that answers slowly.
 
 Each worker listens on its own SO_REUSEPORT socket (gunicorn's reuse_port), so the kernel
 spreads new connections across the workers. On one shared socket the workers race to accept,
@@ -57,7 +59,7 @@ class TincayServer(BaseApplication):
 
 
 def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
-          maintenance: timedelta | None = None, worker_class: str = "gevent",
+          maintenance: timedelta | None = None, worker_class: str = WORKER_CLASSES[0],
           app_factory: Callable[[], Any] | None = None) -> None:
     """Serve until interrupted; workers default to the CPU count, ``threads`` counts for
     gthread workers only.

@@ -84,8 +84,8 @@ def served_demo(request: pytest.FixtureRequest, tmp_path: Path
                 ) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """The demo hierarchy under ``tincay serve``: gevent workers and SQLite, the defaults,
     unless the test asks (``indirect`` parametrization) for "gthread" workers or for
-    "gevent+postgres", a database on the test PostgreSQL server."""
-    worker_class, _, database = getattr(request, "param", "gevent").partition("+")
+    "gevent_pywsgi+postgres", a database on the test PostgreSQL server."""
+    worker_class, _, database = getattr(request, "param", "gevent_pywsgi").partition("+")
     with ExitStack() as stack:
         port = _free_port()
         env = {k: v for k, v in os.environ.items()
@@ -142,7 +142,7 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
                             capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"cannot serve on 127.0.0.1:{port}" in second.stderr
     urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
-    assert "Using worker: gevent" in (home.parent / "serve.log").read_text()  # the default
+    assert "Using worker: gevent_pywsgi" in (home.parent / "serve.log").read_text()  # the default
 
 
 @pytest.mark.softhsm
@@ -193,7 +193,7 @@ def test_latest_crl_is_served_until_its_next_update(client) -> None:
 
 
 @pytest.mark.softhsm
-@pytest.mark.parametrize("served_demo", ["gevent", "gthread"], indirect=True)
+@pytest.mark.parametrize("served_demo", ["gevent_pywsgi", "gthread"], indirect=True)
 def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict[str, str]],
                                               tmp_path: Path) -> None:
     """OpenSSL as the client of the real server: the HSM-held responder key signs in the
@@ -233,7 +233,7 @@ def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("served_demo", [
-    "gevent", "gthread", pytest.param("gevent+postgres", marks=pytest.mark.postgres)],
+    "gevent_pywsgi", "gthread", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
     indirect=True)
 def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dict[str, str]],
                                                tmp_path: Path) -> None:
@@ -279,3 +279,67 @@ def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dic
                                        env=env, check=True, capture_output=True,
                                        timeout=60).stdout)
     assert {int(row["serial"], 16) for row in logged} == serials
+
+
+def _raw_http(base: str, message: bytes, half_close: bool = False) -> bytes:
+    """What the server answers to ``message`` sent as is on a fresh connection (with
+    ``half_close``, the client then shuts its side, as one that gave up mid-upload)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(message)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+@pytest.mark.softhsm
+@pytest.mark.parametrize("served_demo", ["gevent_pywsgi", "gthread"], indirect=True)
+def test_bad_input_over_real_http(served_demo: tuple[str, Path, dict[str, str]]) -> None:
+    """The refusals tests/test_ocsp.py and tests/test_tsa.py check through Flask's client, here
+    through each gunicorn worker class: HTTP errors where the message is not a request of the
+    protocol, protocol errors where it is; no 500, no traceback in the log, and the server
+    answers on."""
+    from ocsp.http import MAX_REQUEST_BYTES
+    from tsa.core import TimeStampResp
+
+    base, home, _ = served_demo
+    malformed = bytes.fromhex("3003 0a01 01")  # OCSPResponse, status malformedRequest
+
+    def post(path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(base + path, data=body, method="POST",
+                                         headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
+
+    ocsp_type, tsa_type = "application/ocsp-request", "application/timestamp-query"
+    assert post("/ocsp", b"", ocsp_type) == (200, malformed)
+    assert post("/ocsp", bytes(range(7, 250)), ocsp_type) == (200, malformed)
+    assert post("/ocsp", b"0", "text/plain")[0] == 415
+    assert post("/ocsp", b"0" * (MAX_REQUEST_BYTES + 1), ocsp_type)[0] == 413
+    with urllib.request.urlopen(f"{base}/ocsp/%21%21%21%21", timeout=10) as reply:
+        assert reply.read() == malformed
+    status, body = post("/tsa", b"\x30\x03\x02\x01\x01", tsa_type)
+    rejected = TimeStampResp.load(body)["status"]
+    assert status == 200 and rejected["status"].native == "rejection"
+    assert rejected["fail_info"].native == {"bad_data_format"}
+
+    for path, content_type in (("/ocsp", ocsp_type), ("/tsa", tsa_type)):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n".encode()
+        truncated = _raw_http(base, head + b"Content-Length: 100\r\n\r\n0\x81", half_close=True)
+        assert truncated.startswith(b"HTTP/1.1 400"), truncated
+        bad_chunk = _raw_http(base, head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n0\r\n\r\n")
+        assert bad_chunk.startswith(b"HTTP/1.1 400"), bad_chunk
+    assert _raw_http(base, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+    urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
+    log = (home.parent / "serve.log").read_text()
+    assert "Traceback" not in log and "Internal Server Error" not in log, log
