@@ -158,7 +158,17 @@ class _EntryEncoder:
             if len(self._extensions) > 65536:
                 self._extensions.clear()
             extensions = self._extensions[key] = self._encode_extensions(reason, invalidity)
-        return der.tlv(0x30, der.integer(serial), _time_der(revoked), extensions)
+        try:
+            time = der.time_from_digits(revoked)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise IssuanceError(str(exc)) from None
+        # the INTEGER's contents: a positive serial's magnitude with room for a sign bit
+        magnitude = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+        length = 2 + len(magnitude) + len(time) + len(extensions)
+        if length < 0x80:  # every real entry: one-octet lengths, framed in one step
+            return bytes((der.SEQUENCE, length, der.INTEGER, len(magnitude))) + magnitude \
+                + time + extensions
+        return der.tlv(der.SEQUENCE, der.tlv(der.INTEGER, magnitude), time, extensions)
 
     def _encode_extensions(self, reason: str | None, invalidity: str | None) -> bytes:
         extensions = []
@@ -180,14 +190,6 @@ def _digits(value: datetime | None) -> str | None:
     if value is None:
         return None
     return ensure_utc(value).strftime("%Y%m%d%H%M%S")
-
-
-def _time_der(digits: str) -> bytes:
-    """What ``_time(value).dump()`` gives, from the database's digits."""
-    try:
-        return der.time_from_digits(digits)
-    except ValueError as exc:
-        raise IssuanceError(str(exc)) from None
 
 
 def _time(value: datetime) -> asn1_x509.Time:

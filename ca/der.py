@@ -54,11 +54,11 @@ def generalized_time(value: datetime) -> bytes:
 def time_from_digits(digits: str) -> bytes:
     """An RFC 5280 Time from UTC digits ``YYYYMMDDHHMMSS``: UTCTime through 2049,
     GeneralizedTime from 2050 (5.1.2.4). ValueError for anything else."""
-    if len(digits) != 14 or not digits.isdigit():
+    if len(digits) != 14 or not (digits.isascii() and digits.isdigit()):
         raise ValueError(f"not a UTC time in YYYYMMDDHHMMSS digits: {digits!r}")
-    if digits < "2050":
-        return tlv(0x17, f"{digits[2:]}Z".encode())
-    return tlv(0x18, f"{digits}Z".encode())
+    if digits < "2050":  # the tag and length octets of 13 and 15 characters, written out
+        return b"\x17\x0d" + digits[2:].encode() + b"Z"
+    return b"\x18\x0f" + digits.encode() + b"Z"
 
 
 def read(data: bytes, pos: int, end: int) -> tuple[int, int, int]:

@@ -215,6 +215,22 @@ def test_entry_encoding_matches_asn1crypto(serial: int) -> None:
     assert encoder.encode(stored) == reference
 
 
+def test_entry_past_short_lengths_matches_asn1crypto() -> None:
+    """An entry over 127 octets (no certificate serial is that long, but a database can hold
+    anything) takes the general framing, still exactly asn1crypto's."""
+    from asn1crypto import crl as asn1_crl
+
+    from ca.crl import StoredRevocation, _EntryEncoder
+
+    serial = 2 ** 1000 + 12345
+    reference = asn1_crl.RevokedCertificate({
+        "user_certificate": serial, "revocation_date": {"utc_time": NOW},
+        "crl_entry_extensions": [{"extn_id": "crl_reason", "extn_value": "superseded"}]}).dump()
+    assert len(reference) > 0x80
+    stored = StoredRevocation(format(serial, "x"), NOW.strftime("%Y%m%d%H%M%S"), "superseded")
+    assert _EntryEncoder(delta=False).encode(stored) == reference
+
+
 def test_publication_on_both_databases(database_url: str, tmp_path: Path) -> None:
     """The store streams times as digits formatted by SQLite or PostgreSQL; across 2050 too."""
     late = dt.datetime(2051, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)

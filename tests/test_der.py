@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from asn1crypto import core as asn1_core
 from asn1crypto import x509 as asn1_x509
 from hypothesis import given, settings
@@ -37,6 +38,13 @@ def test_times(value: dt.datetime) -> None:
     digits = value.strftime("%Y%m%d%H%M%S")
     choice = "utc_time" if value.year < 2050 else "general_time"
     assert der.time_from_digits(digits) == asn1_x509.Time({choice: value}).dump()
+
+
+@pytest.mark.parametrize("digits", ["2026112410300", "202611241030000", "2026-11-24 10:3",
+                                    "2026112410300\u0661", "\u00b2026112410300"])
+def test_times_refuse_what_are_not_fourteen_ascii_digits(digits: str) -> None:
+    with pytest.raises(ValueError):
+        der.time_from_digits(digits)
 
 
 @given(st.integers(min_value=0, max_value=70_000), st.binary(max_size=3))

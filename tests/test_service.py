@@ -600,6 +600,29 @@ def test_hot_statements_see_every_commit_and_survive_a_dropped_connection(
     assert [r["serial"] for r in service.timestamp_log()] == ["2", "1"]
 
 
+def test_stream_rows_streams_plain_tuples_in_the_transaction(world: World) -> None:
+    """ca.store.hot.stream_rows (a CRL's entries): every row, in order, across many batches,
+    inside the caller's transaction (it sees that transaction's own uncommitted rows; on
+    PostgreSQL through a server-side cursor); a statement whose types need processing is
+    refused rather than read wrong."""
+    from sqlalchemy import insert, literal_column, select
+
+    from ca.store.hot import stream_rows
+    from ca.store.models import AuditEvent
+
+    with world.service.read() as session, session.begin():
+        session.execute(insert(AuditEvent), [
+            {"at": NOW, "action": "test.stream", "details": f"{i:05d}"} for i in range(257)])
+        statement = (select(AuditEvent.details, literal_column("7"))
+                     .where(AuditEvent.action == "test.stream").order_by(AuditEvent.details))
+        rows = list(stream_rows(session.connection(), statement, batch=10))
+        assert rows == [(f"{i:05d}", 7) for i in range(257)]
+        assert all(type(row) is tuple for row in rows)  # the driver's own, no Row objects
+        with pytest.raises(ValueError, match="without type processing"):
+            next(stream_rows(session.connection(), select(AuditEvent.at), batch=10))
+        session.rollback()
+
+
 def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:
     import secrets
     import threading

@@ -20,16 +20,19 @@ only rolls back: it is the caller's to explain.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from sqlalchemy import Engine, Select, Table, insert
+from sqlalchemy import Connection, Engine, Select, Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ca.errors import StoreError
 
-__all__ = ["HotInsert", "HotQuery"]
+__all__ = ["HotInsert", "HotQuery", "stream_rows"]
+
+_STREAMS = itertools.count()  # names of PostgreSQL server-side cursors
 
 
 class _KeptConnections:
@@ -171,6 +174,37 @@ class HotInsert:
 
     def close(self) -> None:
         self._connections.close()
+
+
+def stream_rows(connection: Connection, statement: Select, batch: int) -> Iterator[tuple]:
+    """The rows of ``statement`` as the driver returns them, ``batch`` at a time, on
+    ``connection`` and in its transaction; on PostgreSQL through a named (server-side) cursor,
+    so the client never holds more than a batch.
+
+    For the million-row reads (a CRL's entries): SQLAlchemy's streaming Result makes a Row of
+    each tuple, about a microsecond a row, 12% of a million-entry CRL. The statement's
+    parameters and columns must need no type processing (integers, strings): ValueError
+    otherwise, since here nothing would apply it.
+    """
+    dialect = connection.dialect
+    compiled = statement.compile(dialect=dialect)
+    types = [bind.type for bind in compiled.binds.values()]
+    if any(t.dialect_impl(dialect).bind_processor(dialect) for t in types) or any(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.selected_columns):
+        raise ValueError("stream_rows is for statements without type processing")
+    params = compiled.construct_params()
+    bound = tuple(params[name] for name in compiled.positiontup or ()) \
+        if compiled.positional else params
+    driver = connection.connection.driver_connection
+    cursor = driver.cursor(f"tincay_stream_{next(_STREAMS)}") \
+        if dialect.name == "postgresql" else driver.cursor()
+    try:
+        cursor.execute(compiled.string, bound)
+        while rows := cursor.fetchmany(batch):
+            yield from rows
+    finally:
+        cursor.close()
 
 
 def _invalidate(fairy: Any) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ca.crl import StoredRevocation
 from ca.errors import AlreadyExistsError, NotFoundError
 from ca.hierarchy import PublicationSettings
-from ca.store.hot import HotInsert, HotQuery
+from ca.store.hot import HotInsert, HotQuery, stream_rows
 from ca.timestamps import TimestampRecord
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
                              Authority, Certificate, CrlRecord, OcspResponse, ServiceUnit,
@@ -239,15 +239,13 @@ def revoked_entries(session: Session, issuer: Authority,
     tuples in the shape of :class:`StoredRevocation`, streamed in batches (server-side cursor on
     PostgreSQL) as plain strings, so a million-entry CRL never materialises a million ORM
     objects or datetimes."""
-    # Core, not ORM, execution: rows come back as plain tuples without per-row ORM loading
-    result = session.connection().execute(
-        select(Certificate.serial_hex, utc_digits(Certificate.revoked_at),
-               Certificate.revocation_reason, utc_digits(Certificate.invalidity_date))
+    # the driver's own tuples, not ORM objects nor even Core Rows (ca/store/hot.py)
+    return stream_rows(session.connection(), select(
+        Certificate.serial_hex, utc_digits(Certificate.revoked_at),
+        Certificate.revocation_reason, utc_digits(Certificate.invalidity_date))
         .where(Certificate.issuer_id == issuer.id, Certificate.status == REVOKED)
-        .order_by(Certificate.serial_hex)  # the covering index's order: no sort
-        .execution_options(stream_results=True))  # this statement only, not the connection
-    while rows := result.fetchmany(batch):
-        yield from rows  # type: ignore[misc]
+        .order_by(Certificate.serial_hex),  # the covering index's order: no sort
+        batch)  # type: ignore[return-value]
 
 
 def next_crl_number(session: Session, issuer: Authority) -> int:
