@@ -153,15 +153,17 @@ class TimeStampAuthority:
         self._gen_time_step = 10 ** (6 - policy.fraction_digits)  # in microseconds
         self._last = datetime.min.replace(tzinfo=timezone.utc)
         self._lock = threading.Lock()
+        self._hash_of = getattr(hashlib, self.hash)  # hashlib.sha256: a third faster than new()
 
-    def respond(self, request_der: bytes) -> TsaResult:
-        """Answer one request; a rejection for anything refused, never an exception."""
+    def respond(self, request_der: bytes, requester: str | None = None) -> TsaResult:
+        """Answer one request; a rejection for anything refused, never an exception.
+        ``requester`` (the client's address) goes into the granted token's record."""
         try:
             request = self.parse(request_der)
             gen_time = self._gen_time()
             token = TimestampRecord(self.unit.name, self.serials(), gen_time, request.algorithm,
                                     request.digest, request.policy or self.default_policy,
-                                    request.nonce)
+                                    request.nonce, requester)
             if not self._valid[0] <= gen_time <= self._valid[1]:
                 raise Rejected("systemFailure", "the TSA certificate is not valid now")
             return TsaResult(self._granted(request, token), granted=token)
@@ -202,7 +204,7 @@ class TimeStampAuthority:
         encoder = self._encoder
         tst_info = encoder.tst_info(token.policy, request.imprint, token.serial,
                                     token.gen_time, token.nonce)
-        signed = encoder.signed_attributes(hashlib.new(self.hash, tst_info).digest())
+        signed = encoder.signed_attributes(self._hash_of(tst_info).digest())
         signature = signing.sign(self.unit.key, signed, self.hash)
         return encoder.response(tst_info, signed, signature, request.cert_req)
 

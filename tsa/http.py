@@ -9,7 +9,6 @@ holds a token the operator cannot account for.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from typing import Callable, Mapping
@@ -126,12 +125,11 @@ class TsaEndpoint(ProtocolEndpoint):
                                   "time-stamp requests")
         if isinstance(body, tuple):
             return plain(*body)
-        result = self.authority.respond(body)
+        result = self.authority.respond(body, environ.get("REMOTE_ADDR"))
         if result.granted is not None:
             token = result.granted
             try:
-                self.service.record_timestamp(
-                    dataclasses.replace(token, requester=environ.get("REMOTE_ADDR")))
+                self.service.record_timestamp(token)
             except (TincayError, SQLAlchemyError) as exc:
                 log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
                 return "200 OK", _REPLY_HEADERS, rejection("systemFailure",
