@@ -2,12 +2,12 @@
 
 Each worker is a process with its own PKCS#11 session, which is how HSM signing scales. Within
 a worker, requests run as greenlets under gevent's WSGI server (gunicorn's ``gevent_pywsgi``
-worker). Measured on 2 cores with wrk, two servers side by side and alternated: against gthread
-workers (2 x 4 threads, which beat sync workers by about 20%, DESIGN.md 5) gunicorn's own
-gevent worker gave 1.03x on the constant-body ceiling, 1.08x on pre-produced OCSP, 1.14x on
-nonce OCSP and 1.39x on time-stamps; gevent_pywsgi, which parses HTTP faster than gunicorn's
-parser, gave a further 1.23x, 1.34x, 1.17x and 1.23x over that. Time-stamps gain most because
-concurrent tokens then share a commit with no thread hand-offs (ca/store/group_commit.py).
+worker). Measured on 2 cores with wrk, two servers side by side and alternated (median of 4
+pairs), against gthread workers (2 x 4 threads, which beat sync workers by about 20%, DESIGN.md
+5): 1.34x on the constant-body ceiling, 1.30x on pre-produced OCSP, 1.39x on nonce OCSP and
+1.44x on time-stamps. gunicorn's own ``gevent`` worker, with gunicorn's HTTP parser, was
+slower: pywsgi beat it by 1.17-1.34x on each. Time-stamps gain most because concurrent tokens
+then share a commit with no thread hand-offs (ca/store/group_commit.py).
 Nothing in a request blocks for long: an HSM signature takes microseconds to a millisecond and
 psycopg2 waits for PostgreSQL cooperatively (ca/store/db.py). ``worker_class="gthread"`` is
 there for a database or HSM that answers slowly.
