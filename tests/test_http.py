@@ -223,6 +223,12 @@ def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict
 
     assert f"{leaf}: good" in ask()
     assert f"{leaf}: good" in ask("-no_nonce")  # the pre-produced answer tincay issue stored
+    for nonce in ("--nonce", "--no-nonce"):  # GnuTLS as a second client of the live server
+        asked = subprocess.run(["ocsptool", f"--ask={url}", nonce, "--load-issuer",
+                                str(home / "public/issuing-ca.pem"), "--load-cert", str(leaf)],
+                               capture_output=True, text=True, timeout=30)
+        assert "Certificate Status: good" in asked.stdout, asked.stdout + asked.stderr
+        assert "Verifying OCSP Response: Success." in asked.stdout, asked.stdout
     serial = format(cert.serial_number, "x")
     subprocess.run([TINCAY, "revoke", serial, "--ca", "issuing-ca", "--reason", "keyCompromise"],
                    env=env, check=True, capture_output=True, timeout=60)
