@@ -193,7 +193,9 @@ def test_latest_crl_is_served_until_its_next_update(client) -> None:
 
 
 @pytest.mark.softhsm
-@pytest.mark.parametrize("served_demo", ["gevent_pywsgi", "gthread"], indirect=True)
+@pytest.mark.parametrize("served_demo", [
+    "gevent_pywsgi", "gthread", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
+    indirect=True)
 def test_openssl_ocsp_against_the_served_demo(served_demo: tuple[str, Path, dict[str, str]],
                                               tmp_path: Path) -> None:
     """OpenSSL as the client of the real server: the HSM-held responder key signs in the
