@@ -46,9 +46,11 @@ def integer(value: int) -> bytes:
 def generalized_time(value: datetime) -> bytes:
     """A GeneralizedTime in UTC, ``YYYYMMDDHHMMSS[.f]Z``: a fraction only for non-zero
     microseconds, without trailing zeros (X.690 11.7; RFC 3161 genTime)."""
-    value = ensure_utc(value)
-    fraction = "." + f"{value.microsecond:06d}".rstrip("0") if value.microsecond else ""
-    return tlv(0x18, (value.strftime("%Y%m%d%H%M%S") + fraction + "Z").encode())
+    v = ensure_utc(value)
+    text = f"{v.year:04d}{v.month:02d}{v.day:02d}{v.hour:02d}{v.minute:02d}{v.second:02d}"
+    if v.microsecond:
+        text += "." + f"{v.microsecond:06d}".rstrip("0")
+    return tlv(0x18, (text + "Z").encode())
 
 
 def time_from_digits(digits: str) -> bytes:

@@ -167,10 +167,13 @@ class HotInsert:
                 cursor.close()
 
     def _bind(self, row: Mapping[str, Any]) -> Any:
-        values = {name: (process(value) if (process := self._processors.get(name)) else value)
-                  for name, value in row.items()}
-        return tuple(values[name] for name in self._order) if self._order is not None \
-            else values
+        if self._order is not None:  # positional parameters (SQLite): a tuple in their order
+            return tuple(row[name] if (process := self._processors.get(name)) is None
+                         else process(row[name]) for name in self._order)
+        values = dict(row)
+        for name, process in self._processors.items():
+            values[name] = process(values[name])
+        return values
 
     def close(self) -> None:
         self._connections.close()
