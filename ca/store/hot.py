@@ -147,10 +147,12 @@ class HotInsert:
         dialect = engine.dialect
         compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
         self._sql = compiled.string
-        self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
         processors = {name: table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
                       for name in columns}
         self._processors = {name: p for name, p in processors.items() if p is not None}
+        # positional parameters (SQLite): each in its place with its processor, looked up once
+        self._positions = tuple((name, processors.get(name)) for name in compiled.positiontup
+                                or ()) if compiled.positional else None
         self._connections = _KeptConnections(engine, autocommit=False, keep=keep)
 
     def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -167,9 +169,9 @@ class HotInsert:
                 cursor.close()
 
     def _bind(self, row: Mapping[str, Any]) -> Any:
-        if self._order is not None:  # positional parameters (SQLite): a tuple in their order
-            return tuple(row[name] if (process := self._processors.get(name)) is None
-                         else process(row[name]) for name in self._order)
+        if self._positions is not None:
+            return tuple(row[name] if process is None else process(row[name])
+                         for name, process in self._positions)
         values = dict(row)
         for name, process in self._processors.items():
             values[name] = process(values[name])
