@@ -16,9 +16,17 @@ def gevent_patched() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
-def yield_to_ready_greenlets() -> None:
-    """Let every greenlet that can run now run until it waits (no-op without gevent)."""
+def wait_for_other_greenlets(at_most: float) -> None:
+    """Let the other greenlets of this thread run until each waits (the event loop is idle,
+    with the requests that were already on their sockets read and handled) or, under a load
+    that never lets the loop idle, for ``at_most`` seconds. No-op without gevent.
+
+    A single ``gevent.sleep(0)`` runs only the greenlets ready at that instant: requests whose
+    bytes arrive meanwhile wait for the next turn of the loop, and a caller batching their
+    work (ca.store.group_commit) would leave them for the next batch.
+    """
     if gevent_patched():
         import gevent
 
-        gevent.sleep(0)
+        with gevent.Timeout(at_most, False):
+            gevent.idle()

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -22,27 +23,59 @@ def _patched_python(code: str, *args: str) -> dict:
 
 
 def test_group_commit_batches_greenlets() -> None:
-    """50 greenlets submit at once: without the yield before leading, the first would commit
-    alone and each after it too (50 transactions)."""
+    """50 greenlets reach the log at different turns of the event loop (each first waits up to
+    four turns, as requests whose bytes arrive later do): the leader waits until every one of
+    them has queued its record. Committing at once takes 50 transactions, one yield to the
+    ready greenlets before leading (the first design) 2."""
     seen = _patched_python("""
         import gevent
         from ca.store.group_commit import GroupCommitter
         batches = []
         committer = GroupCommitter(lambda items: batches.append(list(items)))
-        gevent.joinall([gevent.spawn(committer.submit, i) for i in range(50)], raise_error=True)
+        def request(i):
+            for _ in range(i % 5):
+                gevent.sleep(0)
+            committer.submit(i)
+        gevent.joinall([gevent.spawn(request, i) for i in range(50)], raise_error=True)
         print(json.dumps({"batches": batches, "commits": committer.commits}))
     """)
     assert sorted(i for batch in seen["batches"] for i in batch) == list(range(50))
-    assert seen["commits"] == len(seen["batches"]) <= 2
+    assert seen["commits"] == len(seen["batches"]) == 1
 
 
-def test_group_commit_without_gevent_does_not_yield(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under threads the yield is skipped: gevent is not even imported for it."""
+def test_group_commit_gathers_for_a_bounded_time() -> None:
+    """A greenlet that never lets the event loop idle (it yields in a loop for 5 s) does not
+    hold the log back: the leader commits after its 50 ms gathering bound."""
+    seen = _patched_python("""
+        import time
+        import gevent
+        from ca.store.group_commit import GroupCommitter
+        committer = GroupCommitter(lambda items: None, gather=0.05)
+        end = time.monotonic() + 5
+        def spin():
+            while time.monotonic() < end:
+                gevent.sleep(0)
+        spinner = gevent.spawn(spin)
+        gevent.sleep(0.01)
+        start = time.monotonic()
+        committer.submit("token")
+        took = time.monotonic() - start
+        spinner.kill()
+        print(json.dumps({"took": took, "commits": committer.commits}))
+    """)
+    assert seen["commits"] == 1
+    assert 0.04 <= seen["took"] < 2
+
+
+def test_group_commit_without_gevent_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under threads the gathering wait is skipped: gevent is not even imported for it."""
     import ca.greenlets
 
     monkeypatch.delitem(sys.modules, "gevent.monkey", raising=False)
     assert not ca.greenlets.gevent_patched()
-    ca.greenlets.yield_to_ready_greenlets()
+    start = time.monotonic()
+    ca.greenlets.wait_for_other_greenlets(5)
+    assert time.monotonic() - start < 1
     assert "gevent.monkey" not in sys.modules
 
 
