@@ -3,8 +3,10 @@ under gunicorn on loopback (the demo hierarchy `make run` serves)."""
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -250,31 +252,11 @@ def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dic
     from both workers."""
     import concurrent.futures
 
-    from tsa.core import TimeStampResp
-
     base, home, env = served_demo
-    data = tmp_path / "record.txt"
-    data.write_bytes(b"transcript 2026")
-    query = tmp_path / "q.tsq"
-    subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert",
-                    "-out", str(query)], check=True, capture_output=True)
-    der = query.read_bytes()
-
-    def stamp(_: int) -> bytes:
-        post = urllib.request.Request(f"{base}/tsa", data=der, method="POST",
-                                      headers={"Content-Type": "application/timestamp-query"})
-        with urllib.request.urlopen(post, timeout=30) as reply:
-            assert reply.headers["Content-Type"] == "application/timestamp-reply"
-            return reply.read()
-
+    data, query = _timestamp_query(tmp_path)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(stamp, range(200)))
-    serials = set()
-    for reply in replies:
-        parsed = TimeStampResp.load(reply)
-        assert parsed["status"]["status"].native == "granted"
-        serials.add(parsed["time_stamp_token"]["content"]["encap_content_info"]["content"]
-                    .parsed["serial_number"].native)
+        replies = list(pool.map(lambda _: _stamp(base, query), range(200)))
+    serials = {_granted_serial(reply) for reply in replies}
     assert len(serials) == 200
     (tmp_path / "r.tsr").write_bytes(replies[-1])
     verified = subprocess.run(["openssl", "ts", "-verify", "-data", str(data), "-in",
@@ -283,10 +265,129 @@ def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dic
                                str(home / "public/issuing-ca.pem")],
                               capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr
-    logged = json.loads(subprocess.run([TINCAY, "tsa", "log", "--json", "--limit", "1000"],
+    assert _logged_serials(env) == serials
+
+
+@pytest.mark.softhsm
+@pytest.mark.parametrize("served_demo", [
+    "gevent_pywsgi", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
+    indirect=True)
+def test_a_killed_server_lost_no_token_a_client_holds(
+        served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
+    """kill -9 of the whole server (arbiter, both workers, maintenance process) while 8
+    clients ask for time-stamps: every token a client received whole is in the log that a
+    fresh process reads afterwards (SQLite recovers from its WAL, PostgreSQL from its own), so
+    a crash leaves no token the operator cannot account for."""
+    import threading
+
+    base, _, env = served_demo
+    _, query = _timestamp_query(tmp_path)
+    received: list[int] = []
+    unexpected: list[BaseException] = []  # a refusal or a wrong reply: the test fails
+    in_flight, failures = [0], [0]
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            with lock:
+                in_flight[0] += 1
+            try:
+                serial = _granted_serial(_stamp(base, query))
+            except (OSError, http.client.HTTPException):  # the server died under us
+                with lock:
+                    failures[0] += 1
+                stop.wait(0.05)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                unexpected.append(exc)
+                return
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+            with lock:
+                received.append(serial)
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(received) < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server = _server_processes(int(base.rsplit(":", 1)[1]))
+        assert len(server) >= 3, server  # the arbiter and its two workers at least
+        with lock:
+            busy = in_flight[0]
+            for pid in server:
+                os.kill(pid, signal.SIGKILL)
+            granted_before_the_kill = len(received)
+        time.sleep(0.5)  # every client now meets the dead server at least once
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+    assert not unexpected, unexpected
+    assert granted_before_the_kill >= 300 and busy > 0 and failures[0] >= len(clients)
+    assert set(received) <= _logged_serials(env)
+
+
+def _timestamp_query(tmp_path: Path) -> tuple[Path, bytes]:
+    """A file to stamp and OpenSSL's SHA-256 TimeStampReq for it (certReq set)."""
+    data = tmp_path / "record.txt"
+    data.write_bytes(b"transcript 2026")
+    query = tmp_path / "q.tsq"
+    subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert",
+                    "-out", str(query)], check=True, capture_output=True)
+    return data, query.read_bytes()
+
+
+def _stamp(base: str, query: bytes) -> bytes:
+    post = urllib.request.Request(f"{base}/tsa", data=query, method="POST",
+                                  headers={"Content-Type": "application/timestamp-query"})
+    with urllib.request.urlopen(post, timeout=30) as reply:
+        assert reply.headers["Content-Type"] == "application/timestamp-reply"
+        return reply.read()
+
+
+def _granted_serial(reply: bytes) -> int:
+    from tsa.core import TimeStampResp
+
+    parsed = TimeStampResp.load(reply)
+    assert parsed["status"]["status"].native == "granted"
+    return parsed["time_stamp_token"]["content"]["encap_content_info"]["content"] \
+        .parsed["serial_number"].native
+
+
+def _logged_serials(env: dict[str, str]) -> set[int]:
+    """The serials in the token log, as a fresh ``tincay tsa log`` process reads them."""
+    logged = json.loads(subprocess.run([TINCAY, "tsa", "log", "--json", "--limit", "1000000"],
                                        env=env, check=True, capture_output=True,
                                        timeout=60).stdout)
-    assert {int(row["serial"], 16) for row in logged} == serials
+    return {int(row["serial"], 16) for row in logged}
+
+
+def _server_processes(port: int) -> list[int]:
+    """The ``tincay serve --port port`` this test process started, and every descendant."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+        except OSError:  # exited meanwhile
+            continue
+        parents[int(pid)] = int(rest.rsplit(")", 1)[1].split()[1])
+    found = []
+    for pid, parent in parents.items():
+        if parent != os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and str(port).encode() in argv:
+            found.append(pid)
+    for pid in found:  # breadth-first: the list grows as it is walked
+        found.extend(child for child, parent in parents.items() if parent == pid)
+    return found
 
 
 def _raw_http(base: str, message: bytes, half_close: bool = False) -> bytes:
