@@ -3,7 +3,9 @@
 For a P-256 and an RSA-2048 responder and TSA key on SoftHSM, in one run:
 - pre-produced OCSP answers by GET (RFC 5019) and by POST, nonce-less (no signing);
 - OCSP POST with a nonce (signed live through the HSM);
-- TSA tokens (signed live, each logged durably before the reply);
+- TSA tokens (signed live, each logged durably before the reply), and the same server's app
+  with the token log switched off (bench/unlogged_tsa.py): what of the gap to the TSA target
+  the durable log is, and what is left without it;
 beside the same-run references:
 - the ceiling: the same gunicorn + Flask stack answering a constant 1.5 kB body;
 - the key's raw signatures/s through SoftHSM (1 and 2 processes: the server has 2 workers);
@@ -125,7 +127,9 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
             "nonce POST (signed live)": (base + "/ocsp", nonced, "application/ocsp-request"),
             "TSA token (signed, logged)": (base + "/tsa", tsq, "application/timestamp-query"),
         }
-        with _ceiling_server() as ceiling:
+        with _ceiling_server() as ceiling, _reference_server("bench.unlogged_tsa", env) as bare:
+            targets["  the same, log switched off"] = (bare + "/tsa", tsq,
+                                                     "application/timestamp-query")
             results = {name: _paired(ceiling, seconds, *target)
                        for name, target in targets.items()}
         logged = json.loads(_cli(env, "tsa", "log", "--json", "--limit", "1000000"))
@@ -206,14 +210,22 @@ print(count / 1.5)
 def _ceiling_server() -> Iterator[str]:
     """The reference: the same gunicorn stack (WORKERS gevent workers, per-worker sockets)
     answering a constant 1.5 kB body through Flask; yields its URL."""
+    with _reference_server("bench.constant_app") as base:
+        yield base + "/ocsp"
+
+
+@contextmanager
+def _reference_server(module: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``module``'s ``create_app`` under the server stack of ``tincay serve`` (WORKERS
+    gevent workers, per-worker sockets), in the environment ``env``; yields its base URL."""
     port = _free_port()
-    code = (f"from cli.serve import serve; from bench.constant_app import create_app; "
+    code = (f"from cli.serve import serve; from {module} import create_app; "
             f"serve('127.0.0.1', {port}, {WORKERS}, 4, app_factory=create_app)")
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         _wait(f"http://127.0.0.1:{port}")
-        yield f"http://127.0.0.1:{port}/ocsp"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
