@@ -28,6 +28,7 @@ from ca.service import CertificateAuthorityService
 from ca.store.db import create_engine_for, make_session_factory, migrate
 from cli.app import create_app
 from tests.conftest import postgres_database
+from tsa.core import TimeStampResp
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 11, 24, 8, 0, 0, tzinfo=dt.timezone.utc)
@@ -331,6 +332,50 @@ def test_a_killed_server_lost_no_token_a_client_holds(
     assert set(received) <= _logged_serials(env)
 
 
+@pytest.mark.softhsm
+@pytest.mark.parametrize("served_demo", [
+    "gevent_pywsgi", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
+    indirect=True)
+def test_a_database_refusing_the_log_gets_system_failure_not_a_token(
+        served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
+    """While the database refuses every insert into the token log (a trigger another
+    connection adds under the running server, as a full disk or a revoked grant would), each
+    time-stamp request gets a systemFailure rejection, never a token nobody recorded and never
+    an HTTP 500; once the database takes writes again the same workers grant and log again."""
+    from sqlalchemy import text
+
+    base, home, env = served_demo
+    _, query = _timestamp_query(tmp_path)
+    first = _granted_serial(_stamp(base, query))
+    engine = create_engine_for(env.get("TINCAY_DATABASE_URL", f"sqlite:///{home / 'tincay.db'}"))
+    refuse = ([
+        "CREATE FUNCTION tincay_test_refuse() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'no space left on device'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER tincay_test_refuse BEFORE INSERT ON timestamp_tokens "
+        "FOR EACH ROW EXECUTE FUNCTION tincay_test_refuse()"]
+        if engine.dialect.name == "postgresql" else [
+        "CREATE TRIGGER tincay_test_refuse BEFORE INSERT ON timestamp_tokens "
+        "BEGIN SELECT RAISE(ABORT, 'no space left on device'); END"])
+    try:
+        with engine.begin() as connection:
+            for statement in refuse:
+                connection.execute(text(statement))
+        for _ in range(6):  # new connections each, which the kernel spreads over the workers
+            refused = TimeStampResp.load(_stamp(base, query))["status"]
+            assert refused["status"].native == "rejection"
+            assert refused["fail_info"].native == {"system_failure"}
+        with engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER tincay_test_refuse" + (
+                " ON timestamp_tokens" if engine.dialect.name == "postgresql" else "")))
+    finally:
+        engine.dispose()
+    again = [_granted_serial(_stamp(base, query)) for _ in range(6)]
+    assert _logged_serials(env) == {first, *again}
+    log = (home.parent / "serve.log").read_text()
+    assert "not recorded, not sent" in log
+    assert "Traceback" not in log and "Internal Server Error" not in log, log
+
+
 def _timestamp_query(tmp_path: Path) -> tuple[Path, bytes]:
     """A file to stamp and OpenSSL's SHA-256 TimeStampReq for it (certReq set)."""
     data = tmp_path / "record.txt"
@@ -350,8 +395,6 @@ def _stamp(base: str, query: bytes) -> bytes:
 
 
 def _granted_serial(reply: bytes) -> int:
-    from tsa.core import TimeStampResp
-
     parsed = TimeStampResp.load(reply)
     assert parsed["status"]["status"].native == "granted"
     return parsed["time_stamp_token"]["content"]["encap_content_info"]["content"] \
@@ -415,7 +458,6 @@ def test_bad_input_over_real_http(served_demo: tuple[str, Path, dict[str, str]])
     protocol, protocol errors where it is; no 500, no traceback in the log, and the server
     answers on."""
     from ocsp.http import MAX_REQUEST_BYTES
-    from tsa.core import TimeStampResp
 
     base, home, _ = served_demo
     malformed = bytes.fromhex("3003 0a01 01")  # OCSPResponse, status malformedRequest
