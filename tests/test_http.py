@@ -269,10 +269,13 @@ def test_tsa_serials_unique_across_two_workers(served_demo: tuple[str, Path, dic
     assert _logged_serials(env) == serials
 
 
-@pytest.mark.softhsm
-@pytest.mark.parametrize("served_demo", [
+SERVED_ON_SQLITE_AND_POSTGRES = pytest.mark.parametrize("served_demo", [
     "gevent_pywsgi", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
-    indirect=True)
+    indirect=True)  # the default server, on each database
+
+
+@pytest.mark.softhsm
+@SERVED_ON_SQLITE_AND_POSTGRES
 def test_a_killed_server_lost_no_token_a_client_holds(
         served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
     """kill -9 of the whole server (arbiter, both workers, maintenance process) while 8
@@ -333,9 +336,7 @@ def test_a_killed_server_lost_no_token_a_client_holds(
 
 
 @pytest.mark.softhsm
-@pytest.mark.parametrize("served_demo", [
-    "gevent_pywsgi", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
-    indirect=True)
+@SERVED_ON_SQLITE_AND_POSTGRES
 def test_a_database_refusing_the_log_gets_system_failure_not_a_token(
         served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
     """While the database refuses every insert into the token log (a trigger another
