@@ -105,8 +105,14 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "loglevel": "info",
         "proc_name": "tincay",
         "when_ready": when_ready,
+        "post_worker_init": _log_ready,
         "on_exit": on_exit,
     }, app_factory).run()
+
+
+def _log_ready(worker: Any) -> None:
+    """After "Booting worker": the app is loaded, its keys found and its database open."""
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
 def _check_free(host: str, port: int) -> None:

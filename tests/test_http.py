@@ -106,14 +106,16 @@ def served_demo(request: pytest.FixtureRequest, tmp_path: Path
         stack.callback(server.terminate)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
-        while True:
+        while True:  # both workers loaded, and one of them answering
             try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-                break
+                if (tmp_path / "serve.log").read_text().count("Worker ready") >= 2:
+                    urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
+                    break
             except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError((tmp_path / "serve.log").read_text())
-                time.sleep(0.1)
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise AssertionError((tmp_path / "serve.log").read_text())
+            time.sleep(0.1)
         yield base, tmp_path / "home", env
 
 
@@ -374,6 +376,31 @@ def test_a_database_refusing_the_log_gets_system_failure_not_a_token(
     assert _logged_serials(env) == {first, *again}
     log = (home.parent / "serve.log").read_text()
     assert "not recorded, not sent" in log
+    assert "Traceback" not in log and "Internal Server Error" not in log, log
+
+
+@pytest.mark.softhsm
+def test_the_served_tsa_refuses_while_the_hsm_is_gone_and_grants_once_it_is_back(
+        served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
+    """The demo token's storage moved away under the running server (as a network HSM's link
+    goes down): every time-stamp request meanwhile gets a systemFailure rejection, no 500 and no
+    traceback; once it is back both workers grant and log again, without a restart."""
+    base, home, env = served_demo
+    _, query = _timestamp_query(tmp_path)
+    first = _granted_serial(_stamp(base, query))
+    tokens = home / "softhsm" / "tokens"
+    away = tokens.with_name("tokens.away")
+    tokens.rename(away)
+    try:
+        for _ in range(6):  # new connections each, which the kernel spreads over the workers
+            refused = TimeStampResp.load(_stamp(base, query))["status"]
+            assert refused["status"].native == "rejection"
+            assert refused["fail_info"].native == {"system_failure"}
+    finally:
+        away.rename(tokens)
+    again = [_granted_serial(_stamp(base, query)) for _ in range(8)]
+    assert _logged_serials(env) == {first, *again}
+    log = (home.parent / "serve.log").read_text()
     assert "Traceback" not in log and "Internal Server Error" not in log, log
 
 

@@ -1,8 +1,10 @@
 """Key backends against a real SoftHSM token and in memory."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -262,3 +264,58 @@ def test_hsm_login_failures_are_clear(softhsm_env, override, expected) -> None:
     assert result.returncode == 3, result.stderr
     assert result.stdout.startswith(expected)
     assert "000000" not in result.stdout + result.stderr
+
+
+_OUTAGE = """
+import json, os, sys
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from ca.errors import KeyBackendError
+from ca.keys.base import KeySpec
+from ca.keys.pkcs11 import Pkcs11Backend
+from ca.settings import PinSource
+
+e, tokens = os.environ, sys.argv[1]
+key = Pkcs11Backend(e["TINCAY_PKCS11_MODULE"], e["TINCAY_PKCS11_TOKEN"], PinSource(e)).generate(
+    "outage", KeySpec.parse("ec-p256"))
+
+def sign():
+    try:
+        signature = key.private_key.sign(b"record", ec.ECDSA(hashes.SHA256()))
+    except KeyBackendError as exc:
+        return type(exc).__name__
+    key.public_key.verify(signature, b"record", ec.ECDSA(hashes.SHA256()))
+    return "signed"
+
+seen = [sign()]
+os.rename(tokens, tokens + ".away")
+seen += [sign() for _ in range(3)]
+os.rename(tokens + ".away", tokens)
+seen += [sign() for _ in range(2)]
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.softhsm
+def test_hsm_signing_resumes_after_the_token_was_gone(softhsm_env, tmp_path) -> None:
+    """A token that stops answering under a running process (its storage moved away here, a
+    network HSM's link elsewhere): each signature meanwhile fails with a KeyBackendError, never
+    a raw PKCS#11 error, and signing resumes once the token is back, in the same process.
+    SoftHSM sees the token again only after its module is re-initialised: without that, every
+    signature after the outage failed with "vanished from the token" until a restart."""
+    from ca.keys import softhsm
+
+    conf = softhsm.write_config(tmp_path)
+    pin = secrets.token_hex(8)
+    softhsm.init_token(conf, "outage", pin, secrets.token_hex(8))
+    env = {**os.environ, **softhsm_env, "SOFTHSM2_CONF": str(conf),
+           "TINCAY_PKCS11_TOKEN": "outage", "TINCAY_PKCS11_PIN": pin}
+    tokens = next(line.split("=", 1)[1].strip() for line in conf.read_text().splitlines()
+                  if line.startswith("directories.tokendir"))
+    result = subprocess.run([sys.executable, "-c", _OUTAGE, tokens], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen[0] == "signed" and seen[-2:] == ["signed", "signed"], seen
+    assert all(outcome in ("KeyNotFoundError", "BackendUnavailableError")
+               for outcome in seen[1:4]), seen

@@ -13,6 +13,13 @@ sees no token, or a key that "vanished", for as long as its module stays initial
 here). So opening a session, looking a key up and generating one happen under an exclusive
 lock on the module file shared by every process of the machine; signing with a key already
 found does not read the token file and takes no such lock.
+
+A token can also stop answering under a running process: a network HSM's link goes down, a
+SoftHSM token directory is moved away. The process's session then fails (and SoftHSM, like
+some HSM client libraries, never sees the token again until its module is re-initialised), so
+each such failure drops the session and marks the module for re-initialisation: requests fail
+with a BackendUnavailableError while the token is gone (the TSA answers systemFailure, the OCSP
+responder tryLater) and sign again once it is back, without a restart.
 """
 from __future__ import annotations
 
@@ -58,6 +65,10 @@ _PSS_DIGEST_MECHS = {"sha256": (Mechanism.SHA256, pkcs11.MGF.SHA256),
 _PROCESS_LOCK = threading.RLock()
 _LIBS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str], "_TokenSession"] = {}
+_STALE_MODULES: set[str] = set()  # re-initialise before the next session: a token was lost
+# what a token that stopped answering raises (SoftHSM whose storage went away: GeneralError)
+_TOKEN_LOST = (p11.DeviceRemoved, p11.DeviceError, p11.SessionClosed, p11.SessionHandleInvalid,
+               p11.TokenNotPresent, p11.GeneralError)
 _MODULE_LOCKS: dict[str, tuple[int, int, int]] = {}  # module -> (pid, fd, depth)
 
 
@@ -104,6 +115,7 @@ class _TokenSession:
         # object on the token: more than the signature itself costs. Handles live as long as
         # the session; a stale one is forgotten and looked up again.
         self._keys: dict[str, Any] = {}
+        self._found: set[str] = set()  # labels found on the token since the process started
 
     def run(self, action: Callable[[Any], T], *, reads_token: bool = False) -> T:
         """Run ``action(session)`` under the process lock, opening the session if needed;
@@ -117,25 +129,45 @@ class _TokenSession:
                     with _token_files_locked(self.module):
                         return action(self._session)
                 return action(self._session)
-            except (p11.DeviceRemoved, p11.DeviceError, p11.SessionClosed,
-                    p11.SessionHandleInvalid, p11.TokenNotPresent) as exc:
-                self._session, self._keys = None, {}
+            except _TOKEN_LOST as exc:
+                self.lost()
                 raise BackendUnavailableError(
                     f"HSM token {self.token_label!r} unavailable: {type(exc).__name__}") from None
+
+    def lost(self) -> None:
+        """Forget the session after the token stopped answering (call under the process lock);
+        the next call re-initialises the module and opens a new one."""
+        self._session, self._keys = None, {}
+        _STALE_MODULES.add(self.module)
 
     def private_key(self, label: str) -> Any:
         """The private key labelled ``label`` (call inside :meth:`run`); NoSuchKey if absent."""
         key = self._keys.get(label)
         if key is None:
-            with _token_files_locked(self.module):
-                key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            try:
+                with _token_files_locked(self.module):
+                    key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY,
+                                                label=label)
+            except p11.NoSuchKey:
+                if label in self._found:  # it was there: deleted, or the token's storage went
+                    self.lost()           # away, and then only a re-initialised module sees it
+                raise
             self._keys[label] = key
+            self._found.add(label)
         return key
 
     def forget(self, label: str) -> None:
         self._keys.pop(label, None)
 
     def _open(self) -> None:
+        try:
+            self._login()
+        except (TokenNotFoundError, BackendUnavailableError):
+            _STALE_MODULES.add(self.module)  # the module may not see the token until re-initialised
+            raise
+        _STALE_MODULES.discard(self.module)
+
+    def _login(self) -> None:
         self._keys = {}
         lib = _load_lib(self.module)
         try:
@@ -172,17 +204,29 @@ class _TokenSession:
 
 
 def _load_lib(module: str) -> Any:
+    """The module, initialised in this process: re-initialised after a fork or once a token of
+    it was lost (every session of the module is then forgotten: re-initialising closed them)."""
     lib = _LIBS.get(module)
     pid = os.getpid()
-    if lib is not None and lib[1] != pid:
-        lib[0].reinitialize()
+    if lib is not None and (lib[1] != pid or module in _STALE_MODULES):
+        try:
+            lib[0].reinitialize()
+        except p11.PKCS11Error as exc:
+            raise BackendUnavailableError(
+                f"PKCS#11 module {module} cannot be initialised: {type(exc).__name__}") from None
         _LIBS[module] = lib = (lib[0], pid)
+        for session in _SESSIONS.values():
+            if session.module == module:
+                session._session, session._keys = None, {}
     if lib is None:
         if not os.path.exists(module):
             raise ConfigurationError(f"PKCS#11 module {module} does not exist")
         try:
             lib = (pkcs11.lib(module), pid)
-        except (RuntimeError, OSError, p11.PKCS11Error) as exc:
+        except p11.PKCS11Error as exc:  # loaded, but C_Initialize failed (SoftHSM: no storage)
+            raise BackendUnavailableError(
+                f"PKCS#11 module {module} cannot be initialised: {type(exc).__name__}") from None
+        except (RuntimeError, OSError) as exc:
             raise ConfigurationError(f"cannot load PKCS#11 module {module}: {exc}") from None
         _LIBS[module] = lib
     return lib[0]
@@ -271,7 +315,7 @@ class Pkcs11Backend:
 
         def find(session: Any) -> PublicKey:
             try:
-                session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+                self._session.private_key(label)  # found (and remembered) in this session
                 public = session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
             except p11.NoSuchKey:
                 raise KeyNotFoundError(
