@@ -562,8 +562,11 @@ class CertificateAuthorityService:
             if hot in self.__dict__:
                 self.__dict__[hot].close()
 
-    def signing_key(self, uri: str) -> SigningKey:
-        return self.keys.load(uri)
+    def signing_key(self, uri: str, certificate: x509.Certificate | None = None) -> SigningKey:
+        """The key at ``uri``; with the ``certificate`` it signs for, also while the HSM is
+        unreachable (checked against the certificate once the key is found: ca/keys/base.py),
+        so a service worker starts during an outage and answers with refusals."""
+        return self.keys.load(uri, certificate.public_key() if certificate is not None else None)
 
     # --- hierarchies --------------------------------------------------------------------------
 

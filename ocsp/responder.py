@@ -4,7 +4,8 @@ No HTTP and no database: status comes from a one-method :class:`StatusSource` (a
 ocsp/responder), time from an injected clock, signatures from key objects (HSM or memory).
 :meth:`Responder.respond` never raises: every failure becomes an OCSP response status —
 malformedRequest for anything that does not parse or breaks RFC 8954, unauthorized for an issuer
-we do not serve, tryLater when the HSM or the database is unreachable, internalError for bugs.
+we do not serve, tryLater when the HSM, its key or the database is unreachable, internalError
+for bugs.
 
 Requests are read by ocsp/requests.py, responses framed by ocsp/answers.py (cryptography's
 builder holds one SingleResponse only); they carry: responder ID by key hash, producedAt,
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca import der, signing
 from ca.clock import Clock
-from ca.errors import BackendUnavailableError, StoreError
+from ca.errors import BackendUnavailableError, KeyBackendError, StoreError
 from ca.keys.base import SigningKey
 from ocsp import answers as answers_der
 from ocsp.requests import MalformedRequest, OcspQuestion, RequestedCert, read_request
@@ -175,7 +176,7 @@ class Responder:
             answers = [(cert_id, self.source.status(key.ca_name, cert_id.serial))
                        for cert_id in parsed.cert_ids]
             return self.sign(key, answers, parsed.nonce, self.clock.now())
-        except (BackendUnavailableError, StoreError) as exc:
+        except (KeyBackendError, StoreError) as exc:  # the HSM (its key) or the database
             log.warning("OCSP answer deferred: %s", exc)
             return TRY_LATER
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC

@@ -39,13 +39,13 @@ def responder_keys(service: CertificateAuthorityService) -> list[ResponderKey]:
     for unit in service.service_units("ocsp"):
         keys.setdefault(unit.authority, ResponderKey(
             unit.authority, unit.authority_certificate, unit.certificate,
-            service.signing_key(unit.key_uri),
+            service.signing_key(unit.key_uri, unit.certificate),
             service.publication_settings(unit.authority).ocsp_validity))
     for authority in service.list_authorities():
         name = authority["name"]
         if name not in keys and authority["status"] == "active":
             certificate = service.authority_certificate(name)
             keys[name] = ResponderKey(name, certificate, certificate,
-                                      service.signing_key(authority["key_uri"]),
+                                      service.signing_key(authority["key_uri"], certificate),
                                       service.publication_settings(name).ocsp_validity)
     return list(keys.values())

@@ -383,25 +383,42 @@ def test_a_database_refusing_the_log_gets_system_failure_not_a_token(
 def test_the_served_tsa_refuses_while_the_hsm_is_gone_and_grants_once_it_is_back(
         served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
     """The demo token's storage moved away under the running server (as a network HSM's link
-    goes down): every time-stamp request meanwhile gets a systemFailure rejection, no 500 and no
-    traceback; once it is back both workers grant and log again, without a restart."""
+    goes down), and a worker killed meanwhile: its replacement boots all the same (a worker
+    that fails to boot makes gunicorn stop the whole server), every time-stamp request gets a
+    systemFailure rejection, no 500 and no traceback; once the token is back all workers grant
+    and log again, without a restart."""
     base, home, env = served_demo
     _, query = _timestamp_query(tmp_path)
     first = _granted_serial(_stamp(base, query))
     tokens = home / "softhsm" / "tokens"
     away = tokens.with_name("tokens.away")
+    log = home.parent / "serve.log"
+    subprocess.run(["openssl", "ocsp", "-issuer", str(home / "public/root-ca.pem"), "-cert",
+                    str(home / "public/issuing-ca.pem"), "-reqout", str(tmp_path / "q.ocsp")],
+                   check=True, capture_output=True)  # with a nonce: answered by the root's key
+    ocsp_query = (tmp_path / "q.ocsp").read_bytes()
+    assert _ocsp_status(base, ocsp_query) == "successful"
     tokens.rename(away)
     try:
+        arbiter, *descendants = _server_processes(int(base.rsplit(":", 1)[1]))
+        [worker, *_] = [pid for pid in descendants if _is_worker(pid, arbiter)]
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Worker ready") < 3:  # the replacement, during the outage
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         for _ in range(6):  # new connections each, which the kernel spreads over the workers
             refused = TimeStampResp.load(_stamp(base, query))["status"]
             assert refused["status"].native == "rejection"
             assert refused["fail_info"].native == {"system_failure"}
+            assert _ocsp_status(base, ocsp_query) == "try_later"  # signed live: no key either
     finally:
         away.rename(tokens)
     again = [_granted_serial(_stamp(base, query)) for _ in range(8)]
+    assert {_ocsp_status(base, ocsp_query) for _ in range(4)} == {"successful"}
     assert _logged_serials(env) == {first, *again}
-    log = (home.parent / "serve.log").read_text()
-    assert "Traceback" not in log and "Internal Server Error" not in log, log
+    text = log.read_text()
+    assert "Traceback" not in text and "Internal Server Error" not in text, text
 
 
 def _timestamp_query(tmp_path: Path) -> tuple[Path, bytes]:
@@ -435,6 +452,23 @@ def _logged_serials(env: dict[str, str]) -> set[int]:
                                        env=env, check=True, capture_output=True,
                                        timeout=60).stdout)
     return {int(row["serial"], 16) for row in logged}
+
+
+def _ocsp_status(base: str, query: bytes) -> str:
+    from asn1crypto import ocsp
+
+    post = urllib.request.Request(f"{base}/ocsp", data=query, method="POST",
+                                  headers={"Content-Type": "application/ocsp-request"})
+    with urllib.request.urlopen(post, timeout=30) as reply:
+        return ocsp.OCSPResponse.load(reply.read())["response_status"].native
+
+
+def _is_worker(pid: int, arbiter: int) -> bool:
+    """A gunicorn worker of ``arbiter`` (forked, so the same command line), not the
+    maintenance process beside them."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parent == arbiter and b"serve" in argv
 
 
 def _server_processes(port: int) -> list[int]:

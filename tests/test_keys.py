@@ -296,13 +296,9 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.softhsm
-def test_hsm_signing_resumes_after_the_token_was_gone(softhsm_env, tmp_path) -> None:
-    """A token that stops answering under a running process (its storage moved away here, a
-    network HSM's link elsewhere): each signature meanwhile fails with a KeyBackendError, never
-    a raw PKCS#11 error, and signing resumes once the token is back, in the same process.
-    SoftHSM sees the token again only after its module is re-initialised: without that, every
-    signature after the outage failed with "vanished from the token" until a restart."""
+def _private_token(softhsm_env: dict[str, str], tmp_path) -> tuple[dict[str, str], str]:
+    """A SoftHSM token of its own (for processes that move its storage away), and where its
+    storage is: the environment for a subprocess and the token directory."""
     from ca.keys import softhsm
 
     conf = softhsm.write_config(tmp_path)
@@ -312,10 +308,79 @@ def test_hsm_signing_resumes_after_the_token_was_gone(softhsm_env, tmp_path) -> 
            "TINCAY_PKCS11_TOKEN": "outage", "TINCAY_PKCS11_PIN": pin}
     tokens = next(line.split("=", 1)[1].strip() for line in conf.read_text().splitlines()
                   if line.startswith("directories.tokendir"))
-    result = subprocess.run([sys.executable, "-c", _OUTAGE, tokens], env=env,
+    return env, tokens
+
+
+def _run_script(script: str, env: dict[str, str], *args: str) -> list:
+    result = subprocess.run([sys.executable, "-c", script, *args], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.softhsm
+def test_hsm_signing_resumes_after_the_token_was_gone(softhsm_env, tmp_path) -> None:
+    """A token that stops answering under a running process (its storage moved away here, a
+    network HSM's link elsewhere): each signature meanwhile fails with a KeyBackendError, never
+    a raw PKCS#11 error, and signing resumes once the token is back, in the same process.
+    SoftHSM sees the token again only after its module is re-initialised: without that, every
+    signature after the outage failed with "vanished from the token" until a restart."""
+    env, tokens = _private_token(softhsm_env, tmp_path)
+    seen = _run_script(_OUTAGE, env, tokens)
     assert seen[0] == "signed" and seen[-2:] == ["signed", "signed"], seen
     assert all(outcome in ("KeyNotFoundError", "BackendUnavailableError")
                for outcome in seen[1:4]), seen
+
+
+_LOAD_WHILE_GONE = _OUTAGE.split("e, tokens = ")[0] + """
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+e, tokens, pem = os.environ, sys.argv[1], sys.argv[2]
+key = Pkcs11Backend(e["TINCAY_PKCS11_MODULE"], e["TINCAY_PKCS11_TOKEN"], PinSource(e)).load(
+    "outage", expected=load_pem_public_key(pem.encode()))
+
+def sign():
+    try:
+        signature = key.private_key.sign(b"record", ec.ECDSA(hashes.SHA256()))
+    except KeyBackendError as exc:
+        return str(exc)
+    key.public_key.verify(signature, b"record", ec.ECDSA(hashes.SHA256()))
+    return "signed"
+
+seen = [sign()]
+os.rename(tokens + ".away", tokens)
+print(json.dumps(seen + [sign()]))
+"""
+
+
+@pytest.mark.softhsm
+def test_hsm_key_loaded_while_the_token_is_gone_is_checked_once_it_is_back(
+        softhsm_env, tmp_path) -> None:
+    """A worker that starts during an HSM outage loads its key from the certificate's public
+    key (ca/keys/base.py: ``expected``) instead of failing to boot, which would stop the whole
+    gunicorn server: it refuses while the token is gone, and once it is back signs with the
+    token's key only if that is the certificate's."""
+    from cryptography.hazmat.primitives import serialization
+
+    env, tokens = _private_token(softhsm_env, tmp_path)
+    [public_pem] = _run_script(_GENERATE, env)
+    stranger = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    for expected, afterwards in ((public_pem, "signed"), (stranger, "is not the key of the")):
+        os.rename(tokens, tokens + ".away")
+        during, after = _run_script(_LOAD_WHILE_GONE, env, tokens, expected)
+        assert "cannot be initialised" in during
+        assert afterwards in after
+
+
+_GENERATE = """
+import json, os
+from cryptography.hazmat.primitives import serialization
+from ca.keys.base import KeySpec
+from ca.keys.pkcs11 import Pkcs11Backend
+from ca.settings import PinSource
+e = os.environ
+key = Pkcs11Backend(e["TINCAY_PKCS11_MODULE"], e["TINCAY_PKCS11_TOKEN"], PinSource(e)).generate(
+    "outage", KeySpec.parse("ec-p256"))
+print(json.dumps([key.public_key.public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()]))
+"""

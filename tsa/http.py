@@ -95,7 +95,8 @@ def timestamp_authority(service: CertificateAuthorityService, unit: str | None =
         return None
     chosen = units[0]
     return TimeStampAuthority(
-        TsaUnit(chosen.name, chosen.certificate, service.signing_key(chosen.key_uri),
+        TsaUnit(chosen.name, chosen.certificate,
+                service.signing_key(chosen.key_uri, chosen.certificate),
                 tuple(chosen.chain)),
         policy or TsaPolicy(), service.clock)
 

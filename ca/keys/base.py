@@ -89,8 +89,11 @@ class KeyBackend(Protocol):
     def generate(self, label: str, spec: KeySpec) -> SigningKey:
         """Create a new key pair named ``label``; refuse if one exists."""
 
-    def load(self, uri_or_label: str) -> SigningKey:
-        """Find an existing key by RFC 7512 URI or bare label."""
+    def load(self, uri_or_label: str, expected: PublicKey | None = None) -> SigningKey:
+        """Find an existing key by RFC 7512 URI or bare label. ``expected``: the public key
+        of the caller's certificate; a backend that cannot reach its keys now (an HSM outage)
+        then returns the key anyway, bound to ``expected`` and checked against the key it
+        finds once it can, so a server starts and refuses until the HSM is back."""
 
     def exists(self, label: str) -> bool:
         """Whether a key with this label is present."""

@@ -10,7 +10,7 @@ import threading
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ca.errors import KeyExistsError, KeyNotFoundError
-from ca.keys.base import CURVES, KeySpec, PrivateKey, SigningKey
+from ca.keys.base import CURVES, KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.keys.uri import Pkcs11Uri
 
 
@@ -48,7 +48,8 @@ class MemoryBackend:
             self._keys[label] = key
             return key
 
-    def load(self, uri_or_label: str) -> SigningKey:
+    def load(self, uri_or_label: str, expected: PublicKey | None = None) -> SigningKey:
+        """``expected`` is not needed: memory is always reachable."""
         label = _label(uri_or_label)
         with self._lock:
             try:

@@ -116,6 +116,7 @@ class _TokenSession:
         # the session; a stale one is forgotten and looked up again.
         self._keys: dict[str, Any] = {}
         self._found: set[str] = set()  # labels found on the token since the process started
+        self._expected: dict[str, bytes] = {}  # label -> SPKI its certificate holds, unchecked
 
     def run(self, action: Callable[[Any], T], *, reads_token: bool = False) -> T:
         """Run ``action(session)`` under the process lock, opening the session if needed;
@@ -148,6 +149,8 @@ class _TokenSession:
                 with _token_files_locked(self.module):
                     key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY,
                                                 label=label)
+                    if label in self._expected:
+                        self._check_expected(label)
             except p11.NoSuchKey:
                 if label in self._found:  # it was there: deleted, or the token's storage went
                     self.lost()           # away, and then only a re-initialised module sees it
@@ -158,6 +161,18 @@ class _TokenSession:
 
     def forget(self, label: str) -> None:
         self._keys.pop(label, None)
+
+    def expect(self, label: str, public: PublicKey) -> None:
+        """Check the key labelled ``label``, when it is first found, against ``public``."""
+        self._expected[label] = _spki(public)
+
+    def _check_expected(self, label: str) -> None:
+        found = _public_key(self._session.get_key(object_class=ObjectClass.PUBLIC_KEY,
+                                                  label=label))
+        if _spki(found) != self._expected[label]:
+            raise KeyBackendError(f"key {label!r} on token {self.token_label!r} is not the "
+                                  "key of the certificate it was loaded for")
+        del self._expected[label]
 
     def _open(self) -> None:
         try:
@@ -310,7 +325,7 @@ class Pkcs11Backend:
         self._session.run(gen, reads_token=True)
         return self.load(label)
 
-    def load(self, uri_or_label: str) -> SigningKey:
+    def load(self, uri_or_label: str, expected: PublicKey | None = None) -> SigningKey:
         label = self._label(uri_or_label)
 
         def find(session: Any) -> PublicKey:
@@ -325,13 +340,25 @@ class Pkcs11Backend:
                     f"several keys are labelled {label!r} on token {self.token_label!r}") from None
             return _public_key(public)
 
-        public = self._session.run(find, reads_token=True)
+        try:
+            public = self._session.run(find, reads_token=True)
+        except (BackendUnavailableError, TokenNotFoundError):
+            if expected is None:
+                raise
+            public = expected  # the HSM is unreachable: signing finds the key once it is back
+            with _PROCESS_LOCK:
+                self._session.expect(label, expected)
         spec = KeySpec.of_public_key(public)
         signer = _make_signer(self._session, label, public)
         return SigningKey(self.uri(label), spec, signer, public)
 
     def close(self) -> None:
         self._session.close()
+
+
+def _spki(public: PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _public_key(obj: Any) -> PublicKey:
