@@ -384,3 +384,14 @@ key = Pkcs11Backend(e["TINCAY_PKCS11_MODULE"], e["TINCAY_PKCS11_TOKEN"], PinSour
 print(json.dumps([key.public_key.public_bytes(
     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()]))
 """
+
+
+@pytest.mark.softhsm
+def test_hsm_key_loaded_for_a_certificate_must_be_its_key(hsm_backend, unique_label) -> None:
+    """With the token reachable, ``expected`` is checked at once: a service never starts
+    signing for a certificate with another key."""
+    key = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    assert hsm_backend.load(key.uri, expected=key.public_key).public_key == key.public_key
+    stranger = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(KeyBackendError, match="is not the key of the certificate"):
+        hsm_backend.load(key.uri, expected=stranger)

@@ -138,8 +138,12 @@ class _TokenSession:
     def lost(self) -> None:
         """Forget the session after the token stopped answering (call under the process lock);
         the next call re-initialises the module and opens a new one."""
-        self._session, self._keys = None, {}
+        self.drop()
         _STALE_MODULES.add(self.module)
+
+    def drop(self) -> None:
+        """Forget the session and its key handles (closed, or about to be)."""
+        self._session, self._keys = None, {}
 
     def private_key(self, label: str) -> Any:
         """The private key labelled ``label`` (call inside :meth:`run`); NoSuchKey if absent."""
@@ -170,8 +174,7 @@ class _TokenSession:
         found = _public_key(self._session.get_key(object_class=ObjectClass.PUBLIC_KEY,
                                                   label=label))
         if _spki(found) != self._expected[label]:
-            raise KeyBackendError(f"key {label!r} on token {self.token_label!r} is not the "
-                                  "key of the certificate it was loaded for")
+            raise _not_the_certificates(label, self.token_label)
         del self._expected[label]
 
     def _open(self) -> None:
@@ -215,7 +218,7 @@ class _TokenSession:
                     self._session.close()
                 except p11.PKCS11Error:
                     pass
-            self._session, self._keys = None, {}
+            self.drop()
 
 
 def _load_lib(module: str) -> Any:
@@ -227,24 +230,32 @@ def _load_lib(module: str) -> Any:
         try:
             lib[0].reinitialize()
         except p11.PKCS11Error as exc:
-            raise BackendUnavailableError(
-                f"PKCS#11 module {module} cannot be initialised: {type(exc).__name__}") from None
+            raise _not_initialised(module, exc) from None
         _LIBS[module] = lib = (lib[0], pid)
         for session in _SESSIONS.values():
             if session.module == module:
-                session._session, session._keys = None, {}
+                session.drop()
     if lib is None:
         if not os.path.exists(module):
             raise ConfigurationError(f"PKCS#11 module {module} does not exist")
         try:
             lib = (pkcs11.lib(module), pid)
         except p11.PKCS11Error as exc:  # loaded, but C_Initialize failed (SoftHSM: no storage)
-            raise BackendUnavailableError(
-                f"PKCS#11 module {module} cannot be initialised: {type(exc).__name__}") from None
+            raise _not_initialised(module, exc) from None
         except (RuntimeError, OSError) as exc:
             raise ConfigurationError(f"cannot load PKCS#11 module {module}: {exc}") from None
         _LIBS[module] = lib
     return lib[0]
+
+
+def _not_the_certificates(label: str, token: str) -> KeyBackendError:
+    return KeyBackendError(f"key {label!r} on token {token!r} is not the key of the certificate "
+                           "it was loaded for")
+
+
+def _not_initialised(module: str, exc: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"PKCS#11 module {module} cannot be initialised: {type(exc).__name__}")
 
 
 def shared_session(module: str, token_label: str, pin: PinSource) -> _TokenSession:
@@ -348,6 +359,8 @@ class Pkcs11Backend:
             public = expected  # the HSM is unreachable: signing finds the key once it is back
             with _PROCESS_LOCK:
                 self._session.expect(label, expected)
+        if expected is not None and _spki(public) != _spki(expected):
+            raise _not_the_certificates(label, self.token_label)
         spec = KeySpec.of_public_key(public)
         signer = _make_signer(self._session, label, public)
         return SigningKey(self.uri(label), spec, signer, public)
