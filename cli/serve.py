@@ -111,7 +111,8 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
 
 
 def _log_ready(worker: Any) -> None:
-    """After "Booting worker": the app is loaded, its keys found and its database open."""
+    """After "Booting worker": the app is loaded, its database open and its keys bound (found
+    on the token, or during an HSM outage bound to their certificates' public keys)."""
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 

@@ -431,12 +431,18 @@ def _timestamp_query(tmp_path: Path) -> tuple[Path, bytes]:
     return data, query.read_bytes()
 
 
-def _stamp(base: str, query: bytes) -> bytes:
-    post = urllib.request.Request(f"{base}/tsa", data=query, method="POST",
-                                  headers={"Content-Type": "application/timestamp-query"})
+def _post(url: str, body: bytes, content_type: str, reply_type: str) -> bytes:
+    """A DER protocol POST; the reply's body, which must come as ``reply_type``."""
+    post = urllib.request.Request(url, data=body, method="POST",
+                                  headers={"Content-Type": content_type})
     with urllib.request.urlopen(post, timeout=30) as reply:
-        assert reply.headers["Content-Type"] == "application/timestamp-reply"
+        assert reply.headers["Content-Type"] == reply_type
         return reply.read()
+
+
+def _stamp(base: str, query: bytes) -> bytes:
+    return _post(f"{base}/tsa", query, "application/timestamp-query",
+                 "application/timestamp-reply")
 
 
 def _granted_serial(reply: bytes) -> int:
@@ -457,42 +463,43 @@ def _logged_serials(env: dict[str, str]) -> set[int]:
 def _ocsp_status(base: str, query: bytes) -> str:
     from asn1crypto import ocsp
 
-    post = urllib.request.Request(f"{base}/ocsp", data=query, method="POST",
-                                  headers={"Content-Type": "application/ocsp-request"})
-    with urllib.request.urlopen(post, timeout=30) as reply:
-        return ocsp.OCSPResponse.load(reply.read())["response_status"].native
+    reply = _post(f"{base}/ocsp", query, "application/ocsp-request", "application/ocsp-response")
+    return ocsp.OCSPResponse.load(reply)["response_status"].native
 
 
 def _is_worker(pid: int, arbiter: int) -> bool:
     """A gunicorn worker of ``arbiter`` (forked, so the same command line), not the
     maintenance process beside them."""
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return parent == arbiter and b"serve" in argv
+    return _parent(pid) == arbiter and b"serve" in _argv(pid)
 
 
 def _server_processes(port: int) -> list[int]:
     """The ``tincay serve --port port`` this test process started, and every descendant."""
     parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" ", 1)
-        except OSError:  # exited meanwhile
-            continue
-        parents[int(pid)] = int(rest.rsplit(")", 1)[1].split()[1])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = _parent(int(entry.name))
+            except OSError:  # exited meanwhile
+                continue
     found = []
     for pid, parent in parents.items():
-        if parent != os.getpid():
-            continue
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if parent == os.getpid() and {b"serve", str(port).encode()} <= set(_argv(pid)):
+                found.append(pid)
         except OSError:
             continue
-        if b"serve" in argv and str(port).encode() in argv:
-            found.append(pid)
     for pid in found:  # breadth-first: the list grows as it is walked
         found.extend(child for child, parent in parents.items() if parent == pid)
     return found
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _argv(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
 def _raw_http(base: str, message: bytes, half_close: bool = False) -> bytes:

@@ -181,7 +181,7 @@ class _TokenSession:
         try:
             self._login()
         except (TokenNotFoundError, BackendUnavailableError):
-            _STALE_MODULES.add(self.module)  # the module may not see the token until re-initialised
+            _STALE_MODULES.add(self.module)  # it may not see the token until re-initialised
             raise
         _STALE_MODULES.discard(self.module)
 
@@ -359,8 +359,9 @@ class Pkcs11Backend:
             public = expected  # the HSM is unreachable: signing finds the key once it is back
             with _PROCESS_LOCK:
                 self._session.expect(label, expected)
-        if expected is not None and _spki(public) != _spki(expected):
-            raise _not_the_certificates(label, self.token_label)
+        else:
+            if expected is not None and _spki(public) != _spki(expected):
+                raise _not_the_certificates(label, self.token_label)
         spec = KeySpec.of_public_key(public)
         signer = _make_signer(self._session, label, public)
         return SigningKey(self.uri(label), spec, signer, public)
