@@ -78,7 +78,7 @@ def fill_and_publish(url: str, count: int) -> dict:
     start = time.perf_counter()
     with Hierarchy.from_spec(SPEC, database_url=url) as pki:
         now = pki.clock.now()
-        with pki.service.read() as session, session.begin():
+        with pki.service.context.read() as session, session.begin():
             issuer_id = session.query(Authority.id).filter(Authority.name == "ca").scalar()
             batch = []
             for i in range(count):
@@ -97,7 +97,7 @@ def fill_and_publish(url: str, count: int) -> dict:
         gc.collect()
         _reset_peak_rss()
         start = time.perf_counter()
-        info = pki.service.publish_crl("ca")
+        info = pki.service.publication.publish_crl("ca")
         seconds = time.perf_counter() - start
         assert info.entries == count
         return {"seconds": seconds, "fill_seconds": filled, "rss_mb": _peak_rss_mb(),

@@ -184,8 +184,8 @@ def _raw_signatures(env: dict[str, str], key: str) -> tuple[float, float]:
 import time, sys
 from cli.context import AppContext
 service = AppContext(migrate=False).service
-[unit] = service.service_units("ocsp")
-key = service.signing_key(unit.key_uri)
+[unit] = service.authorities.service_units("ocsp")
+key = service.authorities.signing_key(unit.key_uri)
 from ca import signing
 data, count, end = b"x" * 300, 0, time.perf_counter() + {1.5}
 while time.perf_counter() < end:

@@ -22,5 +22,5 @@ def create_app() -> Flask:
     def not_recorded(token: TimestampRecord) -> None:
         return None
 
-    service.record_timestamp = not_recorded  # this instance only: the reference server's
+    service.token_log.record = not_recorded  # this instance only: the reference server's
     return app

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.wsgi import get_input_stream
 
 from ca.errors import NotFoundError
-from ca.service import CertificateAuthorityService
+from ca.services import CertificateAuthority
 
 repository = Blueprint("repository", __name__)
 CA_CERT_MAX_AGE = timedelta(hours=1)
@@ -27,7 +27,7 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CLOSE = ("Connection", "close")
 
 
-def service() -> CertificateAuthorityService:
+def service() -> CertificateAuthority:
     return current_app.extensions["tincay.service"]
 
 
@@ -129,7 +129,7 @@ def ca_certificate(name: str) -> Response:
     if not _NAME.fullmatch(name):
         abort(404)
     try:
-        cert = service().authority_certificate(name)
+        cert = service().authorities.authority_certificate(name)
     except NotFoundError:
         abort(404)
     return cacheable(cert.public_bytes(serialization.Encoding.DER), "application/pkix-cert",
@@ -142,9 +142,9 @@ def latest_crl(name: str) -> Response:
     ``<ca>-delta.crl`` its latest delta CRL, cacheable until its nextUpdate."""
     if not _NAME.fullmatch(name):
         abort(404)
-    crl = service().latest_crl(name)
+    crl = service().publication.latest_crl(name)
     if crl is None and name.endswith("-delta"):
-        crl = service().latest_crl(name.removesuffix("-delta"), delta=True)
+        crl = service().publication.latest_crl(name.removesuffix("-delta"), delta=True)
     if crl is None:
         abort(404)
     now = service().clock.now()

@@ -9,7 +9,7 @@
         pki.revoke(doctor)
         pki.export(tmp_path)                        # PEM, DER and PKCS#12 for other languages
 
-Everything goes through :class:`ca.service.CertificateAuthorityService`, so a throwaway
+Everything goes through :class:`ca.services.CertificateAuthority`, so a throwaway
 certificate is built, persisted and audited exactly like a production one. The clock is a
 :class:`FrozenClock` the suite controls (``pki.clock.set(...)``, ``with pki.at(when):``) to make
 expired and not-yet-valid certificates.
@@ -35,7 +35,7 @@ from ca.hierarchy import HierarchySpec, load_hierarchy
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey
 from ca.keys.memory import MemoryBackend
 from ca.profiles import ProfileSet, load_profiles
-from ca.service import CertificateAuthorityService, CrlInfo, KeySource
+from ca.services import CertificateAuthority, CrlInfo, KeySource
 from ca.settings import REPO_ROOT
 from ca.store.db import (create_engine_for, create_throwaway_schema, make_session_factory,
                          migrate)
@@ -67,7 +67,7 @@ class Issued:
 class Hierarchy:
     """A complete PKI for one test or test session; close it (or use ``with``) when done."""
 
-    def __init__(self, service: CertificateAuthorityService, spec: HierarchySpec,
+    def __init__(self, service: CertificateAuthority, spec: HierarchySpec,
                  clock: FrozenClock, engine: Any,
                  listener: socket.socket | None = None) -> None:
         self.service = service
@@ -107,10 +107,10 @@ class Hierarchy:
             create_throwaway_schema(engine)  # dies with the process: no migration chain
         else:
             migrate(engine)
-        service = CertificateAuthorityService(make_session_factory(engine),
+        service = CertificateAuthority(make_session_factory(engine),
                                               keys or MemoryBackend(), profile_set, clock,
                                               public_url)
-        service.init_hierarchy(parsed)
+        service.authorities.init_hierarchy(parsed)
         return cls(service, parsed, clock, engine, listener)
 
     # --- reading the hierarchy ------------------------------------------------------------------
@@ -122,17 +122,17 @@ class Hierarchy:
 
     @property
     def root(self) -> x509.Certificate:
-        return self.service.authority_certificate(self.spec.authorities[0].name)
+        return self.service.authorities.authority_certificate(self.spec.authorities[0].name)
 
     def ca(self, name: str) -> x509.Certificate:
-        return self.service.authority_certificate(name)
+        return self.service.authorities.authority_certificate(name)
 
     def chain(self, name: str) -> list[x509.Certificate]:
         """``name``'s certificate, then its parents up to the root (read once: a CA's
         certificate never changes, and every issue() hands the chain back)."""
         chain = self._chains.get(name)
         if chain is None:
-            chain = self._chains[name] = tuple(self.service.chain(name))
+            chain = self._chains[name] = tuple(self.service.authorities.chain(name))
         return list(chain)
 
     # --- issuing and revoking -------------------------------------------------------------------
@@ -152,7 +152,7 @@ class Hierarchy:
                 key_type = KeySpec.parse(key_type)
             source = KeySource(generate=key_type or
                                self.service.profiles.get(profile).key_algorithms[0])
-        result = self.service.issue(ca, profile, pairs, source, emails=emails,
+        result = self.service.issuance.issue(ca, profile, pairs, source, emails=emails,
                                     dns_names=dns_names, days=days)
         issued = Issued(result.certificate, result.private_key, result.serial_hex, ca, profile,
                         tuple(self.chain(ca)), result.key_uri)
@@ -166,14 +166,14 @@ class Hierarchy:
             serial, ca = target.serial_hex, ca or target.ca
         else:
             serial = target
-        self.service.revoke(ca or self.default_ca, serial, reason,
+        self.service.revocation.revoke(ca or self.default_ca, serial, reason,
                             invalidity_date=invalidity_date)
 
     def crl(self, ca: str | None = None, *, delta: bool = False,
             validity: dt.timedelta | None = None) -> CrlInfo:
         """Publish a new CRL of ``ca`` now (a delta CRL with ``delta``; the CA's validity or
         ``validity``); ``.der`` is what ``/crl/<ca>.crl`` serves from then on."""
-        return self.service.publish_crl(ca or self.default_ca, validity=validity, delta=delta)
+        return self.service.publication.publish_crl(ca or self.default_ca, validity=validity, delta=delta)
 
     @contextlib.contextmanager
     def at(self, when: dt.datetime) -> Iterator[None]:

@@ -1,1 +1,1 @@
-"""The tincay command line: a thin shell over ca.service; the composition root."""
+"""The tincay command line: a thin shell over ca.services; the composition root."""

@@ -12,13 +12,13 @@ import os
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from ca.service import CertificateAuthorityService
+from ca.services import CertificateAuthority
 from cli.context import AppContext
 
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def create_app(service: CertificateAuthorityService | None = None) -> Flask:
+def create_app(service: CertificateAuthority | None = None) -> Flask:
     """The app over ``service``, or over one built from the environment (gunicorn workers)."""
     app = Flask("tincay")
     if service is None:
@@ -31,7 +31,7 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
     from ocsp.responder import Responder
     from ocsp.sources import StoreSource, responder_keys
 
-    source = StoreSource(service)
+    source = StoreSource(service.revocation, service.ocsp_answers)
     app.extensions["tincay.ocsp"] = Responder(responder_keys(service), source, service.clock,
                                               cache=source)
     app.register_blueprint(repository)
@@ -40,9 +40,10 @@ def create_app(service: CertificateAuthorityService | None = None) -> Flask:
 
     from tsa.http import TsaEndpoint, timestamp_authority, tsa_settings
 
-    app.extensions["tincay.tsa"] = timestamp_authority(service, *tsa_settings(os.environ))
+    app.extensions["tincay.tsa"] = timestamp_authority(service.authorities,
+                                                       *tsa_settings(os.environ))
     app.wsgi_app = TsaEndpoint(app.wsgi_app,  # type: ignore[method-assign]
-                               app.extensions["tincay.tsa"], service)  # /tsa, before Flask
+                               app.extensions["tincay.tsa"], service.token_log)  # /tsa
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -12,7 +12,7 @@ from typing import Mapping
 from ca.clock import Clock, SystemClock
 from ca.keys.base import KeyBackend
 from ca.profiles import ProfileSet, load_profiles
-from ca.service import CertificateAuthorityService
+from ca.services import CertificateAuthority
 from ca.settings import Settings
 
 
@@ -50,10 +50,10 @@ class AppContext:
                              self.settings.pin)
 
     @cached_property
-    def service(self) -> CertificateAuthorityService:
+    def service(self) -> CertificateAuthority:
         from ca.store.db import make_session_factory
 
-        return CertificateAuthorityService(make_session_factory(self.engine), self.keys,
+        return CertificateAuthority(make_session_factory(self.engine), self.keys,
                                            self.profiles, self.clock, self.settings.public_url)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The ``tincay`` command: a thin click shell over ca.service.
+"""The ``tincay`` command: a thin click shell over ca.services.
 
 Exit codes: 0 success, 1 an operator error (one line on stderr, no traceback), 2 a usage error.
 PINs are never options: they come from TINCAY_PKCS11_PIN or TINCAY_PKCS11_PIN_FILE.
@@ -87,11 +87,11 @@ def _init(spec_path: Path, as_json: bool) -> list[str]:
 
     app = _ctx()
     spec = load_hierarchy(spec_path, app.profiles)
-    created = app.service.init_hierarchy(spec, progress=progress)
+    created = app.service.authorities.init_hierarchy(spec, progress=progress)
     if as_json:
         emit_one({"hierarchy": spec.name, "created": created,
-                  "authorities": app.service.list_authorities(),
-                  "services": app.service.list_service_units()}, True)
+                  "authorities": app.service.listings.list_authorities(),
+                  "services": app.service.listings.list_service_units()}, True)
     else:
         click.echo(f"hierarchy {spec.name}: " + (f"created {', '.join(created)}" if created
                                                  else "nothing to create, all present"))
@@ -111,19 +111,19 @@ def demo(as_json: bool) -> None:
                                         dict(os.environ)))
     _init(DEMO_SPEC, as_json)
     app = _ctx()
-    for authority in app.service.list_authorities():
-        if app.service.latest_crl(authority["name"]) is None:
-            app.service.publish_crl(authority["name"])
+    for authority in app.service.listings.list_authorities():
+        if app.service.publication.latest_crl(authority["name"]) is None:
+            app.service.publication.publish_crl(authority["name"])
     _preproducer().refresh()
     public = app.settings.home / "public"
     public.mkdir(parents=True, exist_ok=True)
-    for authority in app.service.list_authorities():
-        cert = app.service.authority_certificate(authority["name"])
+    for authority in app.service.listings.list_authorities():
+        cert = app.service.authorities.authority_certificate(authority["name"])
         _write(str(public / f"{authority['name']}.pem"), _encode([cert], "pem"))
     if not as_json:
-        emit(app.service.list_authorities(), ["name", "parent", "profile", "subject",
+        emit(app.service.listings.list_authorities(), ["name", "parent", "profile", "subject",
                                               "not_after"], False)
-        emit(app.service.list_service_units(), ["name", "kind", "authority", "serial",
+        emit(app.service.listings.list_service_units(), ["name", "kind", "authority", "serial",
                                                 "not_after"], False)
         click.echo(f"CA certificates: {public}")
 
@@ -166,7 +166,7 @@ def ca_group() -> None:
 @json_option
 def ca_list(as_json: bool) -> None:
     """List the CAs."""
-    emit(_ctx().service.list_authorities(),
+    emit(_ctx().service.listings.list_authorities(),
          ["name", "status", "parent", "profile", "subject", "not_after"], as_json)
 
 
@@ -175,7 +175,7 @@ def ca_list(as_json: bool) -> None:
 @json_option
 def ca_show(name: str, as_json: bool) -> None:
     """Show one CA."""
-    emit_one(_ctx().service.show_authority(name), as_json)
+    emit_one(_ctx().service.listings.show_authority(name), as_json)
 
 
 @ca_group.command(name="configure")
@@ -189,7 +189,7 @@ def ca_configure(name: str, crl_validity: timedelta | None,
                  delta_crl_validity: timedelta | None | str, ocsp_validity: timedelta | None,
                  as_json: bool) -> None:
     """Set how long a CA's CRLs, delta CRLs and OCSP answers are valid."""
-    emit_one(_ctx().service.configure_authority(
+    emit_one(_ctx().service.publication.configure(
         name, crl_validity=crl_validity, ocsp_validity=ocsp_validity,
         delta_crl_validity=False if delta_crl_validity is None
         else None if delta_crl_validity == "off" else delta_crl_validity),
@@ -204,7 +204,7 @@ def ca_configure(name: str, crl_validity: timedelta | None,
 def ca_export(name: str, chain: bool, fmt: str, out: str) -> None:
     """Export a CA certificate (or its chain)."""
     service = _ctx().service
-    certs = service.chain(name) if chain else [service.authority_certificate(name)]
+    certs = service.authorities.chain(name) if chain else [service.authorities.authority_certificate(name)]
     _write(out, _encode(certs, fmt))
 
 
@@ -233,7 +233,7 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
     from ca import issuance
     from ca.errors import CSRError
     from ca.keys.base import KeySpec
-    from ca.service import KeySource
+    from ca.services import KeySource
     from ca.subject import parse_subject
 
     if (csr_file is None) == (not generate_key):
@@ -256,11 +256,11 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
             raise click.UsageError(f"profile {profile_name} lists no key algorithm: "
                                    "give --key-type")
         source = KeySource(generate=spec)
-    issued = app.service.issue(ca_name, profile_name, parse_subject(subject), source,
+    issued = app.service.issuance.issue(ca_name, profile_name, parse_subject(subject), source,
                                emails=emails, dns_names=dns_names, days=days, progress=progress)
     _write(out, issued.pem)
     _preproduce(ca_name, issued.serial_hex)
-    record = app.service.show_certificate(issued.serial_hex, ca_name)
+    record = app.service.listings.show_certificate(issued.serial_hex, ca_name)
     if as_json:
         emit_one(record, True)
     elif out != "-":
@@ -289,7 +289,7 @@ def _aware(value: Any) -> Any:
 @json_option
 def revoke(serial: str, ca_name: str, reason: str, invalidity_date: Any, as_json: bool) -> None:
     """Revoke a certificate (SERIAL in hex as `openssl x509 -serial` prints it)."""
-    record = _ctx().service.revoke(ca_name, serial, reason,
+    record = _ctx().service.revocation.revoke(ca_name, serial, reason,
                                    invalidity_date=_aware(invalidity_date))
     _preproduce(ca_name, record["serial"])
     if as_json:
@@ -304,7 +304,7 @@ def revoke(serial: str, ca_name: str, reason: str, invalidity_date: Any, as_json
 @click.option("--ca", "ca_name", required=True, help="The CA that issued the certificate.")
 def release(serial: str, ca_name: str) -> None:
     """Release a certificate from certificateHold: it is valid again."""
-    record = _ctx().service.release_hold(ca_name, serial)
+    record = _ctx().service.revocation.release_hold(ca_name, serial)
     _preproduce(ca_name, record["serial"])
     click.echo(f"released {record['serial']} of {ca_name} from hold")
 
@@ -321,7 +321,7 @@ def release(serial: str, ca_name: str) -> None:
 def crl_command(ca_name: str, delta: bool, out: str | None, fmt: str,
                 validity: timedelta | None, as_json: bool) -> None:
     """Publish a new CRL of a CA (served at /crl/<ca>.crl, deltas at /crl/<ca>-delta.crl)."""
-    info = _ctx().service.publish_crl(ca_name, validity=validity, delta=delta)
+    info = _ctx().service.publication.publish_crl(ca_name, validity=validity, delta=delta)
     if out is not None:
         data = info.der if fmt == "der" else x509.load_der_x509_crl(info.der).public_bytes(
             serialization.Encoding.PEM)
@@ -355,7 +355,7 @@ def cert_group() -> None:
 def cert_list(ca_name: str | None, profile: str | None, status: str | None,
               subject_contains: str | None, limit: int, as_json: bool) -> None:
     """List certificates, newest first."""
-    rows = _ctx().service.list_certificates(ca=ca_name, profile=profile, status=status,
+    rows = _ctx().service.listings.list_certificates(ca=ca_name, profile=profile, status=status,
                                             subject_contains=subject_contains, limit=limit)
     emit(rows, ["issuer", "serial", "status", "profile", "subject", "not_after"], as_json)
 
@@ -366,7 +366,7 @@ def cert_list(ca_name: str | None, profile: str | None, status: str | None,
 @json_option
 def cert_show(serial: str, ca_name: str | None, as_json: bool) -> None:
     """Show a certificate by serial (hex, as `openssl x509 -serial` prints it)."""
-    emit_one(_ctx().service.show_certificate(serial, ca_name), as_json)
+    emit_one(_ctx().service.listings.show_certificate(serial, ca_name), as_json)
 
 
 @cert_group.command(name="export")
@@ -376,7 +376,7 @@ def cert_show(serial: str, ca_name: str | None, as_json: bool) -> None:
 @click.option("--out", default="-", show_default=True, help="Output file, - for stdout.")
 def cert_export(serial: str, ca_name: str | None, fmt: str, out: str) -> None:
     """Export a certificate."""
-    der = _ctx().service.certificate_der(serial, ca_name)
+    der = _ctx().service.listings.certificate_der(serial, ca_name)
     _write(out, _encode([x509.load_der_x509_certificate(der)], fmt))
 
 
@@ -389,7 +389,7 @@ def cert_export(serial: str, ca_name: str | None, fmt: str, out: str) -> None:
 @json_option
 def audit(ca_name: str | None, serial: str | None, limit: int, as_json: bool) -> None:
     """The audit log (key generations, issuance), newest first."""
-    emit(_ctx().service.list_events(ca=ca_name, serial=serial, limit=limit),
+    emit(_ctx().service.listings.list_events(ca=ca_name, serial=serial, limit=limit),
          ["at", "action", "authority", "serial", "subject"], as_json)
 
 
@@ -401,8 +401,9 @@ def _preproducer() -> Any:
     from ocsp.sources import StoreSource, responder_keys
 
     service = _ctx().service
-    return PreProducer(service, Responder(responder_keys(service), StoreSource(service),
-                                          service.clock))
+    source = StoreSource(service.revocation, service.ocsp_answers)
+    return PreProducer(service.ocsp_answers,
+                       Responder(responder_keys(service), source, service.clock))
 
 
 def _preproduce(ca: str, serial: str) -> None:
@@ -424,7 +425,7 @@ def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
     from cli.maintenance import run_forever, run_once
 
     def one_pass() -> Any:
-        return run_once(_ctx().service, _preproducer().refresh)
+        return run_once(_ctx().service.publication, _preproducer().refresh)
 
     if once:
         report = one_pass()
@@ -475,7 +476,7 @@ def testing_serve(spec_path: Path | None, port: int, issues: tuple[str, ...],
             issued.append(pki.issue(profile.strip(), subject.strip()))
         folder = pki.export(export_dir or tempfile.mkdtemp(prefix="tincay-testing-"))
         for authority in pki.spec.authorities:
-            pki.service.publish_crl(authority.name)
+            pki.service.publication.publish_crl(authority.name)
         base = pki.url
         click.echo(json.dumps({
             "url": base, "ocsp": f"{base}/ocsp", "tsa": f"{base}/tsa", "export": str(folder),
@@ -534,7 +535,7 @@ def tsa_group() -> None:
 def tsa_log(since: Any, serial: str | None, unit: str | None, limit: int,
             as_json: bool) -> None:
     """Granted time-stamp tokens, newest first."""
-    rows = _ctx().service.timestamp_log(unit=unit, since=_aware(since), serial=serial,
+    rows = _ctx().service.token_log.find(unit=unit, since=_aware(since), serial=serial,
                                         limit=limit)
     emit(rows, ["gen_time", "unit", "serial", "imprint_algorithm", "policy", "requester"],
          as_json)

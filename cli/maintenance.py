@@ -16,7 +16,7 @@ from typing import Any, Callable
 from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import TincayError
-from ca.service import CertificateAuthorityService, CrlInfo
+from ca.services import CrlInfo, Publication
 
 log = logging.getLogger("tincay.maintenance")
 
@@ -40,10 +40,10 @@ class MaintenanceReport:
         return f"CRLs published: {crls}; OCSP responses signed: {self.ocsp_responses}"
 
 
-def run_once(service: CertificateAuthorityService, refresh_ocsp: Callable[[], int]
+def run_once(publication: Publication, refresh_ocsp: Callable[[], int]
              ) -> MaintenanceReport:
     """One pass: CRLs first (a relying party may fetch them any time), then OCSP answers."""
-    report = MaintenanceReport(crls=service.publish_due_crls())
+    report = MaintenanceReport(crls=publication.publish_due_crls())
     report.ocsp_responses = refresh_ocsp()
     return report
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ca.service import CertificateAuthorityService, CertificateStatus
+from ca.services import CertificateStatus, OcspAnswers
 from ocsp.responder import CertStatus, Responder, StatusInfo
 
 
@@ -26,9 +26,9 @@ def as_status_info(status: CertificateStatus) -> StatusInfo:
 class PreProducer:
     """Keeps the stored responses of every CA ``responder`` serves fresh."""
 
-    def __init__(self, service: CertificateAuthorityService, responder: Responder, *,
+    def __init__(self, answers: OcspAnswers, responder: Responder, *,
                  margin: timedelta | None = None, batch: int = 500) -> None:
-        self.service = service
+        self.answers = answers
         self.responder = responder
         self.margin = margin  # None: half of each CA's OCSP validity
         self.batch = batch
@@ -43,8 +43,8 @@ class PreProducer:
             validity = self.responder.validity_for(key)
             margin = self.margin if self.margin is not None else validity / 2
             while True:
-                now = self.service.clock.now().replace(microsecond=0)
-                due = self.service.ocsp_responses_due(key.ca_name, now + margin,
+                now = self.answers.context.clock.now().replace(microsecond=0)
+                due = self.answers.responses_due(key.ca_name, now + margin,
                                                       limit=self.batch, serial=serial)
                 if not due:
                     break
@@ -53,6 +53,6 @@ class PreProducer:
                     cert_id = self.responder.cert_id(key, int(serial_hex, 16))
                     der = self.responder.sign(key, [(cert_id, as_status_info(status))], None, now)
                     signed.append((cid, status, now, now + validity, der))
-                self.service.store_ocsp_responses(signed)
+                self.answers.store(signed)
                 count += len(signed)
         return count

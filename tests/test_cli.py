@@ -284,13 +284,13 @@ def test_demo_makes_its_own_token_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_tsa_log(cli: Cli, tmp_path: Path) -> None:
     """`tincay tsa log` reads what the TSA recorded (written here through the service)."""
-    from ca.service import TimestampRecord
+    from ca.timestamps import TimestampRecord
     from cli.context import AppContext
 
     app = AppContext()
     at = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.timezone.utc)
     for serial in (0xA1B2C3D4E5F60718, 0xB1B2C3D4E5F60718):
-        app.service.record_timestamp(TimestampRecord("tsa", serial, at, "sha256", b"\x01" * 32,
+        app.service.token_log.record(TimestampRecord("tsa", serial, at, "sha256", b"\x01" * 32,
                                                      "1.3.6.1.4.1.59999.3.1", nonce=7,
                                                      requester="127.0.0.1"))
     app.close()

@@ -56,7 +56,7 @@ def test_published_crl_judged_by_others(pki: Hierarchy, tmp_path: Path) -> None:
     held = pki.issue("clinician", DOCTOR, key_type="ec-p256")
     pki.revoke(bad, "keyCompromise", invalidity_date=NOW - dt.timedelta(days=2))
     pki.revoke(held, "certificateHold")
-    info = pki.service.publish_crl("ca")
+    info = pki.service.publication.publish_crl("ca")
     assert (info.number, info.entries, info.this_update) == (1, 2, NOW)
     crl = x509.load_der_x509_crl(info.der)
     assert crl.is_signature_valid(pki.ca("ca").public_key())  # type: ignore[arg-type]
@@ -106,8 +106,8 @@ def test_certvalidator_requires_and_uses_the_crl(tmp_path: Path) -> None:
         good = pki.issue("clinician", DOCTOR, key_type="ec-p256")
         bad = pki.issue("clinician", DOCTOR, key_type="ec-p256")
         pki.revoke(bad, "affiliationChanged")
-        ca_crl = pki.service.publish_crl("ca").der
-        root_crl = pki.service.publish_crl("root").der
+        ca_crl = pki.service.publication.publish_crl("ca").der
+        root_crl = pki.service.publication.publish_crl("root").der
         from asn1crypto import x509 as ax
 
         def validator(issued) -> CertificateValidator:
@@ -128,15 +128,15 @@ def test_certvalidator_requires_and_uses_the_crl(tmp_path: Path) -> None:
 
 def test_numbers_are_monotonic_and_the_latest_is_served(tmp_path: Path) -> None:
     with Hierarchy.from_spec(spec("ec-p256"), at=NOW) as pki:
-        assert pki.service.latest_crl("ca") is None
-        numbers = [pki.service.publish_crl("ca").number for _ in range(3)]
+        assert pki.service.publication.latest_crl("ca") is None
+        numbers = [pki.service.publication.publish_crl("ca").number for _ in range(3)]
         assert numbers == [1, 2, 3]
-        assert pki.service.publish_crl("root").number == 1
-        latest = pki.service.latest_crl("ca")
+        assert pki.service.publication.publish_crl("root").number == 1
+        latest = pki.service.publication.latest_crl("ca")
         assert latest is not None and latest.number == 3
         assert x509.load_der_x509_crl(latest.der).extensions.get_extension_for_class(
             x509.CRLNumber).value.crl_number == 3
-        events = [e for e in pki.service.list_events(ca="ca") if e["action"] == "crl.publish"]
+        events = [e for e in pki.service.listings.list_events(ca="ca") if e["action"] == "crl.publish"]
         assert [e["details"]["number"] for e in events] == [3, 2, 1]
 
 
@@ -187,7 +187,7 @@ def test_crl_signed_on_softhsm(hsm_backend, unique_label: str, tmp_path: Path) -
     with Hierarchy.from_spec(names, keys=hsm_backend, at=NOW) as pki:
         leaf = pki.issue("citizen", "CN=Bùi Sĩ Tuấn, UID=CCCD:038093015572", key_type="ec-p256")
         pki.revoke(leaf, "superseded")
-        info = pki.service.publish_crl(f"{unique_label}-ca")
+        info = pki.service.publication.publish_crl(f"{unique_label}-ca")
         ca = hx.write_pem(tmp_path / "ca.pem", pki.ca(f"{unique_label}-ca"))
         (tmp_path / "c.crl").write_bytes(info.der)
         result = openssl("crl", "-inform", "DER", "-in", str(tmp_path / "c.crl"), "-CAfile",
@@ -240,7 +240,7 @@ def test_publication_on_both_databases(database_url: str, tmp_path: Path) -> Non
         pki.revoke(early, "keyCompromise", invalidity_date=NOW - dt.timedelta(hours=5))
         pki.clock.set(late)
         pki.revoke(later, "cessationOfOperation")
-        der = pki.service.publish_crl("root").der and pki.service.publish_crl("ca").der
+        der = pki.service.publication.publish_crl("root").der and pki.service.publication.publish_crl("ca").der
     crl = x509.load_der_x509_crl(der)
     entry = crl.get_revoked_certificate_by_serial_number(early.certificate.serial_number)
     assert entry is not None and entry.revocation_date_utc == NOW
@@ -278,19 +278,19 @@ def test_delta_crl_lists_changes_since_its_base(database_url: str, tmp_path: Pat
         pki.revoke(early, "keyCompromise")
         pki.revoke(held, "certificateHold")
         with pytest.raises(IssuanceError, match="no complete CRL"):
-            pki.service.publish_crl("ca", delta=True)
+            pki.service.publication.publish_crl("ca", delta=True)
         # a change in the base's own second is listed again in the delta (the safe side of a
         # concurrent revocation); a minute later it is not
         pki.clock.advance(dt.timedelta(minutes=1))
-        full = pki.service.publish_crl("ca")
+        full = pki.service.publication.publish_crl("ca")
         pki.clock.advance(dt.timedelta(hours=1))
         pki.revoke(later, "superseded")
-        pki.service.release_hold("ca", format(held.certificate.serial_number, "x"))
-        delta = pki.service.publish_crl("ca", delta=True)
-        assert pki.service.latest_crl("ca", delta=True).der == delta.der
-        assert pki.service.latest_crl("ca").der == full.der
+        pki.service.revocation.release_hold("ca", format(held.certificate.serial_number, "x"))
+        delta = pki.service.publication.publish_crl("ca", delta=True)
+        assert pki.service.publication.latest_crl("ca", delta=True).der == delta.der
+        assert pki.service.publication.latest_crl("ca").der == full.der
         with pytest.raises(IssuanceError, match="does not publish delta"):
-            pki.service.publish_crl("root", delta=True)
+            pki.service.publication.publish_crl("root", delta=True)
 
     assert (full.number, full.entries, full.delta_base) == (1, 2, None)
     assert full.next_update - full.this_update == dt.timedelta(days=7)
@@ -327,12 +327,12 @@ def test_openssl_and_certvalidator_apply_the_delta(tmp_path: Path) -> None:
     with delta_world(tmp_path=tmp_path) as pki:
         later, held, good = (pki.issue("clinician", DOCTOR, key_type="ec-p256") for _ in range(3))
         pki.revoke(held, "certificateHold")
-        full = pki.service.publish_crl("ca").der
-        root_crl = pki.service.publish_crl("root").der
+        full = pki.service.publication.publish_crl("ca").der
+        root_crl = pki.service.publication.publish_crl("root").der
         pki.clock.advance(dt.timedelta(hours=1))
         pki.revoke(later, "keyCompromise")
-        pki.service.release_hold("ca", format(held.certificate.serial_number, "x"))
-        delta = pki.service.publish_crl("ca", delta=True).der
+        pki.service.revocation.release_hold("ca", format(held.certificate.serial_number, "x"))
+        delta = pki.service.publication.publish_crl("ca", delta=True).der
         chain = hx.write_pem(tmp_path / "chain.pem", pki.root, pki.ca("ca"))
         files = {}
         for name, der in (("full", full), ("delta", delta), ("root", root_crl)):
@@ -379,7 +379,7 @@ def test_due_crls_are_published_at_half_their_validity(tmp_path: Path) -> None:
     """What the maintenance process runs: complete CRLs at half of 7 days, deltas at half of
     one day and again whenever a new complete CRL becomes their base."""
     def published(pki: Hierarchy) -> list[tuple[str, int, int | None]]:
-        return [(c.ca, c.number, c.delta_base) for c in pki.service.publish_due_crls()]
+        return [(c.ca, c.number, c.delta_base) for c in pki.service.publication.publish_due_crls()]
 
     with delta_world(tmp_path=tmp_path) as pki:
         assert published(pki) == [("root", 1, None), ("ca", 1, None), ("ca", 2, 1)]

@@ -24,7 +24,7 @@ from ca.clock import FrozenClock
 from ca.keys.memory import MemoryBackend
 from ca.profiles import load_profiles
 from ca.hierarchy import load_hierarchy
-from ca.service import CertificateAuthorityService
+from ca.services import CertificateAuthority
 from ca.store.db import create_engine_for, make_session_factory, migrate
 from cli.app import create_app
 from tests.conftest import postgres_database
@@ -40,9 +40,9 @@ def client(tmp_path: Path):
     engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     profiles = load_profiles(ROOT / "profiles")
-    service = CertificateAuthorityService(make_session_factory(engine), MemoryBackend(), profiles,
+    service = CertificateAuthority(make_session_factory(engine), MemoryBackend(), profiles,
                                           FrozenClock(NOW), "http://127.0.0.1:8080")
-    service.init_hierarchy(load_hierarchy(ROOT / "profiles/hierarchies/demo.yaml", profiles))
+    service.authorities.init_hierarchy(load_hierarchy(ROOT / "profiles/hierarchies/demo.yaml", profiles))
     app = create_app(service)
     yield app.test_client(), service
     engine.dispose()
@@ -53,7 +53,7 @@ def test_ca_certificates_with_cache_headers(client) -> None:
     response = http.get("/certs/issuing-ca.cer")
     assert response.status_code == 200 and response.mimetype == "application/pkix-cert"
     cert = x509.load_der_x509_certificate(response.data)
-    assert cert == service.authority_certificate("issuing-ca")
+    assert cert == service.authorities.authority_certificate("issuing-ca")
     assert response.cache_control.max_age == 3600 and response.headers["ETag"]
     assert response.expires == NOW + dt.timedelta(hours=1)
     assert response.last_modified == cert.not_valid_before_utc
@@ -177,8 +177,8 @@ def test_serve_runs_the_maintenance_process(served_demo: tuple[str, Path, dict[s
 def test_latest_crl_is_served_until_its_next_update(client) -> None:
     http, service = client
     assert http.get("/crl/issuing-ca.crl").status_code == 404  # none published yet
-    service.publish_crl("issuing-ca")
-    latest = service.publish_crl("issuing-ca")
+    service.publication.publish_crl("issuing-ca")
+    latest = service.publication.publish_crl("issuing-ca")
     response = http.get("/crl/issuing-ca.crl")
     assert response.status_code == 200 and response.mimetype == "application/pkix-crl"
     assert response.data == latest.der
@@ -189,8 +189,8 @@ def test_latest_crl_is_served_until_its_next_update(client) -> None:
     assert response.cache_control.max_age == int((latest.next_update - NOW).total_seconds())
     assert http.get("/crl/nope.crl").status_code == 404
     assert http.get("/crl/issuing-ca-delta.crl").status_code == 404  # no deltas configured
-    service.configure_authority("issuing-ca", delta_crl_validity=dt.timedelta(hours=6))
-    delta = service.publish_crl("issuing-ca", delta=True)
+    service.publication.configure("issuing-ca", delta_crl_validity=dt.timedelta(hours=6))
+    delta = service.publication.publish_crl("issuing-ca", delta=True)
     response = http.get("/crl/issuing-ca-delta.crl")
     assert response.status_code == 200 and response.data == delta.der
     assert response.cache_control.max_age == 6 * 3600

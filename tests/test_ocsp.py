@@ -193,7 +193,7 @@ def test_certvalidator_requires_and_uses_ocsp(world: World) -> None:
     good, good_pem = world.leaf()
     bad, bad_pem = world.leaf()
     world.pki.revoke(bad, "privilegeWithdrawn")
-    root_crl = world.pki.service.publish_crl("root-ca").der
+    root_crl = world.pki.service.publication.publish_crl("root-ca").der
 
     def validate(issued, pem: Path) -> None:
         response = world.post(world.request(pem))
@@ -270,7 +270,7 @@ def test_unreachable_backend_means_try_later(world: World, monkeypatch) -> None:
     def down(*_: object) -> None:
         raise BackendUnavailableError("HSM token 'tincay' unavailable: DeviceRemoved")
 
-    monkeypatch.setattr(world.pki.service, "certificate_status", down)
+    monkeypatch.setattr(world.pki.service.revocation, "certificate_status", down)
     assert status_of(world.post(world.request(pem))) == "try_later"
 
 
@@ -479,10 +479,10 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
 
     issued, pem = world.leaf()
     responder = world.app.extensions["tincay.ocsp"]
-    producer = PreProducer(world.pki.service, responder)
+    producer = PreProducer(world.pki.service.ocsp_answers, responder)
     assert producer.refresh() >= 3  # the leaf, the responder's own and the TSA's certificates
     assert producer.refresh() == 0  # nothing due
-    stored = world.pki.service.preproduced_response("issuing-ca",
+    stored = world.pki.service.ocsp_answers.preproduced_response("issuing-ca",
                                                     issued.certificate.serial_number)
     assert stored is not None
 
@@ -505,7 +505,7 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
     assert producer.refresh(serial=issued.serial_hex) == 1
     cached = world.post(no_nonce)
     assert len(signatures) == 4  # the refresh signed once; serving it signed nothing
-    assert cached == world.pki.service.preproduced_response(
+    assert cached == world.pki.service.ocsp_answers.preproduced_response(
         "issuing-ca", issued.certificate.serial_number)
     assert "revoked" in world.openssl_check(no_nonce, cached, pem)
 
@@ -513,7 +513,7 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
     world.pki.clock.advance(dt.timedelta(hours=7))
     assert producer.refresh() >= 3
     world.pki.clock.advance(dt.timedelta(hours=13))
-    assert world.pki.service.preproduced_response(
+    assert world.pki.service.ocsp_answers.preproduced_response(
         "issuing-ca", issued.certificate.serial_number) is None
 
 
@@ -531,7 +531,7 @@ def test_the_endpoint_answers_before_flask_with_http_semantics(world: World, mon
     issued, pem = world.leaf()
     dispatched: list[str] = []
     world.app.before_request(lambda: dispatched.append("flask") and None)
-    PreProducer(world.pki.service, world.app.extensions["tincay.ocsp"]).refresh()
+    PreProducer(world.pki.service.ocsp_answers, world.app.extensions["tincay.ocsp"]).refresh()
     question = world.request(pem, nonce=False)
     path = "/ocsp/" + urllib.parse.quote(base64.b64encode(question).decode(), safe="")
 
@@ -562,7 +562,7 @@ def test_the_endpoint_answers_before_flask_with_http_semantics(world: World, mon
     def down(*_: object) -> None:
         raise StoreError("database read failed: server closed the connection")
 
-    monkeypatch.setattr(world.pki.service, "preproduced_response", down)
+    monkeypatch.setattr(world.pki.service.ocsp_answers, "preproduced_response", down)
     assert status_of(world.http.get(path).data) == "try_later"
 
 
@@ -587,10 +587,10 @@ def test_each_ca_answers_with_its_own_validity(tmp_path: Path) -> None:
             return single.next_update_utc - single.this_update_utc
 
         assert validity(world.post(world.request(pem))) == dt.timedelta(hours=2)
-        PreProducer(pki.service, world.app.extensions["tincay.ocsp"]).refresh()
-        assert validity(pki.service.preproduced_response(
+        PreProducer(pki.service.ocsp_answers, world.app.extensions["tincay.ocsp"]).refresh()
+        assert validity(pki.service.ocsp_answers.preproduced_response(
             "issuing-ca", issued.certificate.serial_number)) == dt.timedelta(hours=2)
-        pki.service.configure_authority("issuing-ca", ocsp_validity=dt.timedelta(minutes=30))
-        assert pki.service.show_authority("issuing-ca")["ocsp_validity"] == "30m"
+        pki.service.publication.configure("issuing-ca", ocsp_validity=dt.timedelta(minutes=30))
+        assert pki.service.listings.show_authority("issuing-ca")["ocsp_validity"] == "30m"
         assert validity(World(pki, tmp_path).post(world.request(pem))) == \
             dt.timedelta(minutes=30)

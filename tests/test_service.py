@@ -28,7 +28,7 @@ from ca.hierarchy import HierarchySpec, load_hierarchy
 from ca.keys.base import KeySpec, SigningKey
 from ca.keys.memory import MemoryBackend
 from ca.profiles import ProfileSet, load_profiles
-from ca.service import CertificateAuthorityService, KeySource
+from ca.services import CertificateAuthority, KeySource
 from ca.store import models
 from ca.store.db import create_engine_for, make_session_factory, migrate
 from ca.subject import format_name, parse_subject
@@ -59,19 +59,19 @@ def demo(profiles: ProfileSet) -> HierarchySpec:
 
 @dataclasses.dataclass
 class World:
-    service: CertificateAuthorityService
+    service: CertificateAuthority
     keys: Any
     engine: Any
 
     def count(self, model: type) -> int:
-        with self.service.read() as session:
+        with self.service.context.read() as session:
             return session.scalar(select(func.count()).select_from(model))
 
 
 def make_world(url: str, keys: Any, profiles: ProfileSet, clock: FrozenClock) -> World:
     engine = create_engine_for(url)
     migrate(engine)
-    service = CertificateAuthorityService(make_session_factory(engine), keys, profiles, clock,
+    service = CertificateAuthority(make_session_factory(engine), keys, profiles, clock,
                                           PUBLIC_URL)
     return World(service, keys, engine)
 
@@ -80,15 +80,15 @@ def make_world(url: str, keys: Any, profiles: ProfileSet, clock: FrozenClock) ->
 def world(database_url: str, profiles: ProfileSet, demo: HierarchySpec) -> Iterator[World]:
     """The demo hierarchy with in-memory keys, in a fresh database."""
     w = make_world(database_url, MemoryBackend(), profiles, FrozenClock(NOW))
-    w.service.init_hierarchy(demo)
+    w.service.authorities.init_hierarchy(demo)
     yield w
     w.service.close()
     w.engine.dispose()
 
 
 def chain_of(world: World) -> Chain:
-    root = world.service.authority_certificate("root-ca")
-    issuing = world.service.authority_certificate("issuing-ca")
+    root = world.service.authorities.authority_certificate("root-ca")
+    issuing = world.service.authorities.authority_certificate("issuing-ca")
     return Chain({}, root, None, issuing, None)  # type: ignore[arg-type]
 
 
@@ -97,29 +97,29 @@ def chain_of(world: World) -> Chain:
 def test_demo_hierarchy_is_created_once_and_chains(world: World, demo: HierarchySpec,
                                                    tmp_path: Path) -> None:
     service = world.service
-    assert [a["name"] for a in service.list_authorities()] == ["root-ca", "issuing-ca"]
-    assert {u["name"]: u["kind"] for u in service.list_service_units()} == \
+    assert [a["name"] for a in service.listings.list_authorities()] == ["root-ca", "issuing-ca"]
+    assert {u["name"]: u["kind"] for u in service.listings.list_service_units()} == \
         {"ocsp-issuing-ca": "ocsp", "tsa": "tsa"}
-    assert service.init_hierarchy(demo) == []  # idempotent: nothing replaced
+    assert service.authorities.init_hierarchy(demo) == []  # idempotent: nothing replaced
 
-    issuing, root = service.chain("issuing-ca")
+    issuing, root = service.authorities.chain("issuing-ca")
     assert root.subject == root.issuer and issuing.issuer == root.subject
     root_pem = hx.write_pem(tmp_path / "root.pem", root)
     issuing_pem = hx.write_pem(tmp_path / "issuing.pem", issuing)
     result = hx.openssl_verify(issuing_pem, root_pem, attime=NOW + dt.timedelta(hours=1))
     assert result.returncode == 0, result.stderr
-    for unit in service.list_service_units():
-        der = service.certificate_der(unit["serial"], "issuing-ca")
+    for unit in service.listings.list_service_units():
+        der = service.listings.certificate_der(unit["serial"], "issuing-ca")
         leaf = hx.write_pem(tmp_path / f"{unit['name']}.pem", der)
         result = hx.openssl_verify(leaf, root_pem, issuing_pem,
                                    attime=NOW + dt.timedelta(hours=1))
         assert result.returncode == 0, result.stderr
 
-    shown = service.show_authority("issuing-ca")
+    shown = service.listings.show_authority("issuing-ca")
     assert shown["status"] == "active" and shown["parent"] == "root-ca"
     assert shown["key_uri"] == "memory:issuing-ca"
     assert shown["not_before"] == NOW and shown["not_before"].tzinfo is not None
-    actions = [e["action"] for e in service.list_events(limit=1000)]
+    actions = [e["action"] for e in service.listings.list_events(limit=1000)]
     assert actions.count("key.generate") == 4
     assert actions.count("authority.create") == 2 and actions.count("service.create") == 2
     assert actions.count("certificate.prepare") == actions.count("certificate.issue") == 4
@@ -131,9 +131,9 @@ def test_a_ca_profile_needs_the_right_parent(world: World, profiles: ProfileSet)
     spec = AuthoritySpec("second-root", "issuing-ca", KeySpec.parse("ec-p256"),
                          (("C", "VN"), ("O", "X"), ("CN", "Second")))
     with pytest.raises(IssuanceError, match="must have a parent"):
-        world.service.create_authority(spec)
+        world.service.authorities.create_authority(spec)
     with pytest.raises(AlreadyExistsError):
-        world.service.create_authority(dataclasses.replace(spec, name="issuing-ca",
+        world.service.authorities.create_authority(dataclasses.replace(spec, name="issuing-ca",
                                                            parent="root-ca"))
     assert not world.keys.exists("second-root")
 
@@ -148,13 +148,13 @@ def test_every_end_entity_profile_through_the_service(world: World, profiles: Pr
     extra: dict[str, Any] = {}
     if profile.dns_san == "required":
         extra["dns_names"] = ("ocsp.benhvien-q11.example.vn",)
-    issued = world.service.issue("issuing-ca", profile_name, pairs,
+    issued = world.service.issuance.issue("issuing-ca", profile_name, pairs,
                                  KeySource(generate=profile.key_algorithms[0]), **extra)
     assert_acceptable(chain_of(world), issued.certificate, profile, tmp_path, lint_level="ERROR")
-    row = world.service.show_certificate(issued.serial_hex, "issuing-ca")
+    row = world.service.listings.show_certificate(issued.serial_hex, "issuing-ca")
     assert row["status"] == "issued" and row["profile"] == profile_name
     assert row["fingerprint_sha256"] == issued.certificate.fingerprint(hashes.SHA256()).hex()
-    assert world.service.certificate_der(issued.serial_hex) == \
+    assert world.service.listings.certificate_der(issued.serial_hex) == \
         issued.certificate.public_bytes(serialization.Encoding.DER)
 
 
@@ -164,7 +164,7 @@ def test_csr_contributes_only_its_key(world: World, tmp_path: Path) -> None:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Evil CA")]))
            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
            .sign(key, hashes.SHA256()))
-    issued = world.service.issue("issuing-ca", "clinician", DOCTOR,
+    issued = world.service.issuance.issue("issuing-ca", "clinician", DOCTOR,
                                  KeySource(csr=issuance.load_csr(
                                      csr.public_bytes(serialization.Encoding.PEM))))
     cert = issued.certificate
@@ -176,7 +176,7 @@ def test_csr_contributes_only_its_key(world: World, tmp_path: Path) -> None:
     raw_cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0]
     assert raw_cn._type.name == "UTF8String"  # noqa: SLF001 - the encoding is the point
     # the Vietnamese subject survives the database byte for byte
-    assert world.service.show_certificate(issued.serial_hex)["subject"] == format_name(cert.subject)
+    assert world.service.listings.show_certificate(issued.serial_hex)["subject"] == format_name(cert.subject)
     result = hx.openssl_verify(hx.write_pem(tmp_path / "leaf.pem", cert),
                                hx.write_pem(tmp_path / "root.pem", chain_of(world).root),
                                hx.write_pem(tmp_path / "ca.pem", chain_of(world).issuing),
@@ -187,7 +187,7 @@ def test_csr_contributes_only_its_key(world: World, tmp_path: Path) -> None:
 def test_serials_are_random_positive_and_within_20_octets(world: World) -> None:
     serials = []
     for _ in range(5):
-        issued = world.service.issue("issuing-ca", "citizen",
+        issued = world.service.issuance.issue("issuing-ca", "citizen",
                                      [("CN", "Bùi Sĩ Tuấn"), ("UID", "CCCD:038093015572")],
                                      KeySource(generate=KeySpec.parse("ec-p256")))
         serials.append(issued.certificate.serial_number)
@@ -197,7 +197,7 @@ def test_serials_are_random_positive_and_within_20_octets(world: World) -> None:
 
 def test_serial_collision_is_caught_by_the_database_and_redrawn(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = world.service.issue("issuing-ca", "citizen",
+    first = world.service.issuance.issue("issuing-ca", "citizen",
                                 [("CN", "A"), ("UID", "CCCD:038093015572")],
                                 KeySource(generate=KeySpec.parse("ec-p256")))
     draws = iter([first.certificate.serial_number, first.certificate.serial_number,
@@ -207,11 +207,11 @@ def test_serial_collision_is_caught_by_the_database_and_redrawn(
     csr_key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
            .sign(csr_key, hashes.SHA256()))
-    second = world.service.issue("issuing-ca", "citizen",
+    second = world.service.issuance.issue("issuing-ca", "citizen",
                                  [("CN", "B"), ("UID", "CCCD:038093015573")], KeySource(csr=csr))
     assert second.certificate.serial_number != first.certificate.serial_number
     # the duplicate never became a row
-    rows = world.service.list_certificates(ca="issuing-ca", limit=1000)
+    rows = world.service.listings.list_certificates(ca="issuing-ca", limit=1000)
     assert len({r["serial"] for r in rows}) == len(rows)
 
 
@@ -265,18 +265,18 @@ def test_the_tbs_is_committed_before_the_key_signs(world: World) -> None:
 
     def check(tbs: bytes) -> None:
         if tbs.startswith(b"\x30"):  # the certificate TBS (CA key signs nothing else here)
-            pending = world.service.list_certificates(ca="issuing-ca", status="pending")
+            pending = world.service.listings.list_certificates(ca="issuing-ca", status="pending")
             seen.extend(pending)
-            with world.service.read() as session:  # a separate session: only committed data
+            with world.service.context.read() as session:  # a separate session: only committed data
                 row = session.scalars(select(models.Certificate).where(
                     models.Certificate.status == "pending")).one()
                 assert row.tbs_der == tbs
 
     _spy_on_issuer(world, check)
-    issued = world.service.issue("issuing-ca", "clinician", DOCTOR,
+    issued = world.service.issuance.issue("issuing-ca", "clinician", DOCTOR,
                                  KeySource(generate=KeySpec.parse("ec-p256")))
     assert [r["serial"] for r in seen] == [issued.serial_hex]
-    assert world.service.show_certificate(issued.serial_hex)["status"] == "issued"
+    assert world.service.listings.show_certificate(issued.serial_hex)["status"] == "issued"
 
 
 def test_a_signing_failure_leaves_a_failed_row_and_no_certificate(world: World) -> None:
@@ -286,14 +286,14 @@ def test_a_signing_failure_leaves_a_failed_row_and_no_certificate(world: World) 
     _spy_on_issuer(world, fail)
     before = world.count(models.Certificate)
     with pytest.raises(BackendUnavailableError):
-        world.service.issue("issuing-ca", "clinician", DOCTOR,
+        world.service.issuance.issue("issuing-ca", "clinician", DOCTOR,
                             KeySource(generate=KeySpec.parse("ec-p256")))
     assert world.count(models.Certificate) == before + 1
-    [row] = world.service.list_certificates(status="failed")
-    assert row["issued_at"] is None and "unavailable" in world.service.list_events(
+    [row] = world.service.listings.list_certificates(status="failed")
+    assert row["issued_at"] is None and "unavailable" in world.service.listings.list_events(
         serial=row["serial"])[0]["details"]["error"]
     with pytest.raises(IssuanceError, match="never signed"):
-        world.service.certificate_der(row["serial"])
+        world.service.listings.certificate_der(row["serial"])
 
 
 # --- bad input leaves nothing behind --------------------------------------------------------
@@ -344,7 +344,7 @@ def test_bad_requests_are_refused_and_write_nothing(world: World, case: str) -> 
     counts = (world.count(models.Certificate), world.count(models.AuditEvent))
     keys_before = set(world.keys._keys)  # noqa: SLF001
     with pytest.raises(error, match=message):
-        world.service.issue(args["ca"], args["profile"], args["subject"], args["source"],
+        world.service.issuance.issue(args["ca"], args["profile"], args["subject"], args["source"],
                             emails=args.get("emails", ()), days=args.get("days"))
     assert (world.count(models.Certificate), world.count(models.AuditEvent)) == counts
     assert set(world.keys._keys) == keys_before  # noqa: SLF001 - no orphaned subscriber key
@@ -451,15 +451,15 @@ def test_throwaway_schema_is_the_migrated_schema() -> None:
 
 
 def test_serial_lookup_accepts_what_operators_type(world: World) -> None:
-    issued = world.service.issue("issuing-ca", "citizen",
+    issued = world.service.issuance.issue("issuing-ca", "citizen",
                                  [("CN", "A"), ("UID", "CCCD:038093015572")],
                                  KeySource(generate=KeySpec.parse("ec-p256")))
     hex_upper = format(issued.certificate.serial_number, "X")
     colons = ":".join(hex_upper.zfill(40)[i:i + 2] for i in range(0, 40, 2))
     for typed in (hex_upper, colons, f"serial={hex_upper}", "0x" + hex_upper.lower()):
-        assert world.service.show_certificate(typed)["serial"] == issued.serial_hex
+        assert world.service.listings.show_certificate(typed)["serial"] == issued.serial_hex
     with pytest.raises(NotFoundError, match="not a hexadecimal"):
-        world.service.show_certificate("xyz")
+        world.service.listings.show_certificate("xyz")
 
 
 # --- on the HSM -----------------------------------------------------------------------------
@@ -477,8 +477,8 @@ def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: Profile
         "services": [],
     }, profiles)
     w = make_world(f"sqlite:///{tmp_path / 'hsm.db'}", hsm_backend, profiles, FrozenClock(NOW))
-    w.service.init_hierarchy(spec)
-    issued = w.service.issue(f"{unique_label}-ca", "clinician", DOCTOR,
+    w.service.authorities.init_hierarchy(spec)
+    issued = w.service.issuance.issue(f"{unique_label}-ca", "clinician", DOCTOR,
                              KeySource(generate=KeySpec.parse("rsa-2048")))
     assert issued.key_uri == f"pkcs11:token=tincay-test;object={unique_label}-ca.{issued.serial_hex}"
     with pytest.raises(Exception, match="non-extractable"):
@@ -490,7 +490,7 @@ def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: Profile
                                         hashes.SHA256())
     issued.certificate.public_key().verify(signature, b"medical record",  # type: ignore
                                            padding.PKCS1v15(), hashes.SHA256())
-    issuing, root = w.service.chain(f"{unique_label}-ca")
+    issuing, root = w.service.authorities.chain(f"{unique_label}-ca")
     result = hx.openssl_verify(hx.write_pem(tmp_path / "leaf.pem", issued.certificate),
                                hx.write_pem(tmp_path / "root.pem", root),
                                hx.write_pem(tmp_path / "ca.pem", issuing),
@@ -502,33 +502,33 @@ def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: Profile
 # --- revocation -----------------------------------------------------------------------------
 
 def _citizen(world: World, cn: str = "Bùi Sĩ Tuấn") -> str:
-    return world.service.issue("issuing-ca", "citizen", [("CN", cn), ("UID", "CCCD:038093015572")],
+    return world.service.issuance.issue("issuing-ca", "citizen", [("CN", cn), ("UID", "CCCD:038093015572")],
                                KeySource(generate=KeySpec.parse("ec-p256"))).serial_hex
 
 
 def test_revocation_hold_release_and_permanent(world: World) -> None:
     service, clock = world.service, world.service.clock
     serial = _citizen(world)
-    held = service.revoke("issuing-ca", serial, "certificate-hold")
+    held = service.revocation.revoke("issuing-ca", serial, "certificate-hold")
     assert (held["status"], held["revocation_reason"], held["revoked_at"]) == \
         ("revoked", "certificateHold", NOW)
     with pytest.raises(AlreadyExistsError, match="already on hold"):
-        service.revoke("issuing-ca", serial, "certificateHold")
-    released = service.release_hold("issuing-ca", serial)
+        service.revocation.revoke("issuing-ca", serial, "certificateHold")
+    released = service.revocation.release_hold("issuing-ca", serial)
     assert released["status"] == "issued" and released["revoked_at"] is None
 
-    service.revoke("issuing-ca", serial, "CERTIFICATEHOLD")
+    service.revocation.revoke("issuing-ca", serial, "CERTIFICATEHOLD")
     clock.advance(dt.timedelta(hours=2))  # type: ignore[attr-defined]
     compromised = NOW - dt.timedelta(days=3)
-    final = service.revoke("issuing-ca", serial, "keyCompromise", invalidity_date=compromised)
+    final = service.revocation.revoke("issuing-ca", serial, "keyCompromise", invalidity_date=compromised)
     assert final["revocation_reason"] == "keyCompromise" and final["revoked_at"] == NOW
-    row = service.show_certificate(serial)
+    row = service.listings.show_certificate(serial)
     assert row["status"] == "revoked" and row["revoked_at"].tzinfo is not None
     with pytest.raises(AlreadyExistsError, match="already revoked"):
-        service.revoke("issuing-ca", serial, "superseded")
+        service.revocation.revoke("issuing-ca", serial, "superseded")
     with pytest.raises(IssuanceError, match="not on hold"):
-        service.release_hold("issuing-ca", serial)
-    actions = [e["action"] for e in service.list_events(serial=serial)]
+        service.revocation.release_hold("issuing-ca", serial)
+    actions = [e["action"] for e in service.listings.list_events(serial=serial)]
     assert actions[:5] == ["certificate.revoke", "certificate.revoke", "certificate.release",
                            "certificate.revoke", "certificate.issue"]
 
@@ -542,15 +542,15 @@ def test_bad_revocations_change_nothing(world: World, reason: str, error: type,
     serial = _citizen(world)
     events = world.count(models.AuditEvent)
     with pytest.raises(error, match=message):
-        world.service.revoke("issuing-ca", serial, reason)
+        world.service.revocation.revoke("issuing-ca", serial, reason)
     with pytest.raises(IssuanceError, match="in the future"):
-        world.service.revoke("issuing-ca", serial, "keyCompromise",
+        world.service.revocation.revoke("issuing-ca", serial, "keyCompromise",
                              invalidity_date=NOW + dt.timedelta(days=1))
     with pytest.raises(NotFoundError, match="no certificate with serial"):
-        world.service.revoke("issuing-ca", "abcdef", "keyCompromise")
+        world.service.revocation.revoke("issuing-ca", "abcdef", "keyCompromise")
     with pytest.raises(NotFoundError, match="has no certificate"):
-        world.service.revoke("root-ca", serial, "keyCompromise")  # another CA's serial
-    assert world.service.show_certificate(serial)["status"] == "issued"
+        world.service.revocation.revoke("root-ca", serial, "keyCompromise")  # another CA's serial
+    assert world.service.listings.show_certificate(serial)["status"] == "issued"
     assert world.count(models.AuditEvent) == events
 
 
@@ -558,23 +558,23 @@ def test_status_lookup_and_service_units_for_the_responders(world: World) -> Non
     service = world.service
     serial = _citizen(world)
     as_int = int(serial, 16)
-    assert service.certificate_status("issuing-ca", as_int).status == "issued"
-    assert service.certificate_status("issuing-ca", as_int + 1) is None
-    assert service.certificate_status("root-ca", as_int) is None  # another CA's serial
-    service.revoke("issuing-ca", serial, "affiliationChanged",
+    assert service.revocation.certificate_status("issuing-ca", as_int).status == "issued"
+    assert service.revocation.certificate_status("issuing-ca", as_int + 1) is None
+    assert service.revocation.certificate_status("root-ca", as_int) is None  # another CA's serial
+    service.revocation.revoke("issuing-ca", serial, "affiliationChanged",
                    invalidity_date=NOW - dt.timedelta(days=1))
-    status = service.certificate_status("issuing-ca", as_int)
+    status = service.revocation.certificate_status("issuing-ca", as_int)
     assert (status.status, status.revoked_at, status.reason, status.invalidity_date) == \
         ("revoked", NOW, "affiliationChanged", NOW - dt.timedelta(days=1))
 
-    [ocsp] = service.service_units("ocsp")
+    [ocsp] = service.authorities.service_units("ocsp")
     assert (ocsp.name, ocsp.authority) == ("ocsp-issuing-ca", "issuing-ca")
     assert ocsp.certificate.issuer == ocsp.authority_certificate.subject
     assert [c.subject for c in ocsp.chain] == [ocsp.authority_certificate.subject,
-                                               service.authority_certificate("root-ca").subject]
-    key = service.signing_key(ocsp.key_uri)
+                                               service.authorities.authority_certificate("root-ca").subject]
+    key = service.authorities.signing_key(ocsp.key_uri)
     assert key.public_key == ocsp.certificate.public_key()
-    [tsa] = service.service_units("tsa")
+    [tsa] = service.authorities.service_units("tsa")
     assert x509.ExtendedKeyUsageOID.TIME_STAMPING in \
         tsa.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
 
@@ -586,24 +586,24 @@ def test_hot_statements_see_every_commit_and_survive_a_dropped_connection(
     """The OCSP hot path reads and the TSA log writes on kept DBAPI connections
     (ca/store/hot.py): reads must see other connections' commits at once, and a connection the
     server dropped costs one StoreError (tryLater, systemFailure), not a broken worker."""
-    from ca.service import TimestampRecord
+    from ca.timestamps import TimestampRecord
 
     def token(serial: int) -> TimestampRecord:
         return TimestampRecord("tsa", serial, NOW, "sha256", b"x" * 32, "1.3.6.1.4.1.59999.3.1")
 
     service = world.service
-    service.record_timestamp(token(1))
+    service.token_log.record(token(1))
     serial = _citizen(world)
     as_int = int(serial, 16)
-    threads = [threading.Thread(target=service.certificate_status, args=("issuing-ca", as_int))
+    threads = [threading.Thread(target=service.revocation.certificate_status, args=("issuing-ca", as_int))
                for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert service.certificate_status("issuing-ca", as_int).status == "issued"
-    service.revoke("issuing-ca", serial, "superseded")  # through an ORM session
-    assert service.certificate_status("issuing-ca", as_int).status == "revoked"
+    assert service.revocation.certificate_status("issuing-ca", as_int).status == "issued"
+    service.revocation.revoke("issuing-ca", serial, "superseded")  # through an ORM session
+    assert service.revocation.certificate_status("issuing-ca", as_int).status == "revoked"
     if not database_url.startswith("postgresql"):
         return
     with world.engine.connect() as connection:  # a PostgreSQL restart, as a kept connection sees it
@@ -612,12 +612,12 @@ def test_hot_statements_see_every_commit_and_survive_a_dropped_connection(
             "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
     assert killed >= 1
     with pytest.raises(StoreError, match="database read failed"):
-        service.certificate_status("issuing-ca", as_int)
-    assert service.certificate_status("issuing-ca", as_int).status == "revoked"
+        service.revocation.certificate_status("issuing-ca", as_int)
+    assert service.revocation.certificate_status("issuing-ca", as_int).status == "revoked"
     with pytest.raises(StoreError, match="database write failed"):
-        service.record_timestamp(token(2))
-    service.record_timestamp(token(2))
-    assert [r["serial"] for r in service.timestamp_log()] == ["2", "1"]
+        service.token_log.record(token(2))
+    service.token_log.record(token(2))
+    assert [r["serial"] for r in service.token_log.find()] == ["2", "1"]
 
 
 def test_stream_rows_streams_plain_tuples_in_the_transaction(world: World) -> None:
@@ -630,7 +630,7 @@ def test_stream_rows_streams_plain_tuples_in_the_transaction(world: World) -> No
     from ca.store.hot import stream_rows
     from ca.store.models import AuditEvent
 
-    with world.service.read() as session, session.begin():
+    with world.service.context.read() as session, session.begin():
         session.execute(insert(AuditEvent), [
             {"at": NOW, "action": "test.stream", "details": f"{i:05d}"} for i in range(257)])
         statement = (select(AuditEvent.details, literal_column("7"))
@@ -647,7 +647,7 @@ def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:
     import secrets
     import threading
 
-    from ca.service import TimestampRecord
+    from ca.timestamps import TimestampRecord
 
     service = world.service
     per_thread, threads = 40, 8
@@ -657,7 +657,7 @@ def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:
     def grant(mine: list[int]) -> None:
         for serial in mine:
             try:
-                service.record_timestamp(TimestampRecord(
+                service.token_log.record(TimestampRecord(
                     "tsa", serial, NOW, "sha256", secrets.token_bytes(32),
                     "1.3.6.1.4.1.59999.3.1", nonce=serial % 1000, requester="127.0.0.1"))
             except BaseException as exc:  # noqa: BLE001 - collected for the assertion
@@ -669,17 +669,17 @@ def test_timestamp_log_group_commits_from_many_threads(world: World) -> None:
     for worker in workers:
         worker.join()
     assert not errors
-    log = service.timestamp_log(limit=10_000)
+    log = service.token_log.find(limit=10_000)
     assert {int(r["serial"], 16) for r in log} == {s for mine in serials for s in mine}
     assert all(r["gen_time"] == NOW and len(r["imprint"]) == 64 for r in log)
-    committer = service._timestamp_log  # noqa: SLF001
+    committer = service.token_log._committer  # noqa: SLF001
     assert committer.commits < threads * per_thread  # commits were shared
 
     # a duplicate serial fails only its own caller; the log keeps one row for it
     duplicate = int(log[0]["serial"], 16)
     with pytest.raises(AlreadyExistsError, match=f"serial {duplicate:x} of TSA unit tsa"):
-        service.record_timestamp(TimestampRecord("tsa", duplicate, NOW, "sha256", b"x" * 32,
+        service.token_log.record(TimestampRecord("tsa", duplicate, NOW, "sha256", b"x" * 32,
                                                  "1.3.6.1.4.1.59999.3.1"))
-    assert len(service.timestamp_log(serial=format(duplicate, "x"))) == 1
-    assert service.timestamp_log(since=NOW + dt.timedelta(seconds=1)) == []
+    assert len(service.token_log.find(serial=format(duplicate, "x"))) == 1
+    assert service.token_log.find(since=NOW + dt.timedelta(seconds=1)) == []
     service.close()

@@ -66,7 +66,7 @@ def test_time_travel_makes_expired_and_not_yet_valid_certificates(pki: Hierarchy
 def test_revoke_and_export_for_other_languages(pki: Hierarchy, tmp_path: Path) -> None:
     doctor = pki.issue("clinician", DOCTOR, key_type="ec-p256")
     pki.revoke(doctor, "keyCompromise")
-    assert pki.service.show_certificate(doctor.serial_hex)["revocation_reason"] == "keyCompromise"
+    assert pki.service.listings.show_certificate(doctor.serial_hex)["revocation_reason"] == "keyCompromise"
     out = pki.export(tmp_path / "pki")
     for name in ("root-ca.pem", "root-ca.der", "issuing-ca.pem", f"{doctor.serial_hex}.pem",
                  f"{doctor.serial_hex}.der", f"{doctor.serial_hex}-chain.pem",
@@ -94,7 +94,7 @@ def test_an_inline_spec_with_its_own_names() -> None:
                             key_type="ec-p256") for i in range(10)]
         assert {leaf.ca for leaf in leaves} == {"i"}
         assert len({leaf.serial_hex for leaf in leaves}) == 10
-        assert len(pki.service.list_certificates(ca="i")) == 10
+        assert len(pki.service.listings.list_certificates(ca="i")) == 10
 
 
 EXAMPLE = '''
@@ -285,4 +285,4 @@ def test_three_level_hierarchy_validates_with_live_revocation_at_every_level(
             grown["authorities"].append({"name": "ward-ca", "parent": parent, "profile": profile,
                                          "key": "ec-p256", "subject": "C=VN, O=Khoa Nội, CN=Ward"})
             with pytest.raises(IssuanceError, match="pathLenConstraint"):
-                pki.service.init_hierarchy(load_hierarchy(grown, pki.service.profiles))
+                pki.service.authorities.init_hierarchy(load_hierarchy(grown, pki.service.profiles))

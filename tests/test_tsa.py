@@ -42,7 +42,7 @@ class World:
         self.app = create_app(pki.service)
         self.http = self.app.test_client()
         self.dir = tmp_path
-        [self.unit] = pki.service.service_units("tsa")
+        [self.unit] = pki.service.authorities.service_units("tsa")
         self.root = hx.write_pem(tmp_path / "root.pem", pki.root)
         self.tsa_pem = hx.write_pem(tmp_path / "tsa.pem", self.unit.certificate,
                                     *self.unit.chain[:-1])
@@ -265,7 +265,7 @@ def test_pyhanko_signs_a_pdf_with_a_timestamp_from_the_served_tsa(tmp_path: Path
         [token] = [a["values"][0] for a in embedded.signer_info["unsigned_attrs"]
                    if a["type"].native == "signature_time_stamp_token"]
         serial = token["content"]["encap_content_info"]["content"].parsed["serial_number"]
-        logged = {int(t["serial"], 16): t for t in pki.service.timestamp_log()}
+        logged = {int(t["serial"], 16): t for t in pki.service.token_log.find()}
         assert logged[serial.native]["requester"] == "127.0.0.1"  # the embedded token, logged
 
 
@@ -291,7 +291,7 @@ def _minimal_pdf() -> bytes:
 def test_each_granted_token_is_logged_before_the_reply(world: World, monkeypatch) -> None:
     reply = world.stamp(world.query("-sha384"))
     info = tst_info(reply)
-    [logged] = world.pki.service.timestamp_log()
+    [logged] = world.pki.service.token_log.find()
     assert int(logged["serial"], 16) == info["serial_number"].native
     assert logged["imprint_algorithm"] == "sha384"
     assert logged["policy"] == info["policy"].dotted
@@ -299,10 +299,10 @@ def test_each_granted_token_is_logged_before_the_reply(world: World, monkeypatch
     def fail(record) -> None:
         raise StoreError("database is gone")
 
-    monkeypatch.setattr(world.pki.service, "record_timestamp", fail)
+    monkeypatch.setattr(world.pki.service.token_log, "record", fail)
     refused = world.stamp(world.query("-sha256"))
     assert status(refused) == ("rejection", {"system_failure"})  # no unrecorded token leaves
-    assert len(world.pki.service.timestamp_log()) == 1
+    assert len(world.pki.service.token_log.find()) == 1
 
 
 # --- refusals: every failInfo from a real request --------------------------------------------
@@ -348,7 +348,7 @@ def test_refusals_carry_the_fitting_fail_info(world: World, label: str, der: byt
     text = subprocess.run(["openssl", "ts", "-reply", "-in", str(path), "-text"],
                           capture_output=True, text=True).stdout
     assert "Status: Rejected." in text
-    assert world.pki.service.timestamp_log() == []
+    assert world.pki.service.token_log.find() == []
 
 
 def test_non_critical_unknown_extensions_and_accepted_policies(world: World) -> None:
@@ -460,9 +460,9 @@ def test_the_direct_request_reader_agrees_with_asn1crypto(data: st.DataObject) -
 # --- time and serials -----------------------------------------------------------------------
 
 def _authority(pki: Hierarchy, policy: TsaPolicy, clock) -> TimeStampAuthority:
-    [unit] = pki.service.service_units("tsa")
+    [unit] = pki.service.authorities.service_units("tsa")
     return TimeStampAuthority(TsaUnit(unit.name, unit.certificate,
-                                      pki.service.signing_key(unit.key_uri), unit.chain),
+                                      pki.service.authorities.signing_key(unit.key_uri), unit.chain),
                               policy, clock)
 
 
@@ -502,14 +502,14 @@ def test_serials_sort_by_issue_time_and_fit_rfc_3161() -> None:
 
 def test_misconfigured_units_fail_at_start() -> None:
     with Hierarchy.from_spec(at=NOW) as pki:
-        [unit] = pki.service.service_units("tsa")
-        [ocsp] = pki.service.service_units("ocsp")
-        key = pki.service.signing_key(unit.key_uri)
+        [unit] = pki.service.authorities.service_units("tsa")
+        [ocsp] = pki.service.authorities.service_units("ocsp")
+        key = pki.service.authorities.signing_key(unit.key_uri)
         with pytest.raises(ValueError, match="timeStamping only and critical"):
             TimeStampAuthority(TsaUnit("x", ocsp.certificate, key), TsaPolicy(), pki.clock)
         with pytest.raises(ValueError, match="not the certificate's key"):
             TimeStampAuthority(TsaUnit("x", unit.certificate,
-                                       pki.service.signing_key(ocsp.key_uri)),
+                                       pki.service.authorities.signing_key(ocsp.key_uri)),
                                TsaPolicy(), pki.clock)
         with pytest.raises(ValueError, match="accuracy"):
             TsaPolicy(accuracy=dt.timedelta(seconds=2))

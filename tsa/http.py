@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ca.durations import parse_duration
 from ca.errors import ConfigurationError, TincayError
 from ca.http import Answer, ProtocolEndpoint, plain, read_protocol_body
-from ca.service import CertificateAuthorityService
+from ca.services import Authorities, TokenLog
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit, rejection
 
 TIMESTAMP_QUERY = "application/timestamp-query"
@@ -84,11 +84,11 @@ def _comma_separated(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def timestamp_authority(service: CertificateAuthorityService, unit: str | None = None,
+def timestamp_authority(authorities: Authorities, unit: str | None = None,
                         policy: TsaPolicy | None = None) -> TimeStampAuthority | None:
     """The TSA for the unit named ``unit`` (default: the first TSA unit), None if there is
     no TSA unit at all; ConfigurationError if ``unit`` names none."""
-    units = [u for u in service.service_units("tsa") if unit is None or u.name == unit]
+    units = [u for u in authorities.service_units("tsa") if unit is None or u.name == unit]
     if not units:
         if unit is not None:
             raise ConfigurationError(f"TINCAY_TSA_UNIT: no TSA unit named {unit!r}")
@@ -96,9 +96,9 @@ def timestamp_authority(service: CertificateAuthorityService, unit: str | None =
     chosen = units[0]
     return TimeStampAuthority(
         TsaUnit(chosen.name, chosen.certificate,
-                service.signing_key(chosen.key_uri, chosen.certificate),
+                authorities.signing_key(chosen.key_uri, chosen.certificate),
                 tuple(chosen.chain)),
-        policy or TsaPolicy(), service.clock)
+        policy or TsaPolicy(), authorities.context.clock)
 
 
 class TsaEndpoint(ProtocolEndpoint):
@@ -109,10 +109,10 @@ class TsaEndpoint(ProtocolEndpoint):
     log = log
 
     def __init__(self, app: Callable, authority: TimeStampAuthority | None,
-                 service: CertificateAuthorityService) -> None:
+                 token_log: TokenLog) -> None:
         super().__init__(app)
         self.authority = authority
-        self.service = service
+        self.token_log = token_log
 
     def serves(self, path: str) -> bool:
         return path in ("/tsa", "/tsa/")
@@ -130,7 +130,7 @@ class TsaEndpoint(ProtocolEndpoint):
         if result.granted is not None:
             token = result.granted
             try:
-                self.service.record_timestamp(token)
+                self.token_log.record(token)
             except (TincayError, SQLAlchemyError) as exc:
                 log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
                 return "200 OK", _REPLY_HEADERS, rejection("systemFailure",

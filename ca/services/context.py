@@ -1,0 +1,92 @@
+"""What every CA service shares: sessions, keys, profiles, clock and the public URL.
+
+One :class:`ServiceContext` per process (per CLI invocation, per server worker) is handed to
+each service of this package; the services own their transactions, the context only opens
+them. Nothing here reads the environment: the composition root (cli/context.py, the app
+factory, ca.testing) builds the context.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any, Callable, Iterator
+
+from cryptography import x509
+from sqlalchemy.orm import Session, sessionmaker
+
+from ca import issuance
+from ca.clock import Clock
+from ca.errors import IssuanceError
+from ca.issuance import IssuerInfo
+from ca.keys.base import KeyBackend
+from ca.profiles import ProfileSet
+from ca.store.models import Authority
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ServiceContext:
+    """The collaborators of the CA services, and the few steps they all take with them."""
+
+    sessions: sessionmaker[Session]
+    keys: KeyBackend
+    profiles: ProfileSet
+    clock: Clock
+    public_url: str
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: committed when the block ends, rolled back if it raises."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def read(self) -> Session:
+        """A session for read-only callers (listings); the caller closes it."""
+        return self.sessions()
+
+    @cached_property
+    def engine(self) -> Any:
+        """The engine the hot paths (ca.store.hot) bind their own connections to."""
+        return self.sessions.kw["bind"]
+
+    def issuer_info(self, authority: Authority) -> IssuerInfo:
+        """The active CA ``authority`` as the issuance core signs with it (its key loaded)."""
+        if authority.status != "active" or authority.certificate is None:
+            raise IssuanceError(f"CA {authority.name} is {authority.status}, not active")
+        return IssuerInfo(authority.name, authority_certificate(authority),
+                          self.keys.load(authority.key_uri),
+                          publishes_deltas=authority.delta_crl_validity_seconds is not None)
+
+    def urls(self, issuer: IssuerInfo) -> issuance.Urls:
+        """Where certificates of ``issuer`` point relying parties: AIA, CRL DP, Freshest CRL."""
+        return issuance.urls_for(self.public_url, issuer.name, deltas=issuer.publishes_deltas)
+
+
+def authority_certificate(authority: Authority) -> x509.Certificate:
+    """The CA's own certificate; an error while it has none (creation broke off)."""
+    if authority.certificate is None or authority.certificate.der is None:
+        raise IssuanceError(f"CA {authority.name} has no certificate yet ({authority.status})")
+    return x509.load_der_x509_certificate(authority.certificate.der)
+
+
+def not_after(now: datetime, days: int | None) -> datetime | None:
+    """``days`` of validity counted inclusively (RFC 5280): ends one second before now + days."""
+    if days is None:
+        return None
+    if days <= 0:
+        raise IssuanceError(f"validity of {days} days: must be at least 1")
+    return now.replace(microsecond=0) + timedelta(days=days, seconds=-1)
+
+
+def as_json(data: dict) -> str:
+    """An audit event's details: stable key order, names with diacritics kept readable."""
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
+def say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)

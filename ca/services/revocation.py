@@ -1,0 +1,89 @@
+"""Revocation, hold and certificate status: the writes that change what OCSP and CRLs say, and
+the one indexed read the live OCSP responder makes per question."""
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from ca.errors import AlreadyExistsError, IssuanceError
+from ca.revocation import parse_reason
+from ca.services.context import ServiceContext, as_json
+from ca.services.listings import describe_certificate
+from ca.services.results import CertificateStatus
+from ca.store import queries
+from ca.store.hot import HotQuery
+from ca.store.models import ISSUED, REVOKED
+
+
+class Revocation:
+    """Revoke, hold and release certificates; answer what the store knows of a serial."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
+
+    def revoke(self, ca: str, serial: str, reason: str, *,
+               invalidity_date: datetime | None = None) -> dict[str, Any]:
+        """Revoke a certificate ``ca`` issued (RFC 5280 5.3.1 reasons; certificateHold is
+        temporary and can be released). A held certificate may then be revoked for good, keeping
+        its original revocation time; a permanently revoked one stays as it is."""
+        code = parse_reason(reason)
+        now = self.context.clock.now().replace(microsecond=0)
+        if invalidity_date is not None and invalidity_date > now:
+            raise IssuanceError(f"invalidity date {invalidity_date.isoformat()} is in the future")
+        with self.context.transaction() as session:
+            row = queries.get_certificate(session, queries.get_authority(session, ca), serial)
+            if row.status == REVOKED and row.revocation_reason != "certificateHold":
+                raise AlreadyExistsError(f"certificate {row.serial_hex} of {ca} is already "
+                                         f"revoked ({row.revocation_reason})")
+            if row.status not in (ISSUED, REVOKED):
+                raise IssuanceError(f"certificate {row.serial_hex} of {ca} is {row.status}: "
+                                    "only issued certificates can be revoked")
+            if row.status == REVOKED and code == "certificateHold":
+                raise AlreadyExistsError(f"certificate {row.serial_hex} of {ca} is already on hold")
+            previous = row.revocation_reason
+            queries.mark_revoked(session, row, reason=code, at=row.revoked_at or now,
+                                 invalidity_date=invalidity_date, changed_at=now)
+            queries.record_event(session, at=now, action="certificate.revoke", authority=ca,
+                                 serial_hex=row.serial_hex, subject=row.subject,
+                                 details=as_json({"reason": code, "previous": previous,
+                                                  "invalidity_date": invalidity_date.isoformat()
+                                                  if invalidity_date else None}))
+            return describe_certificate(row)
+
+    def release_hold(self, ca: str, serial: str) -> dict[str, Any]:
+        """Take a certificate off hold (RFC 5280: certificateHold is the only reversible reason)."""
+        now = self.context.clock.now().replace(microsecond=0)
+        with self.context.transaction() as session:
+            row = queries.get_certificate(session, queries.get_authority(session, ca), serial)
+            if row.status != REVOKED or row.revocation_reason != "certificateHold":
+                raise IssuanceError(f"certificate {row.serial_hex} of {ca} is not on hold "
+                                    f"({row.status}"
+                                    f"{', ' + row.revocation_reason if row.revocation_reason else ''})")
+            queries.mark_released(session, row, at=now)
+            queries.record_event(session, at=now, action="certificate.release", authority=ca,
+                                 serial_hex=row.serial_hex, subject=row.subject)
+            return describe_certificate(row)
+
+    def certificate_status(self, ca: str, serial: int) -> CertificateStatus | None:
+        """The revocation state of ``ca``'s certificate ``serial``, or None if it never issued it.
+
+        One indexed query on the hot path of live OCSP answers, on a connection of its own
+        (ca.store.hot: no ORM session per question). Pending and failed rows are reported as
+        such: the responder must not call them good (never signed, or not known to be), and
+        answers unknown.
+        """
+        row = queries.certificate_status(self._status_query, ca, format(serial, "x"))
+        if row is None:
+            return None
+        status, revoked_at, reason, invalidity_date = row
+        return CertificateStatus(status, revoked_at, reason, invalidity_date)
+
+    @cached_property
+    def _status_query(self) -> HotQuery:
+        return HotQuery(self.context.engine, queries.STATUS_QUERY)
+
+    def close(self) -> None:
+        """Hand the hot-path connection back to the engine's pool (before it is disposed)."""
+        if "_status_query" in self.__dict__:
+            self._status_query.close()

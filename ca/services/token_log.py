@@ -1,0 +1,52 @@
+"""The time-stamp token log: every granted token is committed before its reply leaves, so no
+client holds a token the operator cannot account for; and the operator's view of it."""
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cached_property, partial
+from typing import Any
+
+from ca.services.context import ServiceContext
+from ca.store import queries
+from ca.store.group_commit import GroupCommitter
+from ca.store.hot import HotInsert
+from ca.store.models import TimestampToken
+from ca.timestamps import TimestampRecord
+
+
+class TokenLog:
+    """Records tokens durably (concurrent callers share commits) and lists them."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
+
+    def record(self, token: TimestampRecord) -> None:
+        """Record a granted time-stamp token durably; returns once it is committed.
+
+        Concurrent callers share commits (ca.store.group_commit), so durability costs one
+        commit per batch rather than per token.
+        """
+        self._committer.submit(token)
+
+    def find(self, *, unit: str | None = None, since: datetime | None = None,
+             serial: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Logged tokens, newest first, as plain dicts (``tincay tsa log``)."""
+        with self.context.read() as session:
+            return [{"unit": t.unit, "serial": t.serial_hex, "gen_time": t.gen_time,
+                     "imprint_algorithm": t.imprint_algorithm, "imprint": t.imprint_hex,
+                     "policy": t.policy, "nonce": t.nonce_hex, "requester": t.requester}
+                    for t in queries.find_timestamp_tokens(session, unit=unit, since=since,
+                                                           serial=serial, limit=limit)]
+
+    @cached_property
+    def _committer(self) -> GroupCommitter[TimestampRecord]:
+        return GroupCommitter(partial(queries.add_timestamp_tokens, self._insert))
+
+    @cached_property
+    def _insert(self) -> HotInsert:
+        return HotInsert(self.context.engine, TimestampToken.__table__, queries.TOKEN_COLUMNS)
+
+    def close(self) -> None:
+        """Hand the hot-path connection back to the engine's pool (before it is disposed)."""
+        if "_insert" in self.__dict__:
+            self._insert.close()
