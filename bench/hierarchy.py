@@ -52,7 +52,7 @@ _TINCAY = _OCSP_CHECK + """
 import json, time
 t0 = time.perf_counter()
 from ca.testing import Hierarchy
-import cli.app  # what serve() imports, counted with the imports
+import web.app  # what serve() imports, counted with the imports
 t1 = time.perf_counter()
 pki = Hierarchy.from_spec(SPEC)
 leaves = [pki.issue("clinician", f"C=VN, O=BV, CN=Bac si {i}, UID=CCCD:0790730095{i:02d}",

@@ -12,11 +12,11 @@ from __future__ import annotations
 from flask import Flask
 
 from ca.timestamps import TimestampRecord
-from cli.app import create_app as create_tincay_app
+from cli.serve import worker_app
 
 
 def create_app() -> Flask:
-    app = create_tincay_app()
+    app = worker_app()
     service = app.extensions["tincay.service"]
 
     def not_recorded(token: TimestampRecord) -> None:

@@ -53,9 +53,7 @@ class TincayServer(BaseApplication):
     def load(self) -> Any:
         if self.app_factory is not None:  # bench/: the same stack around another app
             return self.app_factory()
-        from cli.app import create_app
-
-        return create_app()
+        return worker_app()
 
 
 def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
@@ -126,3 +124,13 @@ def _check_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+
+
+def worker_app() -> Any:
+    """The app of one gunicorn worker, composed from the environment after the fork: its own
+    database pool and its own PKCS#11 session (DESIGN.md section 5). `tincay serve` migrated
+    the database before forking, so workers do not."""
+    from cli.context import AppContext
+    from web.app import create_app
+
+    return create_app(AppContext(migrate=False).service)

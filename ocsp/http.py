@@ -4,7 +4,7 @@ A thin adapter after Boulder's ocsp/responder: the HTTP layer only decodes the t
 size and content type, and copies cache headers from the signed response; every protocol failure
 is already an OCSP status from :meth:`ocsp.responder.Responder.respond`.
 
-It is WSGI middleware in front of Flask (ca.http.ProtocolEndpoint) rather than a blueprint
+It is WSGI middleware in front of Flask (web.protocol.ProtocolEndpoint) rather than a blueprint
 because it is the hottest path of the service: a validator's repeated question costs the
 responder a dictionary lookup and one indexed query, less than Flask's request handling.
 """
@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from asn1crypto import ocsp as asn1_ocsp
 from werkzeug.http import http_date, quote_etag
 
-from ca.http import Answer, ProtocolEndpoint, plain, read_protocol_body
+from web.protocol import Answer, ProtocolEndpoint, plain, read_protocol_body
 from ocsp.responder import Responder
 
 __all__ = ["OcspEndpoint"]
@@ -35,7 +35,7 @@ _POST_HEADERS = (("Content-Type", OCSP_RESPONSE),)
 
 
 class OcspEndpoint(ProtocolEndpoint):
-    """``/ocsp`` answered here, anything else passed to ``app`` (ca.http.ProtocolEndpoint).
+    """``/ocsp`` answered here, anything else passed to ``app`` (web.protocol.ProtocolEndpoint).
 
     POST ``/ocsp`` (or ``/ocsp/``) with Content-Type application/ocsp-request: 415 for another
     type, 413 past MAX_REQUEST_BYTES (by the header, or by what a chunked upload sent).

@@ -69,12 +69,12 @@ def test_group_commit_gathers_for_a_bounded_time() -> None:
 
 def test_group_commit_without_gevent_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under threads the gathering wait is skipped: gevent is not even imported for it."""
-    import ca.greenlets
+    import ca.store.greenlets
 
     monkeypatch.delitem(sys.modules, "gevent.monkey", raising=False)
-    assert not ca.greenlets.gevent_patched()
+    assert not ca.store.greenlets.gevent_patched()
     start = time.monotonic()
-    ca.greenlets.wait_for_other_greenlets(5)
+    ca.store.greenlets.wait_for_other_greenlets(5)
     assert time.monotonic() - start < 1
     assert "gevent.monkey" not in sys.modules
 

@@ -26,7 +26,7 @@ from ca.profiles import load_profiles
 from ca.hierarchy import load_hierarchy
 from ca.services import CertificateAuthority
 from ca.store.db import create_engine_for, make_session_factory, migrate
-from cli.app import create_app
+from web.app import create_app
 from tests.conftest import postgres_database
 from tsa.core import TimeStampResp
 

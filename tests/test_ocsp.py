@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from ca.errors import BackendUnavailableError
 from ca.testing import Hierarchy
-from cli.app import create_app
+from web.app import create_app
 from tests import helpers_x509 as hx
 from tests.mutations import assert_mutated_readers_agree, mutate
 

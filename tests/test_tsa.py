@@ -22,7 +22,7 @@ from ca.der import tlv
 from ca.clock import FrozenClock
 from ca.errors import BackendUnavailableError, StoreError
 from ca.testing import Hierarchy
-from cli.app import create_app
+from web.app import create_app
 from tests import helpers_x509 as hx
 from tests.mutations import assert_mutated_readers_agree, mutate
 from tsa.core import (TimeStampAuthority, TimeStampResp, TsaPolicy, TsaUnit,

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ca.durations import parse_duration
 from ca.errors import ConfigurationError, TincayError
-from ca.http import Answer, ProtocolEndpoint, plain, read_protocol_body
+from web.protocol import Answer, ProtocolEndpoint, plain, read_protocol_body
 from ca.services import Authorities, TokenLog
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit, rejection
 
@@ -103,7 +103,7 @@ def timestamp_authority(authorities: Authorities, unit: str | None = None,
 
 class TsaEndpoint(ProtocolEndpoint):
     """POST ``/tsa`` (or ``/tsa/``) answered here, in front of the Flask app
-    (ca.http.ProtocolEndpoint): 415 for another Content-Type, 413 past MAX_REQUEST_BYTES, 405
+    (web.protocol.ProtocolEndpoint): 415 for another Content-Type, 413 past MAX_REQUEST_BYTES, 405
     for other methods, 404 when no TSA unit is configured."""
 
     log = log

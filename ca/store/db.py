@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ca.errors import ConfigurationError, StoreError
-from ca.greenlets import gevent_patched
+from ca.store.greenlets import gevent_patched
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 

@@ -38,7 +38,7 @@ import time
 from typing import Callable, Generic, TypeVar
 
 from ca.errors import StoreError
-from ca.greenlets import wait_for_other_greenlets
+from ca.store.greenlets import wait_for_other_greenlets
 
 T = TypeVar("T")
 Transaction = Callable[[list[T]], None]

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import socket
-import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -193,32 +192,15 @@ class Hierarchy:
         ``/certs/<ca>.cer``)."""
         return self.service.public_url
 
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
+    def serve(self) -> contextlib.AbstractContextManager[str]:
         """Serve the real app (OCSP, TSA, CRLs, CA certificates) on the reserved loopback port
         in a background thread; yields the base URL. Answers follow the hierarchy's clock."""
-        from werkzeug.serving import WSGIRequestHandler, make_server
-
-        from cli.app import create_app  # the composition root tincay serve uses
-
-        class QuietHandler(WSGIRequestHandler):
-            def log_request(self, *args: Any, **kwargs: Any) -> None:
-                """No access log on the test suite's output."""
-
         if self._listener is None:
             raise RuntimeError("serve() needs the hierarchy's own port: create it without "
                                "public_url")
-        server = make_server("127.0.0.1", 0, create_app(self.service), threaded=True,
-                             request_handler=QuietHandler, fd=self._listener.fileno())
-        thread = threading.Thread(target=server.serve_forever, name="tincay-testing-serve",
-                                  daemon=True)
-        thread.start()
-        try:
-            yield self.url
-        finally:
-            server.shutdown()
-            thread.join()
-            server.server_close()  # its duplicate of the listener; ours stays for a re-serve
+        from ca.testing.serving import serve_on  # the web stack, only for suites that serve
+
+        return serve_on(self._listener, self.service)
 
     # --- for suites in other languages --------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The WSGI app factory: the OCSP and TSA endpoints in front of one Flask app (the
-repository, /healthz), over one AppContext per worker process.
+repository, /healthz), over the CA services of one process.
 
-gunicorn calls :func:`create_app` in every worker after the fork, so each worker opens its own
-database pool and its own PKCS#11 session (one per process, DESIGN.md section 5).
+The caller composes the services (cli.serve for gunicorn workers, after the fork, so each
+worker opens its own database pool and its own PKCS#11 session: DESIGN.md section 5;
+ca.testing for throwaway hierarchies); this module only wires the HTTP adapters to them.
 """
 from __future__ import annotations
 
@@ -13,23 +14,20 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from ca.services import CertificateAuthority
-from cli.context import AppContext
+from ocsp.http import OcspEndpoint
+from ocsp.responder import Responder
+from ocsp.sources import StoreSource, responder_keys
+from tsa.http import TsaEndpoint, timestamp_authority, tsa_settings
+from web.repository import repository
 
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def create_app(service: CertificateAuthority | None = None) -> Flask:
-    """The app over ``service``, or over one built from the environment (gunicorn workers)."""
+def create_app(service: CertificateAuthority) -> Flask:
+    """The app over ``service``: /ocsp and /tsa answered before Flask, the rest by Flask."""
     app = Flask("tincay")
-    if service is None:
-        service = AppContext(migrate=False).service
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["tincay.service"] = service
-
-    from ca.http import repository
-    from ocsp.http import OcspEndpoint
-    from ocsp.responder import Responder
-    from ocsp.sources import StoreSource, responder_keys
 
     source = StoreSource(service.revocation, service.ocsp_answers)
     app.extensions["tincay.ocsp"] = Responder(responder_keys(service), source, service.clock,
@@ -37,8 +35,6 @@ def create_app(service: CertificateAuthority | None = None) -> Flask:
     app.register_blueprint(repository)
     app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask
-
-    from tsa.http import TsaEndpoint, timestamp_authority, tsa_settings
 
     app.extensions["tincay.tsa"] = timestamp_authority(service.authorities,
                                                        *tsa_settings(os.environ))
