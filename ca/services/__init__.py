@@ -69,6 +69,4 @@ class CertificateAuthority:
     def close(self) -> None:
         """Hand the hot paths' connections back to the engine's pool (before it is disposed);
         the key backend and the engine belong to the composition root, which closes them."""
-        self.revocation.close()
-        self.ocsp_answers.close()
-        self.token_log.close()
+        self.context.close()

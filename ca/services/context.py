@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from cryptography import x509
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ from ca.errors import IssuanceError
 from ca.issuance import IssuerInfo
 from ca.keys.base import KeyBackend
 from ca.profiles import ProfileSet
+from ca.store.hot import HotInsert, HotQuery
 from ca.store.models import Authority
 
 Progress = Callable[[str], None]
@@ -37,6 +38,7 @@ class ServiceContext:
     profiles: ProfileSet
     clock: Clock
     public_url: str
+    _hot: list[HotQuery | HotInsert] = field(default_factory=list, init=False, repr=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -52,6 +54,24 @@ class ServiceContext:
     def engine(self) -> Any:
         """The engine the hot paths (ca.store.hot) bind their own connections to."""
         return self.sessions.kw["bind"]
+
+    def hot_query(self, statement: Any) -> HotQuery:
+        """A hot-path read (ca.store.hot: no ORM session per call), closed with the context."""
+        hot = HotQuery(self.engine, statement)
+        self._hot.append(hot)
+        return hot
+
+    def hot_insert(self, table: Any, columns: Sequence[str]) -> HotInsert:
+        """A hot-path insert (ca.store.hot), closed with the context."""
+        hot = HotInsert(self.engine, table, columns)
+        self._hot.append(hot)
+        return hot
+
+    def close(self) -> None:
+        """Hand the hot paths' connections back to the engine's pool (before it is disposed);
+        the key backend and the engine belong to the composition root, which closes them."""
+        while self._hot:
+            self._hot.pop().close()
 
     def issuer_info(self, authority: Authority) -> IssuerInfo:
         """The active CA ``authority`` as the issuance core signs with it (its key loaded)."""

@@ -52,9 +52,4 @@ class OcspAnswers:
 
     @cached_property
     def _preproduced_query(self) -> HotQuery:
-        return HotQuery(self.context.engine, queries.PREPRODUCED_QUERY)
-
-    def close(self) -> None:
-        """Hand the hot-path connection back to the engine's pool (before it is disposed)."""
-        if "_preproduced_query" in self.__dict__:
-            self._preproduced_query.close()
+        return self.context.hot_query(queries.PREPRODUCED_QUERY)

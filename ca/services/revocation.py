@@ -81,9 +81,4 @@ class Revocation:
 
     @cached_property
     def _status_query(self) -> HotQuery:
-        return HotQuery(self.context.engine, queries.STATUS_QUERY)
-
-    def close(self) -> None:
-        """Hand the hot-path connection back to the engine's pool (before it is disposed)."""
-        if "_status_query" in self.__dict__:
-            self._status_query.close()
+        return self.context.hot_query(queries.STATUS_QUERY)

@@ -44,9 +44,4 @@ class TokenLog:
 
     @cached_property
     def _insert(self) -> HotInsert:
-        return HotInsert(self.context.engine, TimestampToken.__table__, queries.TOKEN_COLUMNS)
-
-    def close(self) -> None:
-        """Hand the hot-path connection back to the engine's pool (before it is disposed)."""
-        if "_insert" in self.__dict__:
-            self._insert.close()
+        return self.context.hot_insert(TimestampToken.__table__, queries.TOKEN_COLUMNS)
