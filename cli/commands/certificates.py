@@ -1,0 +1,133 @@
+"""Subscriber certificates: issue one, the ``tincay cert`` listings and exports, and the audit
+log. Revocation lives in cli.commands.revocation.
+
+Issuance refreshes the serial's pre-produced OCSP answer at once (cli.commands.ocsp), so a
+responder never serves a stale status after the command returns.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from cryptography import x509
+
+from cli.commands.ocsp import preproduce
+from cli.output import emit, emit_one, progress
+from cli.shell import FORMATS, app_context, encode_certificates, json_option, write_output
+
+
+# --- issuance -------------------------------------------------------------------------------
+
+@click.command()
+@click.option("--ca", "ca_name", required=True, help="The issuing CA.")
+@click.option("--profile", "profile_name", required=True, help="Certificate profile.")
+@click.option("--subject", required=True,
+              help="Subject, e.g. 'CN=Nguyễn Văn A,UID=CCCD:012345678901,C=VN'.")
+@click.option("--csr", "csr_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PKCS#10 request (PEM or DER); only its public key is used.")
+@click.option("--generate-key", is_flag=True,
+              help="Generate the subscriber's key on the HSM (it never leaves it).")
+@click.option("--key-type", help="With --generate-key: rsa-2048, ec-p256, ... "
+                                 "(default: the profile's first).")
+@click.option("--email", "emails", multiple=True, help="rfc822Name SAN (repeatable).")
+@click.option("--dns", "dns_names", multiple=True, help="dNSName SAN (repeatable).")
+@click.option("--days", type=click.IntRange(min=1), help="Validity in days (profile default).")
+@click.option("--out", required=True, help="Where to write the certificate (PEM), - for stdout.")
+@json_option
+def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
+          generate_key: bool, key_type: str | None, emails: tuple[str, ...],
+          dns_names: tuple[str, ...], days: int | None, out: str, as_json: bool) -> None:
+    """Issue a certificate from a profile, for a CSR or a key generated on the HSM."""
+    from ca import issuance
+    from ca.errors import CSRError
+    from ca.keys.base import KeySpec
+    from ca.services import KeySource
+    from ca.subject import parse_subject
+
+    if (csr_file is None) == (not generate_key):
+        raise click.UsageError("give exactly one of --csr FILE and --generate-key")
+    if key_type and not generate_key:
+        raise click.UsageError("--key-type goes with --generate-key")
+    app = app_context()
+    if csr_file is not None:
+        try:
+            source = KeySource(csr=issuance.load_csr(csr_file.read_bytes()))
+        except CSRError as exc:
+            raise CSRError(f"{csr_file}: {exc}") from None
+    else:
+        profile = app.profiles.get(profile_name)
+        if key_type:
+            spec = KeySpec.parse(key_type)
+        elif profile.key_algorithms:
+            spec = profile.key_algorithms[0]
+        else:
+            raise click.UsageError(f"profile {profile_name} lists no key algorithm: "
+                                   "give --key-type")
+        source = KeySource(generate=spec)
+    issued = app.service.issuance.issue(ca_name, profile_name, parse_subject(subject), source,
+                                        emails=emails, dns_names=dns_names, days=days,
+                                        progress=progress)
+    write_output(out, issued.pem)
+    preproduce(ca_name, issued.serial_hex)
+    record = app.service.listings.show_certificate(issued.serial_hex, ca_name)
+    if as_json:
+        emit_one(record, True)
+    elif out != "-":
+        click.echo(f"issued {issued.profile} certificate {issued.serial_hex} under {ca_name} "
+                   f"-> {out}" + (f" (key {issued.key_uri})" if issued.key_uri else ""))
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+@click.group(name="cert")
+def cert_group() -> None:
+    """Issued certificates."""
+
+
+@cert_group.command(name="list")
+@click.option("--ca", "ca_name", help="Only this CA's certificates.")
+@click.option("--profile", help="Only this profile.")
+@click.option("--status", type=click.Choice(["pending", "issued", "failed", "revoked"]))
+@click.option("--subject", "subject_contains", help="Subject contains this text.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@json_option
+def cert_list(ca_name: str | None, profile: str | None, status: str | None,
+              subject_contains: str | None, limit: int, as_json: bool) -> None:
+    """List certificates, newest first."""
+    rows = app_context().service.listings.list_certificates(
+        ca=ca_name, profile=profile, status=status, subject_contains=subject_contains,
+        limit=limit)
+    emit(rows, ["issuer", "serial", "status", "profile", "subject", "not_after"], as_json)
+
+
+@cert_group.command(name="show")
+@click.argument("serial")
+@click.option("--ca", "ca_name", help="The issuing CA (needed only if the serial is ambiguous).")
+@json_option
+def cert_show(serial: str, ca_name: str | None, as_json: bool) -> None:
+    """Show a certificate by serial (hex, as `openssl x509 -serial` prints it)."""
+    emit_one(app_context().service.listings.show_certificate(serial, ca_name), as_json)
+
+
+@cert_group.command(name="export")
+@click.argument("serial")
+@click.option("--ca", "ca_name", help="The issuing CA (needed only if the serial is ambiguous).")
+@click.option("--format", "fmt", type=FORMATS, default="pem", show_default=True)
+@click.option("--out", default="-", show_default=True, help="Output file, - for stdout.")
+def cert_export(serial: str, ca_name: str | None, fmt: str, out: str) -> None:
+    """Export a certificate."""
+    der = app_context().service.listings.certificate_der(serial, ca_name)
+    write_output(out, encode_certificates([x509.load_der_x509_certificate(der)], fmt))
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+@click.command()
+@click.option("--ca", "ca_name", help="Only events of this CA.")
+@click.option("--serial", help="Only events of this serial.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@json_option
+def audit(ca_name: str | None, serial: str | None, limit: int, as_json: bool) -> None:
+    """The audit log (key generations, issuance), newest first."""
+    emit(app_context().service.listings.list_events(ca=ca_name, serial=serial, limit=limit),
+         ["at", "action", "authority", "serial", "subject"], as_json)

@@ -1,0 +1,79 @@
+"""Keeping OCSP answers fresh: ``tincay ocsp refresh``, ``tincay maintain`` (CRLs and OCSP
+answers on a timer), and the pre-producer that issuance, revocation and the demo refresh a
+serial's stored answer with."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ca.durations import format_duration
+from cli.output import emit_one, progress
+from cli.params import DurationType
+from cli.shell import app_context, json_option
+
+if TYPE_CHECKING:
+    from ocsp.preproduce import PreProducer
+
+
+def preproducer() -> PreProducer:
+    """A pre-producer over the invocation's store, signing with the CAs' OCSP responder keys."""
+    from ocsp.preproduce import PreProducer
+    from ocsp.responder import Responder
+    from ocsp.sources import StoreSource, responder_keys
+
+    service = app_context().service
+    source = StoreSource(service.revocation, service.ocsp_answers)
+    return PreProducer(service.ocsp_answers,
+                       Responder(responder_keys(service), source, service.clock))
+
+
+def preproduce(ca: str, serial: str) -> None:
+    """Issuance and revocation refresh that serial's stored OCSP answer at once."""
+    preproducer().refresh(ca, serial)
+
+
+@click.group(name="ocsp")
+def ocsp_group() -> None:
+    """The OCSP responder's pre-produced responses."""
+
+
+@ocsp_group.command(name="refresh")
+@click.option("--ca", "ca_name", help="Only this CA (default: every CA served).")
+@json_option
+def ocsp_refresh(ca_name: str | None, as_json: bool) -> None:
+    """Sign the responses that are missing, stale or due (run it from cron: hourly is ample)."""
+    count = preproducer().refresh(ca_name)
+    if as_json:
+        emit_one({"refreshed": count}, True)
+    else:
+        click.echo(f"{count} OCSP responses signed")
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
+@click.option("--interval", type=DurationType(), default="5m", show_default=True,
+              help="Time between passes.")
+@json_option
+def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
+    """Publish the CRLs and sign the OCSP answers that are due (tincay serve runs this)."""
+    import logging
+    import signal
+    import threading
+
+    from cli.maintenance import run_forever, run_once
+
+    def one_pass() -> Any:
+        return run_once(app_context().service.publication, preproducer().refresh)
+
+    if once:
+        report = one_pass()
+        emit_one(report.as_dict(), True) if as_json else click.echo(report.summary())
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    progress(f"maintenance every {format_duration(interval)} (Ctrl-C to stop)")
+    run_forever(one_pass, interval, stop)

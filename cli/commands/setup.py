@@ -1,0 +1,100 @@
+"""Standing a deployment up: create a hierarchy (init), the SoftHSM demo (demo), and serve it
+over HTTP (serve)."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from ca.settings import REPO_ROOT
+from cli.commands.ocsp import preproducer
+from cli.output import emit, emit_one, progress
+from cli.params import WORKER_CLASSES, DurationType
+from cli.shell import app_context, encode_certificates, json_option, write_output
+
+DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
+
+
+@click.command()
+@click.option("--hierarchy", "spec_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Hierarchy spec (YAML), e.g. profiles/hierarchies/demo.yaml.")
+@json_option
+def init(spec_path: Path, as_json: bool) -> None:
+    """Create the CAs and service units a hierarchy spec names (those not yet created)."""
+    _init(spec_path, as_json)
+
+
+def _init(spec_path: Path, as_json: bool) -> list[str]:
+    from ca.hierarchy import load_hierarchy
+
+    app = app_context()
+    spec = load_hierarchy(spec_path, app.profiles)
+    created = app.service.authorities.init_hierarchy(spec, progress=progress)
+    if as_json:
+        emit_one({"hierarchy": spec.name, "created": created,
+                  "authorities": app.service.listings.list_authorities(),
+                  "services": app.service.listings.list_service_units()}, True)
+    else:
+        click.echo(f"hierarchy {spec.name}: " + (f"created {', '.join(created)}" if created
+                                                 else "nothing to create, all present"))
+    return created
+
+
+@click.command()
+@json_option
+def demo(as_json: bool) -> None:
+    """Set up the demo: a SoftHSM token under TINCAY_HOME and the demo hierarchy on it."""
+    from ca.keys.softhsm import ensure_demo_token
+    from ca.settings import Settings
+
+    settings = Settings.from_env()
+    progress(f"preparing SoftHSM token {settings.pkcs11_token!r} under {settings.home}")
+    os.environ.update(ensure_demo_token(settings.home, settings.pkcs11_token, settings.pin_file,
+                                        dict(os.environ)))
+    _init(DEMO_SPEC, as_json)
+    app = app_context()
+    for authority in app.service.listings.list_authorities():
+        if app.service.publication.latest_crl(authority["name"]) is None:
+            app.service.publication.publish_crl(authority["name"])
+    preproducer().refresh()
+    public = app.settings.home / "public"
+    public.mkdir(parents=True, exist_ok=True)
+    for authority in app.service.listings.list_authorities():
+        cert = app.service.authorities.authority_certificate(authority["name"])
+        write_output(str(public / f"{authority['name']}.pem"), encode_certificates([cert], "pem"))
+    if not as_json:
+        emit(app.service.listings.list_authorities(),
+             ["name", "parent", "profile", "subject", "not_after"], False)
+        emit(app.service.listings.list_service_units(),
+             ["name", "kind", "authority", "serial", "not_after"], False)
+        click.echo(f"CA certificates: {public}")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes [CPU count].")
+@click.option("--worker-class", type=click.Choice(WORKER_CLASSES), default=WORKER_CLASSES[0],
+              show_default=True, help="gunicorn workers: requests on greenlets or threads.")
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Threads per gthread worker.")
+@click.option("--maintenance-interval", type=DurationType(), default="5m", show_default=True,
+              help="How often the maintenance process publishes due CRLs and OCSP answers.")
+@click.option("--no-maintenance", is_flag=True,
+              help="Serve only (another host runs tincay maintain).")
+def serve(host: str, port: int, workers: int | None, worker_class: str, threads: int,
+          maintenance_interval: timedelta, no_maintenance: bool) -> None:
+    """Serve OCSP, CRLs and CA certificates over HTTP under gunicorn, with a maintenance
+    process that keeps CRLs and pre-produced OCSP answers fresh."""
+    from cli.serve import serve as run_server
+
+    app = app_context()
+    app.engine  # migrate once, before the workers fork  # noqa: B018
+    app.close()
+    progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
+    run_server(host, port, workers, threads,
+               maintenance=None if no_maintenance else maintenance_interval,
+               worker_class=worker_class)

@@ -1,0 +1,60 @@
+"""What every command module shares: the invocation's AppContext and the few helpers for
+options and output that more than one command group uses.
+
+Command modules import this, never cli.main, so the root group can import them all without a
+cycle and a new service's commands need nothing from the other groups.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cli.context import AppContext
+
+FORMATS = click.Choice(["pem", "der"])
+"""The --format choice of the commands that write certificates or CRLs."""
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def app_context() -> AppContext:
+    """The invocation's AppContext, closed (HSM session, engine) when the command ends."""
+    click_ctx = click.get_current_context()
+    app = click_ctx.find_object(AppContext)
+    if app is None:
+        app = AppContext()
+        click_ctx.obj = app
+        click_ctx.call_on_close(app.close)
+    return app
+
+
+def write_output(out: str, data: bytes) -> None:
+    """Write ``data`` to the file ``out``, or to stdout for ``-``; a failure is a usage error."""
+    if out == "-":
+        click.get_binary_stream("stdout").write(data)
+        return
+    path = Path(out)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise click.FileError(out, exc.strerror) from None
+
+
+def encode_certificates(certs: Sequence[x509.Certificate], fmt: str) -> bytes:
+    """PEM (any number of certificates, concatenated) or DER (exactly one)."""
+    if fmt == "der":
+        if len(certs) != 1:
+            raise click.UsageError("DER holds one certificate: use --format pem for a chain")
+        return certs[0].public_bytes(serialization.Encoding.DER)
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def aware(value: Any) -> Any:
+    """click.DateTime gives naive values: read them as UTC, the only zone tincay keeps."""
+    from ca.clock import UTC
+
+    return value.replace(tzinfo=UTC) if value is not None else None
