@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 import click
 
 from ca.errors import TincayError
-from cli.commands import (authorities, certificates, ocsp, profiles, revocation, setup, testing,
-                          tsa)
+from cli.commands import (authorities, certificates, instance, ocsp, profiles, revocation,
+                          testing, tsa)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,9 +29,9 @@ def cli() -> None:
     """
 
 
-cli.add_command(setup.init)
-cli.add_command(setup.demo)
-cli.add_command(setup.serve)
+cli.add_command(instance.init)
+cli.add_command(instance.demo)
+cli.add_command(instance.serve)
 cli.add_command(authorities.ca_group)
 cli.add_command(certificates.issue)
 cli.add_command(certificates.cert_group)
