@@ -1,0 +1,83 @@
+"""The two steps of issuance (after Boulder's issuance package): prepare, then sign exactly
+what was prepared.
+
+Between the two, the service persists the TBSCertificate (and may lint the preview), so a
+crash never leaves a signed certificate the database does not know; :func:`sign` then refuses
+anything but a byte-for-byte signature over that TBS.
+"""
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from ca.errors import IssuanceError
+from ca.issuance.checks import (check_dns_names, check_emails, check_issuer, issuer_name,
+                                validity)
+from ca.issuance.encoding import spki
+from ca.issuance.extensions import extensions
+from ca.issuance.keys import check_key
+from ca.issuance.request import CertificateRequest, IssuerInfo, PreparedCertificate, Urls
+from ca.issuance.serials import check_serial
+from ca.issuance.signature import lint_key, sign_builder, signature_params, verify_signature
+
+
+def prepare(request: CertificateRequest, issuer: IssuerInfo,
+            urls: Urls | None) -> PreparedCertificate:
+    """Check the request against its profile and issuer and build the unsigned certificate.
+
+    Raises IssuanceError (KeyPolicyError, ...) for anything an operator or requester can fix;
+    ProfileError when the profile itself is inconsistent.
+    """
+    profile = request.profile
+    self_signed = check_issuer(profile, issuer, request)
+    issuer_spec = issuer.key.spec
+    subject_spec = check_key(profile, request.public_key)
+    check_serial(request.serial)
+    not_before, not_after = validity(request, issuer)
+    emails = check_emails(profile, request.emails)
+    dns_names = check_dns_names(profile, request.dns_names)
+    if not len(request.subject) and not (emails or dns_names):
+        raise IssuanceError(f"profile {profile.name}: an empty subject needs a subjectAltName")
+    algorithm, rsa_padding = signature_params(profile, issuer_spec)
+
+    name = request.subject if self_signed else issuer_name(issuer)
+    builder = (x509.CertificateBuilder()
+               .subject_name(request.subject)
+               .issuer_name(name)
+               .public_key(request.public_key)
+               .serial_number(request.serial)
+               .not_valid_before(not_before)
+               .not_valid_after(not_after))
+    for extension, critical in extensions(request, issuer, urls, subject_spec, self_signed,
+                                          emails, dns_names):
+        builder = builder.add_extension(extension, critical=critical)
+
+    preview = sign_builder(builder, lint_key(issuer_spec), algorithm, rsa_padding)
+    return PreparedCertificate(
+        builder=builder, tbs_der=preview.tbs_certificate_bytes, preview=preview,
+        serial=request.serial, not_before=not_before, not_after=not_after,
+        profile_name=profile.name, issuer_name=issuer.name,
+        issuer_spki=spki(issuer.key.public_key), hash_algorithm=algorithm,
+        rsa_padding=rsa_padding)
+
+
+def sign(prepared: PreparedCertificate, issuer: IssuerInfo) -> x509.Certificate:
+    """Sign exactly what :func:`prepare` built, with the issuer's real (HSM or memory) key.
+
+    Refuses a different issuer key, a TBS that differs from ``prepared.tbs_der`` (what the
+    service persisted) and a signature that does not verify. Key backend errors propagate.
+    """
+    if spki(issuer.key.public_key) != prepared.issuer_spki:
+        raise IssuanceError(f"certificate {prepared.serial_hex} was prepared for another issuer "
+                            f"key than {issuer.key.uri}")
+    cert = sign_builder(prepared.builder, issuer.key.private_key, prepared.hash_algorithm,
+                        prepared.rsa_padding)
+    if cert.tbs_certificate_bytes != prepared.tbs_der:
+        raise IssuanceError(f"certificate {prepared.serial_hex}: the signed TBSCertificate "
+                            "differs from the prepared one; refusing to hand it out")
+    try:
+        verify_signature(cert, issuer.key.public_key)
+    except InvalidSignature:
+        raise IssuanceError(f"certificate {prepared.serial_hex}: the signature made by "
+                            f"{issuer.key.uri} does not verify") from None
+    return cert
