@@ -23,6 +23,11 @@ ceremony. Schema (unknown keys are errors)::
       - {name: ocsp-issuing-ca, kind: ocsp, issuer: issuing-ca, profile: ocsp-responder,
          key: ec-p256, subject: ..., validity_days: 30}
 
+The YAML is validated by pydantic models (strict types, unknown keys refused) that also run
+the checks against the loaded profiles, which they get through the validation context; errors
+are worded by :mod:`ca.validation`, like the profiles' own. What comes out are the frozen
+dataclasses below, which the service and the store use.
+
 Pure: imports no flask, sqlalchemy or click.
 """
 from __future__ import annotations
@@ -32,14 +37,17 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
+
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, model_validator
 
 from ca.durations import format_duration, parse_duration
 from ca.errors import ProfileError, SubjectError, UnsupportedKeyError
 from ca.keys.base import KeySpec
-from ca.profiles import (EKU_NAMES, Profile, ProfileSet, _hint, _int, _list, _mapping,
-                         _read_yaml, _str, _Where)
+from ca.profiles import EKU_NAMES, Profile, ProfileSet
+from ca.profiles.loader import read_yaml
 from ca.subject import build_name, canonical_name, parse_subject
+from ca.validation import FieldError, InputModel, NonBlank, Where, hint, type_name
 
 __all__ = ["AuthoritySpec", "HierarchySpec", "PublicationSettings", "ServiceSpec",
            "load_hierarchy"]
@@ -48,11 +56,7 @@ ServiceKind = Literal["ocsp", "tsa"]
 SERVICE_KINDS: dict[str, str] = {"ocsp": EKU_NAMES["OCSPSigning"],
                                  "tsa": EKU_NAMES["timeStamping"]}
 _UNIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # safe in URLs and key labels
-_TOP_KEYS = ("name", "description", "authorities", "services")
 _PUBLICATION_KEYS = ("crl_validity", "delta_crl_validity", "ocsp_validity")
-_AUTHORITY_KEYS = ("name", "profile", "key", "subject", "parent", "validity_days",
-                   *_PUBLICATION_KEYS)
-_SERVICE_KEYS = ("name", "kind", "issuer", "profile", "key", "subject", "validity_days")
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -138,6 +142,170 @@ class HierarchySpec:
         raise ProfileError(f"hierarchy {self.name}: no authority {name!r}")
 
 
+# --- the input schema -------------------------------------------------------------------------
+
+def _unit_name(name: str) -> str:
+    if not _UNIT_NAME.fullmatch(name):
+        raise FieldError(f"{name!r} may hold only letters, digits, '.', '_' and '-' "
+                         "(it names URLs and HSM key labels)")
+    return name
+
+
+def _key_spec(text: str) -> str:
+    """A KeySpec's text, canonical (``EC-P256`` -> ``ec-p256``)."""
+    try:
+        return str(KeySpec.parse(text))
+    except UnsupportedKeyError as exc:
+        raise FieldError(str(exc)) from None
+
+
+def _subject_pairs(value: Any) -> Pairs:
+    """A list of single-key mappings or a string for parse_subject -> (name, value) pairs.
+
+    The Name itself is built against the profile afterwards (:func:`_against_profile`).
+    """
+    if isinstance(value, str):
+        try:
+            return tuple(parse_subject(value))
+        except SubjectError as exc:
+            raise FieldError(str(exc)) from None
+    if not isinstance(value, list):
+        raise FieldError(f"expected a list, got {type_name(value)} {value!r}")
+    pairs = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise FieldError(f"expected one 'NAME: value' mapping, got {entry!r}", i)
+        [(name, text)] = entry.items()
+        if not isinstance(text, str):  # YAML 1.1 reads an unquoted NO as false
+            raise FieldError(f"{name}: expected a string, got {text!r} (quote it in YAML)", i)
+        if not isinstance(name, str) or not name.strip():
+            raise FieldError(f"expected a string, got {type_name(name)} {name!r}"
+                             if not isinstance(name, str) else "must not be empty", i)
+        pairs.append((canonical_name(name), unicodedata.normalize("NFC", text)))
+    return tuple(pairs)
+
+
+UnitName = Annotated[NonBlank, AfterValidator(_unit_name)]
+KeySpecText = Annotated[NonBlank, AfterValidator(_key_spec)]
+Duration = Annotated[NonBlank, AfterValidator(parse_duration)]
+Subject = Annotated[Any, AfterValidator(_subject_pairs)]
+
+
+def _known_profile(name: str, info: ValidationInfo) -> str:
+    """The name of a concrete profile of the ProfileSet in the validation context."""
+    try:
+        info.context["profiles"].get(name)
+    except ProfileError as exc:
+        raise FieldError(str(exc)) from None
+    return name
+
+
+ProfileName = Annotated[NonBlank, AfterValidator(_known_profile)]
+
+
+def _against_profile(profile: Profile, unit: AuthorityInput | ServiceInput) -> None:
+    """A unit's key, subject and validity as its profile allows them."""
+    spec = KeySpec.parse(unit.key)
+    if not profile.allows_key(spec):
+        raise FieldError(f"profile {profile.name} does not allow {spec} keys (allowed: "
+                         f"{', '.join(str(s) for s in profile.key_algorithms)})", "key")
+    try:
+        build_name(profile, unit.subject)
+    except SubjectError as exc:
+        raise FieldError(str(exc), "subject") from None
+    if unit.validity_days is not None and unit.validity_days > profile.validity.max_days:
+        raise FieldError(f"{unit.validity_days} days exceeds the {profile.validity.max_days} "
+                         f"days profile {profile.name} allows", "validity_days")
+
+
+class AuthorityInput(InputModel):
+    """One ``authorities:`` entry; its fields in the order their checks have always run."""
+
+    key_order: ClassVar[tuple[str, ...]] = (
+        "name", "profile", "key", "subject", "parent", "validity_days", *_PUBLICATION_KEYS)
+
+    name: UnitName
+    profile: ProfileName
+    parent: NonBlank | None = None
+    key: KeySpecText
+    subject: Subject
+    validity_days: int | None = Field(None, ge=1)
+    crl_validity: Duration | None = None
+    delta_crl_validity: Duration | None = None
+    ocsp_validity: Duration | None = None
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> AuthorityInput:
+        profile = info.context["profiles"].get(self.profile)
+        if profile.basic_constraints is None or not profile.basic_constraints.ca:
+            raise FieldError(f"profile {profile.name} is not a CA profile", "profile")
+        if self.parent is None and not profile.self_signed:
+            raise FieldError(f"a root (no parent) needs a self-signed profile; {profile.name} "
+                             "is not", "profile")
+        if self.parent is not None and profile.self_signed:
+            raise FieldError(f"profile {profile.name} is self-signed, so {self.name} cannot "
+                             "have a parent", "parent")
+        _against_profile(profile, self)
+        self.publication()
+        return self
+
+    def publication(self) -> PublicationSettings:
+        values = {key: getattr(self, key) for key in _PUBLICATION_KEYS
+                  if getattr(self, key) is not None}
+        try:
+            return PublicationSettings(**values)
+        except ValueError as exc:  # the message starts with the setting's name
+            raise FieldError(str(exc), str(exc).split(" ", 1)[0]) from None
+
+    def to_spec(self) -> AuthoritySpec:
+        return AuthoritySpec(self.name, self.profile, KeySpec.parse(self.key), self.subject,
+                             self.parent, self.validity_days, self.publication())
+
+
+class ServiceInput(InputModel):
+    """One ``services:`` entry; its fields in the order their checks have always run."""
+
+    key_order: ClassVar[tuple[str, ...]] = (
+        "name", "kind", "issuer", "profile", "key", "subject", "validity_days")
+
+    name: UnitName
+    kind: ServiceKind
+    profile: ProfileName
+    issuer: NonBlank
+    key: KeySpecText
+    subject: Subject
+    validity_days: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> ServiceInput:
+        profile = info.context["profiles"].get(self.profile)
+        if SERVICE_KINDS[self.kind] not in profile.extended_key_usage:
+            usage = "OCSPSigning" if self.kind == "ocsp" else "timeStamping"
+            raise FieldError(f"a {self.kind} unit needs a profile with the {usage} extended key "
+                             f"usage; {profile.name} has none", "profile")
+        _against_profile(profile, self)
+        return self
+
+    def to_spec(self) -> ServiceSpec:
+        return ServiceSpec(self.name, self.kind, self.issuer, self.profile,
+                           KeySpec.parse(self.key), self.subject, self.validity_days)
+
+
+def _at_least_one(authorities: list[AuthorityInput]) -> list[AuthorityInput]:
+    if not authorities:
+        raise FieldError("must list at least one CA")
+    return authorities
+
+
+class HierarchyInput(InputModel):
+    name: NonBlank = ""  # not given: the file's stem (or "inline")
+    description: str = ""
+    authorities: Annotated[list[AuthorityInput], AfterValidator(_at_least_one)]
+    services: list[ServiceInput] = []
+
+
+# --- loading ----------------------------------------------------------------------------------
+
 def load_hierarchy(source: Path | Mapping[str, Any], profiles: ProfileSet) -> HierarchySpec:
     """Read and check a hierarchy spec (a YAML file, or an already-parsed mapping).
 
@@ -146,161 +314,33 @@ def load_hierarchy(source: Path | Mapping[str, Any], profiles: ProfileSet) -> Hi
     """
     if isinstance(source, Mapping):
         path, raw, default_name = None, dict(source), "inline"
-        where = _Where("<hierarchy>")
+        where = Where("<hierarchy>")
     else:
         path = Path(source)
-        raw, default_name = _read_yaml(path), path.stem
-        where = _Where(path)
-    _mapping(where, "", raw, _TOP_KEYS, required=("authorities",))
-    name = _str(where, "name", raw.get("name", default_name))
-    description = _str(where, "description", raw.get("description", ""), empty=True)
-    authorities = [_authority(where, f"authorities[{i}]", entry, profiles)
-                   for i, entry in enumerate(_list(where, "authorities", raw["authorities"]))]
-    if not authorities:
-        raise where.error("authorities", "must list at least one CA")
-    services = [_service(where, f"services[{i}]", entry, profiles)
-                for i, entry in enumerate(_list(where, "services", raw.get("services", [])))]
+        raw, default_name = read_yaml(path), path.stem
+        where = Where(path)
+    try:
+        spec = HierarchyInput.model_validate(raw, context={"profiles": profiles})
+    except ValidationError as exc:
+        raise where.invalid(exc, HierarchyInput) from None
+    authorities = [(a.to_spec(), f"authorities[{i}]") for i, a in enumerate(spec.authorities)]
+    services = [(s.to_spec(), f"services[{i}]") for i, s in enumerate(spec.services)]
     _check_unique(where, authorities, services)
     ordered = _parents_first(where, authorities)
-    known = {spec.name for spec, _ in authorities}
-    for spec, item in services:
-        if spec.issuer not in known:
-            raise where.error(f"{item}.issuer", f"no authority {spec.issuer!r}"
-                                                f"{_hint(spec.issuer, known)}; known: "
+    known = {a.name for a, _ in authorities}
+    for unit, item in services:
+        if unit.issuer not in known:
+            raise where.error(f"{item}.issuer", f"no authority {unit.issuer!r}"
+                                                f"{hint(unit.issuer, known)}; known: "
                                                 f"{', '.join(sorted(known))}")
-    return HierarchySpec(name, path, tuple(ordered), tuple(s for s, _ in services), description)
-
-
-# --- entries ----------------------------------------------------------------------------------
-
-def _authority(where: _Where, item: str, entry: object,
-               profiles: ProfileSet) -> tuple[AuthoritySpec, str]:
-    raw = _mapping(where, item, entry, _AUTHORITY_KEYS,
-                   required=("name", "profile", "key", "subject"))
-    name = _unit_name(where, f"{item}.name", raw["name"])
-    profile = _profile(where, f"{item}.profile", raw["profile"], profiles)
-    parent = None if raw.get("parent") is None else _str(where, f"{item}.parent", raw["parent"])
-    is_ca = profile.basic_constraints is not None and profile.basic_constraints.ca
-    if not is_ca:
-        raise where.error(f"{item}.profile", f"profile {profile.name} is not a CA profile")
-    if parent is None and not profile.self_signed:
-        raise where.error(f"{item}.profile", f"a root (no parent) needs a self-signed profile; "
-                                             f"{profile.name} is not")
-    if parent is not None and profile.self_signed:
-        raise where.error(f"{item}.parent", f"profile {profile.name} is self-signed, so "
-                                            f"{name} cannot have a parent")
-    spec = AuthoritySpec(name=name, profile=profile.name,
-                         key=_key(where, f"{item}.key", raw["key"], profile),
-                         subject=_subject(where, f"{item}.subject", raw["subject"], profile),
-                         parent=parent,
-                         validity_days=_days(where, f"{item}.validity_days",
-                                             raw.get("validity_days"), profile),
-                         publication=_publication(where, item, raw))
-    return spec, item
-
-
-def _publication(where: _Where, item: str, raw: dict) -> PublicationSettings:
-    values: dict[str, timedelta | None] = {}
-    for key in _PUBLICATION_KEYS:
-        if raw.get(key) is not None:
-            try:
-                values[key] = parse_duration(_str(where, f"{item}.{key}", raw[key]))
-            except ValueError as exc:
-                raise where.error(f"{item}.{key}", str(exc)) from None
-    try:
-        return PublicationSettings(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        field_name = str(exc).split(" ", 1)[0]
-        raise where.error(f"{item}.{field_name}", str(exc)) from None
-
-
-def _service(where: _Where, item: str, entry: object,
-             profiles: ProfileSet) -> tuple[ServiceSpec, str]:
-    raw = _mapping(where, item, entry, _SERVICE_KEYS,
-                   required=("name", "kind", "issuer", "profile", "key", "subject"))
-    name = _unit_name(where, f"{item}.name", raw["name"])
-    kind = _str(where, f"{item}.kind", raw["kind"])
-    if kind not in SERVICE_KINDS:
-        raise where.error(f"{item}.kind", f"{kind!r} is not one of {', '.join(SERVICE_KINDS)}")
-    profile = _profile(where, f"{item}.profile", raw["profile"], profiles)
-    if SERVICE_KINDS[kind] not in profile.extended_key_usage:
-        usage = "OCSPSigning" if kind == "ocsp" else "timeStamping"
-        raise where.error(f"{item}.profile", f"a {kind} unit needs a profile with the {usage} "
-                                             f"extended key usage; {profile.name} has none")
-    spec = ServiceSpec(name=name, kind=kind,  # type: ignore[arg-type]
-                       issuer=_str(where, f"{item}.issuer", raw["issuer"]),
-                       profile=profile.name,
-                       key=_key(where, f"{item}.key", raw["key"], profile),
-                       subject=_subject(where, f"{item}.subject", raw["subject"], profile),
-                       validity_days=_days(where, f"{item}.validity_days",
-                                           raw.get("validity_days"), profile))
-    return spec, item
-
-
-def _unit_name(where: _Where, path: str, value: object) -> str:
-    name = _str(where, path, value)
-    if not _UNIT_NAME.fullmatch(name):
-        raise where.error(path, f"{name!r} may hold only letters, digits, '.', '_' and '-' "
-                                "(it names URLs and HSM key labels)")
-    return name
-
-
-def _profile(where: _Where, path: str, value: object, profiles: ProfileSet) -> Profile:
-    name = _str(where, path, value)
-    try:
-        return profiles.get(name)
-    except ProfileError as exc:
-        raise where.error(path, str(exc)) from None
-
-
-def _key(where: _Where, path: str, value: object, profile: Profile) -> KeySpec:
-    try:
-        spec = KeySpec.parse(_str(where, path, value))
-    except UnsupportedKeyError as exc:
-        raise where.error(path, str(exc)) from None
-    if not profile.allows_key(spec):
-        raise where.error(path, f"profile {profile.name} does not allow {spec} keys (allowed: "
-                                f"{', '.join(str(s) for s in profile.key_algorithms)})")
-    return spec
-
-
-def _subject(where: _Where, path: str, value: object, profile: Profile) -> Pairs:
-    """A list of single-key mappings or a string; checked by building the Name."""
-    try:
-        if isinstance(value, str):
-            pairs = tuple(parse_subject(value))
-        else:
-            pairs = tuple(_pair(where, f"{path}[{i}]", entry)
-                          for i, entry in enumerate(_list(where, path, value)))
-        build_name(profile, pairs)
-    except SubjectError as exc:
-        raise where.error(path, str(exc)) from None
-    return pairs
-
-
-def _pair(where: _Where, path: str, entry: object) -> tuple[str, str]:
-    if not isinstance(entry, dict) or len(entry) != 1:
-        raise where.error(path, f"expected one 'NAME: value' mapping, got {entry!r}")
-    [(name, value)] = entry.items()
-    if not isinstance(value, str):
-        raise where.error(path, f"{name}: expected a string, got {value!r} (quote it in YAML)")
-    name = _str(where, path, name)
-    return canonical_name(name), unicodedata.normalize("NFC", value)
-
-
-def _days(where: _Where, path: str, value: object, profile: Profile) -> int | None:
-    if value is None:
-        return None
-    days = _int(where, path, value, 1)
-    if days > profile.validity.max_days:
-        raise where.error(path, f"{days} days exceeds the {profile.validity.max_days} days "
-                                f"profile {profile.name} allows")
-    return days
+    name = spec.name if "name" in spec.model_fields_set else default_name
+    return HierarchySpec(name, path, tuple(ordered), tuple(s for s, _ in services),
+                         spec.description)
 
 
 # --- whole-spec checks -------------------------------------------------------------------------
 
-def _check_unique(where: _Where, authorities: list[tuple[AuthoritySpec, str]],
+def _check_unique(where: Where, authorities: list[tuple[AuthoritySpec, str]],
                   services: list[tuple[ServiceSpec, str]]) -> None:
     """Names are unique across CAs and units: both label keys on the same token."""
     seen: dict[str, str] = {}
@@ -310,14 +350,14 @@ def _check_unique(where: _Where, authorities: list[tuple[AuthoritySpec, str]],
         seen[spec.name] = item
 
 
-def _parents_first(where: _Where, authorities: list[tuple[AuthoritySpec, str]]
+def _parents_first(where: Where, authorities: list[tuple[AuthoritySpec, str]]
                    ) -> list[AuthoritySpec]:
     """Order CAs so each parent precedes its children (stable); missing parents and cycles fail."""
     by_name = {spec.name: (spec, item) for spec, item in authorities}
     for spec, item in authorities:
         if spec.parent is not None and spec.parent not in by_name:
             raise where.error(f"{item}.parent", f"no authority {spec.parent!r}"
-                                                f"{_hint(spec.parent, by_name)}; known: "
+                                                f"{hint(spec.parent, by_name)}; known: "
                                                 f"{', '.join(sorted(by_name))}")
     ordered: list[AuthoritySpec] = []
     placed: set[str] = set()

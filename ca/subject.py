@@ -1,12 +1,16 @@
 """Subject names: operator text -> checked (attribute, value) pairs -> x509.Name, and back.
 
 Which attributes a certificate may carry, in which order and with which values is profile data
-(ca/profiles.py, profiles/*.yaml), because Vietnamese conventions (``UID=CCCD:...``,
+(ca/profiles/, profiles/*.yaml), because Vietnamese conventions (``UID=CCCD:...``,
 ``UID=MST:...``) and Circular 28/2025 live there. This module only knows the attribute *types*:
 short name, OID, ASN.1 string type and upper bound. Values are normalised to Unicode NFC and
 encoded as UTF8String unless the type demands PrintableString (C, serialNumber) or IA5String
 (E, DC), so a name with diacritics such as ``Nguyễn Thị Hồng Nhung`` round-trips byte for
 byte.
+
+The rules come in through two Protocols, :class:`AttributeRule` and :class:`SubjectRules`,
+which ca.profiles' frozen dataclasses satisfy: profiles depend on this module, never the other
+way round (not even for type checking), so the two cannot grow an import cycle.
 
 Pure: imports no flask, sqlalchemy or click.
 """
@@ -16,7 +20,7 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type  # the only way to choose a string type
@@ -24,13 +28,39 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ca.errors import SubjectError
 
-if TYPE_CHECKING:  # pragma: no cover - typing only; profiles imports this module at runtime
-    from ca.profiles import Profile, SubjectAttributeRule
-
 __all__ = [
-    "ATTRIBUTES", "AttributeType", "attribute_type", "attribute_type_for_oid", "build_name",
-    "canonical_name", "check_value", "format_name", "parse_subject",
+    "ATTRIBUTES", "AttributeRule", "AttributeType", "SubjectRules", "attribute_type",
+    "attribute_type_for_oid", "build_name", "canonical_name", "check_value", "format_name",
+    "parse_subject",
 ]
+
+
+class AttributeRule(Protocol):
+    """What this module reads of one subject rule (ca.profiles.SubjectAttributeRule)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def oid(self) -> str: ...
+    @property
+    def required(self) -> bool: ...
+    @property
+    def max_count(self) -> int: ...
+    @property
+    def value(self) -> str | None: ...
+    @property
+    def patterns(self) -> Sequence[str]: ...
+    @property
+    def max_length(self) -> int: ...
+
+
+class SubjectRules(Protocol):
+    """What this module reads of a profile (ca.profiles.Profile): its name and subject rules."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def subject(self) -> Sequence[AttributeRule]: ...
 
 
 @dataclass(frozen=True)
@@ -267,7 +297,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _rule_type(rule: "SubjectAttributeRule") -> AttributeType:
+def _rule_type(rule: AttributeRule) -> AttributeType:
     """The attribute type behind a rule; custom OIDs (profile-defined) are UTF8String."""
     known = attribute_type_for_oid(rule.oid)
     if known is not None:
@@ -275,7 +305,7 @@ def _rule_type(rule: "SubjectAttributeRule") -> AttributeType:
     return AttributeType(rule.name, ObjectIdentifier(rule.oid), _UTF8, rule.max_length)
 
 
-def _find_rule(profile: "Profile", name: str) -> "SubjectAttributeRule | None":
+def _find_rule(profile: SubjectRules, name: str) -> AttributeRule | None:
     canonical = canonical_name(name)
     known = attribute_type(name)
     for rule in profile.subject:
@@ -285,7 +315,7 @@ def _find_rule(profile: "Profile", name: str) -> "SubjectAttributeRule | None":
     return None
 
 
-def build_name(profile: "Profile", pairs: Sequence[tuple[str, str]]) -> x509.Name:
+def build_name(profile: SubjectRules, pairs: Sequence[tuple[str, str]]) -> x509.Name:
     """The certificate subject for ``pairs`` under ``profile``'s subject rules.
 
     Refuses attributes the profile does not list, missing required ones, too many values, values
@@ -318,7 +348,7 @@ def build_name(profile: "Profile", pairs: Sequence[tuple[str, str]]) -> x509.Nam
     return x509.Name(attributes)
 
 
-def _check_count(profile: "Profile", rule: "SubjectAttributeRule", values: list[str]) -> None:
+def _check_count(profile: SubjectRules, rule: AttributeRule, values: list[str]) -> None:
     if rule.required and not values:
         raise SubjectError(f"profile {profile.name}: {rule.name} is required")
     if len(values) > rule.max_count:
@@ -326,7 +356,7 @@ def _check_count(profile: "Profile", rule: "SubjectAttributeRule", values: list[
                            f"most {rule.max_count} allowed")
 
 
-def check_value(profile_name: str, rule: "SubjectAttributeRule", value: str) -> None:
+def check_value(profile_name: str, rule: AttributeRule, value: str) -> None:
     """One value against its rule and its attribute type; SubjectError names both.
 
     Public so the profile loader can check a rule's fixed ``value`` with the same code.

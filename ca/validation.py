@@ -1,0 +1,244 @@
+"""Structured input -> pydantic models; pydantic's errors -> one line an operator can act on.
+
+Every structured input tincay accepts (profile YAML, hierarchy specs, the environment, and the
+JSON bodies of the HTTP APIs to come) is described by a pydantic v2 model derived from
+:class:`InputModel`: frozen, unknown keys refused, and strict, so ``"365"`` is not quietly
+taken for an integer nor ``"yes please"`` for true. Pydantic's own messages (``Input should be
+a valid integer``, ``loc: ('validity', 'max_days')``) are written for programmers; this module
+is the one place that turns them into the operator's line, e.g.
+``validity.max_days: expected an integer, got a string '365'`` or
+``subject[1]: unknown key 'requird' (did you mean 'required'?); allowed: ...``.
+
+Domain validators raise :class:`FieldError` (a ValueError) with the finished message; its
+``loc`` points below the field the validator sits on, so a list validator can blame one item
+(``key_algorithms[1]: ec-p256 listed twice``) and a model validator one field.
+
+Pure: imports no flask, sqlalchemy or click.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Mapping, Union, get_args, get_origin
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from ca.errors import ProfileError
+
+__all__ = ["FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where", "format_loc", "hint",
+           "issues", "type_name"]
+
+Loc = tuple[str | int, ...]
+
+
+class InputModel(BaseModel):
+    """Base of the input schemas: frozen, closed (unknown keys are errors) and strict.
+
+    A model may set a ``key_order`` ClassVar: the order in which an unknown key's message lists
+    the allowed keys, when it should differ from the declaration order (which is the order
+    fields are validated in, and so the order of their errors).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class FieldError(ValueError):
+    """A domain validator's complaint, already worded for the operator.
+
+    ``loc`` is appended to the location of the value the validator checked, e.g.
+    ``FieldError("ec-p256 listed twice", 1)`` raised on ``key_algorithms`` reads
+    ``key_algorithms[1]: ec-p256 listed twice``.
+    """
+
+    def __init__(self, message: str, *loc: str | int) -> None:
+        super().__init__(message)
+        self.loc: Loc = loc
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise FieldError("must not be empty")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+"""A string with something in it besides whitespace."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One validation failure: where (a pydantic loc) and what, in the operator's words."""
+
+    loc: Loc
+    message: str
+
+    @property
+    def path(self) -> str:
+        return format_loc(self.loc)
+
+
+# --- wording ----------------------------------------------------------------------------------
+
+def type_name(value: object) -> str:
+    """``a string``, ``an integer``, ``null``: how YAML/JSON would call the value's type."""
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a number",
+            str: "a string", list: "a list", dict: "a mapping"}.get(type(value),
+                                                                  type(value).__name__)
+
+
+def hint(word: str, candidates: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or nothing when none is close."""
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_loc(loc: Loc) -> str:
+    """``('subject', 2, 'patterns', 0)`` -> ``subject[2].patterns[0]``; ``()`` -> ``""``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_EXPECTED = {
+    "string_type": "a string", "int_type": "an integer", "bool_type": "true or false",
+    "float_type": "a number", "list_type": "a list", "tuple_type": "a list",
+    "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",
+}
+_KEY_ERRORS = ("extra_forbidden", "invalid_key", "missing")
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> Issue:
+    """One entry of ``ValidationError.errors()`` in the operator's words."""
+    kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        allowed = _field_names(model, loc[:-1])
+        key = str(loc[-1])
+        return Issue(loc[:-1], f"unknown key {key!r}{hint(key, allowed)}; "
+                               f"allowed: {', '.join(allowed)}")
+    if kind == "invalid_key":
+        return Issue(loc[:-1], f"key {value!r} is not a string")
+    if kind == "missing":
+        return Issue(loc[:-1], f"missing required key {loc[-1]!r}")
+    if kind in ("value_error", "assertion_error") and isinstance(ctx.get("error"), Exception):
+        exc = ctx["error"]
+        return Issue(loc + getattr(exc, "loc", ()), str(exc))
+    if kind == "literal_error":
+        if not isinstance(value, str):
+            return Issue(loc, f"expected a string, got {type_name(value)} {value!r}")
+        if not value.strip():
+            return Issue(loc, "must not be empty")
+        choices = [str(c) for c in get_args(_annotation_at(model, loc))] or [ctx.get("expected")]
+        return Issue(loc, f"{value!r} is not one of {', '.join(choices)}{hint(value, choices)}")
+    if kind in _EXPECTED:
+        return Issue(loc, f"expected {_EXPECTED[kind]}, got {type_name(value)} {value!r}")
+    if kind == "greater_than_equal":
+        return Issue(loc, f"must be at least {ctx['ge']}, got {value}")
+    if kind == "less_than_equal":
+        return Issue(loc, f"must be at most {ctx['le']}, got {value}")
+    return Issue(loc, str(error["msg"]))  # pragma: no cover - a type no schema here produces
+
+
+def issues(exc: ValidationError, model: type[BaseModel]) -> list[Issue]:
+    """Every failure of ``exc`` (raised validating ``model``), in the order a reader checks.
+
+    Pydantic reports a mapping's unknown and missing keys after its fields' errors; an operator
+    (and tincay's hand-written checks before pydantic) looks at a mapping's keys first, then
+    into its fields in order. So within one mapping key errors come first, and otherwise the
+    order is pydantic's (fields in declaration order, depth first).
+    """
+    described = [(error, _describe(error, model)) for error in exc.errors()]
+    first_seen: dict[Loc, int] = {}
+    for index, (error, _) in enumerate(described):
+        loc = tuple(error["loc"])
+        for depth in range(len(loc) + 1):
+            first_seen.setdefault(loc[:depth], index)
+
+    def order(item: tuple[Mapping[str, Any], Issue]) -> tuple[float, ...]:
+        error, _ = item
+        loc = tuple(error["loc"])
+        if error["type"] in _KEY_ERRORS:
+            container = loc[:-1]
+            rank = -2.0
+            if error["type"] == "missing":  # missing keys in the order the schema lists them
+                names = _field_names(model, container)
+                rank = -1.0 + (names.index(loc[-1]) if loc[-1] in names else 0) / 1000
+            return (*(float(first_seen[container[:d]]) for d in range(1, len(container) + 1)),
+                    rank)
+        return tuple(float(first_seen[loc[:d]]) for d in range(1, len(loc) + 1))
+
+    return [issue for _, issue in sorted(described, key=order)]
+
+
+# --- the model behind a loc -------------------------------------------------------------------
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Annotated[...]`` and ``X | None`` down to the type that validates the value."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _annotation_at(model: type[BaseModel], loc: Loc) -> Any:
+    """The (unwrapped) annotation validating the value at ``loc``; None when it cannot tell."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+            if part not in fields:
+                return None
+            annotation = fields[part].annotation
+        elif get_origin(annotation) in (list, tuple, set, frozenset) and isinstance(part, int):
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return _unwrap(annotation)
+
+
+def _field_names(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys the mapping at ``loc`` allows: the model's ``key_order`` if it documents one,
+    else declaration order."""
+    annotation = _annotation_at(model, loc)
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        declared = [f.alias or name for name, f in annotation.model_fields.items()]
+        return list(getattr(annotation, "key_order", None) or declared)
+    return []  # pragma: no cover - extra keys arise only on models
+
+
+# --- the operator's line ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Where:
+    """File (and profile) an error belongs to; builds ``file: profile x: path: message``."""
+
+    source: Path | str
+    profile: str | None = None
+
+    def error(self, path: str, message: str) -> ProfileError:
+        parts = [str(self.source)]
+        if self.profile:
+            parts.append(f"profile {self.profile}")
+        if path:
+            parts.append(path)
+        return ProfileError(": ".join(parts) + ": " + message)
+
+    def invalid(self, exc: ValidationError, model: type[BaseModel], *, under: Loc = ()
+                ) -> ProfileError:
+        """The first of ``exc``'s issues as a ProfileError; ``under`` prefixes its path."""
+        first = issues(exc, model)[0]
+        return self.error(format_loc(under + first.loc), first.message)
