@@ -2,15 +2,25 @@
 
 Secrets never live in a field that prints: the PIN is read on demand from the environment or a
 file, so it cannot leak through a repr, a log line or argv.
+
+The variables are read through a pydantic model (:class:`Environment`), like every structured
+input (see :mod:`ca.validation`): an empty variable counts as unset, and a value that is not a
+string (a test or an embedding program passing its own mapping) is a ConfigurationError naming
+the variable, instead of a TypeError deep inside ``Path``.
+
+Pure: imports no flask, sqlalchemy or click.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Mapping
+
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 
 from ca.errors import ConfigurationError
+from ca.validation import InputModel, issues
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOFTHSM_MODULE_CANDIDATES = (
@@ -63,6 +73,36 @@ class PinSource:
                     or self.default_file)
 
 
+def _blank_is_unset(value: object) -> object:
+    return None if value == "" else value
+
+
+Variable = Annotated[str | None, BeforeValidator(_blank_is_unset)]
+
+
+class Environment(InputModel):
+    """The variables tincay reads; every other variable of the environment is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    home: Variable = Field(None, alias="TINCAY_HOME")
+    database_url: Variable = Field(None, alias="TINCAY_DATABASE_URL")
+    pkcs11_module: Variable = Field(None, alias="TINCAY_PKCS11_MODULE")
+    pkcs11_token: Variable = Field(None, alias="TINCAY_PKCS11_TOKEN")
+    public_url: Variable = Field(None, alias="TINCAY_PUBLIC_URL")
+    profiles_dir: Variable = Field(None, alias="TINCAY_PROFILES_DIR")
+    softhsm2_conf: str | None = Field(None, alias="SOFTHSM2_CONF")  # set at all, even empty?
+
+    @classmethod
+    def read(cls, env: Mapping[str, object]) -> Environment:
+        """The variables of ``env``; ConfigurationError naming the first bad one."""
+        try:
+            return cls.model_validate(dict(env))
+        except ValidationError as exc:
+            first = issues(exc, cls)[0]
+            raise ConfigurationError(f"{first.path}: {first.message}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -82,18 +122,18 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
-        home = Path(env.get("TINCAY_HOME") or "./var").resolve()
-        database_url = env.get("TINCAY_DATABASE_URL") or f"sqlite:///{home / 'tincay.db'}"
-        module = env.get("TINCAY_PKCS11_MODULE") or find_softhsm_module()
+        variables = Environment.read(env)
+        home = Path(variables.home or "./var").resolve()
         default_pin = home / "pkcs11-pin"
         conf = home / "softhsm" / "softhsm2.conf"
         return cls(
             home=home,
-            database_url=database_url,
-            pkcs11_module=module,
-            pkcs11_token=env.get("TINCAY_PKCS11_TOKEN") or "tincay",
+            database_url=variables.database_url or f"sqlite:///{home / 'tincay.db'}",
+            pkcs11_module=variables.pkcs11_module or find_softhsm_module(),
+            pkcs11_token=variables.pkcs11_token or "tincay",
             pin=PinSource(env, str(default_pin) if default_pin.exists() else None),
-            public_url=(env.get("TINCAY_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/"),
-            profiles_dir=Path(env.get("TINCAY_PROFILES_DIR") or REPO_ROOT / "profiles"),
-            softhsm_conf=conf if "SOFTHSM2_CONF" not in env and conf.exists() else None,
+            public_url=(variables.public_url or "http://127.0.0.1:8080").rstrip("/"),
+            profiles_dir=Path(variables.profiles_dir or REPO_ROOT / "profiles"),
+            softhsm_conf=conf if "SOFTHSM2_CONF" not in variables.model_fields_set
+            and conf.exists() else None,
         )
