@@ -1,4 +1,4 @@
-"""The profile loader (ca/profiles.py) and the shipped profiles/*.yaml.
+"""The profile loader (ca/profiles/) and the shipped profiles/*.yaml.
 
 Broken YAML is written to tmp_path and every error must name the file, the profile and the field
 path, because the operator who reads it has only the message to find the typo.
