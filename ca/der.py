@@ -13,10 +13,17 @@ from datetime import datetime
 from ca.clock import ensure_utc
 
 __all__ = ["BOOLEAN", "INTEGER", "OCTET_STRING", "OID", "SEQUENCE", "header", "tlv", "integer",
-           "generalized_time", "time_from_digits", "read", "read_unsigned"]
+           "generalized_time", "time_from_digits", "read", "read_unsigned", "UNREADABLE"]
 
 # universal identifier octets the hot-path readers compare against
 BOOLEAN, INTEGER, OCTET_STRING, OID, SEQUENCE = 0x01, 0x02, 0x04, 0x06, 0x30
+
+# What asn1crypto raises on a client's bytes it cannot read, beside ValueError: TypeError,
+# KeyError, IndexError and OverflowError on malformed contents, and AttributeError for the
+# universal types it declares but cannot decode (a REAL or an ObjectDescriptor where an ANY or
+# an unknown field sits: ``'Real' object has no attribute 'native'``). The request readers turn
+# each into the protocol's own refusal, never a logged traceback.
+UNREADABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
 
 
 def header(tag: int, length: int) -> bytes:

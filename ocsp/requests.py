@@ -176,7 +176,7 @@ def _read_any_shape(data: bytes) -> OcspQuestion:
         request["optional_signature"].native  # noqa: B018 - parsed, not required
     except MalformedRequest:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+    except der.UNREADABLE as exc:
         raise MalformedRequest(f"does not parse: {exc}") from None
     if not cert_ids:
         raise MalformedRequest("no request in requestList")

@@ -351,6 +351,18 @@ def test_refusals_carry_the_fitting_fail_info(world: World, label: str, der: byt
     assert world.pki.service.token_log.find() == []
 
 
+def test_a_type_asn1crypto_cannot_decode_is_bad_data_not_a_bug(world: World, caplog) -> None:
+    """A REAL (or an ObjectDescriptor) where an optional field may sit: asn1crypto declares the
+    type but cannot decode it (AttributeError from ``.native``). Found by the mutation test
+    below; it was answered systemFailure with a logged traceback."""
+    fields = atsp.TimeStampReq.load(request(cert_req=False)).contents
+    for odd in (tlv(0x09, b"\xff"), tlv(0x07, b"x")):
+        with caplog.at_level("ERROR", logger="tincay.tsa"):
+            reply = world.stamp(tlv(0x30, fields, odd))
+        assert status(reply) == ("rejection", {"bad_data_format"})
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
 def test_non_critical_unknown_extensions_and_accepted_policies(world: World) -> None:
     der = request(extensions=[{"extn_id": "1.2.3.4", "critical": False,
                                "extn_value": b"\x05\x00"}], req_policy="1.3.6.1.4.1.59999.1.3")

@@ -119,7 +119,7 @@ class RequestReader:
         try:
             request = asn1_tsp.TimeStampReq.load(data, strict=True)
             request.native  # noqa: B018 - parse every field now, not lazily later
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        except der.UNREADABLE as exc:
             raise Rejected("badDataFormat", f"not a DER TimeStampReq: {exc}") from None
         if request["version"].native != "v1":
             raise Rejected("badRequest", f"version {request['version'].native} (only v1)")
