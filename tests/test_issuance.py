@@ -1,4 +1,4 @@
-"""Certificate construction (ca/issuance.py), judged by OpenSSL, pkilint and pyhanko-certvalidator.
+"""Certificate construction (ca/issuance/), judged by OpenSSL, pkilint and pyhanko-certvalidator.
 
 Chains are built with in-memory keys (RSA-2048, P-256, Ed25519) and with SoftHSM keys (RSA-2048
 PKCS#1 v1.5, RSA-2048 PSS, P-256). Every issued certificate must verify with
