@@ -1,1 +1,2 @@
-"""OCSP: the pure responder (responder.py), status sources (sources.py), Flask blueprint (http.py)."""
+"""OCSP: the pure responder (responder.py, requests.py, answers.py), where status comes from
+(sources.py) and answers signed ahead of time (preproduce.py). Its HTTP endpoint is web/ocsp.py."""

@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ca", "ocsp", "tsa", "web", "cli")
 PURE_CORES = ("ca.issuance", "ca.crl", "ocsp.responder", "tsa.core")
+PROTOCOLS = ("ocsp", "tsa")  # protocol packages; their HTTP endpoints live in web/
 IMPURE = ("flask", "werkzeug", "sqlalchemy", "alembic", "click", "gevent", "gunicorn",
           "psycopg2")
 WEB = ("flask", "werkzeug", "gunicorn")
@@ -175,11 +176,32 @@ def test_the_core_knows_nothing_of_http_or_the_layers_above() -> None:
         assert not bad, f"{module} reaches {', '.join(bad)}"
 
 
-def test_services_never_import_the_cli() -> None:
+def test_protocols_know_no_http_and_services_no_cli() -> None:
+    """ocsp/ and tsa/ hold the protocols, web/ their HTTP endpoints: a protocol package reaches
+    no web library and nothing of web/ (so no package imports another that imports it back);
+    neither the protocols nor web/ import the CLI."""
     for module in _modules():
-        if _in(module, ("ocsp", "tsa", "web")):
+        if _in(module, PROTOCOLS):
+            bad = sorted(m for m in reach(module) if m in WEB or _in(m, ("web", "cli")))
+            assert not bad, f"{module} reaches {', '.join(bad)}"
+        if _in(module, ("web",)):
             bad = sorted(m for m in imports(module) if _in(m, ("cli",)))
             assert not bad, f"{module} imports {', '.join(bad)}"
+
+
+def test_no_package_imports_one_that_imports_it_back() -> None:
+    """Folders as a reader sees them (ca.services, ca.store, ocsp, web, ...): no two import
+    each other, not even through a third."""
+    def room(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if parts[0] == "ca" and len(parts) > 1 and \
+            (ROOT / "ca" / parts[1]).is_dir() else parts[0] if parts[0] != "ca" else module
+    graph: dict[str, set[str]] = {}
+    for module in _modules():
+        graph.setdefault(room(module), set()).update(
+            room(m) for m in _product_imports(module) if room(m) != room(module))
+    cycle = find_cycle(graph)
+    assert cycle is None, "packages importing each other: " + " -> ".join(cycle or ())
 
 
 def test_modules_and_classes_stay_small() -> None:

@@ -526,7 +526,7 @@ def test_bad_input_over_real_http(served_demo: tuple[str, Path, dict[str, str]])
     through each gunicorn worker class: HTTP errors where the message is not a request of the
     protocol, protocol errors where it is; no 500, no traceback in the log, and the server
     answers on."""
-    from ocsp.http import MAX_REQUEST_BYTES
+    from web.ocsp import MAX_REQUEST_BYTES
 
     base, home, _ = served_demo
     malformed = bytes.fromhex("3003 0a01 01")  # OCSPResponse, status malformedRequest

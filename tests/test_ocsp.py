@@ -519,7 +519,7 @@ def test_preproduced_answers_are_served_without_signing_and_never_hide_a_revocat
 
 def test_the_endpoint_answers_before_flask_with_http_semantics(world: World, monkeypatch
                                                                ) -> None:
-    """ocsp.http.OcspEndpoint serves /ocsp in front of the Flask app: repeated questions get
+    """web.ocsp.OcspEndpoint serves /ocsp in front of the Flask app: repeated questions get
     identical bytes and headers, media type parameters and case are accepted, HEAD, 405 with
     Allow, 413 for a chunked upload over the limit; a revocation still shows at once and a
     store failure still means tryLater. Flask never sees an OCSP request."""

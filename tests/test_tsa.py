@@ -1,4 +1,4 @@
-"""The RFC 3161 TSA: the pure core (tsa/core.py) and POST /tsa (tsa/http.py), judged by
+"""The RFC 3161 TSA: the pure core (tsa/core.py) and POST /tsa (web/tsa.py), judged by
 OpenSSL (`openssl ts -verify`), rfc3161-client, asn1crypto and pyHanko."""
 from __future__ import annotations
 
@@ -370,7 +370,7 @@ def test_non_critical_unknown_extensions_and_accepted_policies(world: World) -> 
 
 
 def test_http_errors_and_no_flask_on_the_way(world: World) -> None:
-    """tsa.http.TsaEndpoint answers /tsa in front of the Flask app; Flask never sees it."""
+    """web.tsa.TsaEndpoint answers /tsa in front of the Flask app; Flask never sees it."""
     dispatched: list[str] = []
     world.app.before_request(lambda: dispatched.append("flask") and None)
     assert world.post(request(), content_type="application/octet-stream").status_code == 415
@@ -551,7 +551,7 @@ def test_sha1_only_when_configured_and_chain_on_request(world: World, tmp_path: 
 ], ids=["accuracy-range", "accuracy-text", "hash", "policy", "default-policy", "flag"])
 def test_bad_tsa_settings_name_the_variable(env: dict, message: str) -> None:
     from ca.errors import ConfigurationError
-    from tsa.http import tsa_settings
+    from tsa.config import tsa_settings
 
     with pytest.raises(ConfigurationError, match=message):
         tsa_settings(env)
@@ -560,7 +560,7 @@ def test_bad_tsa_settings_name_the_variable(env: dict, message: str) -> None:
 def test_tsa_settings_from_the_environment_reach_the_served_tokens(world: World, monkeypatch
                                                                    ) -> None:
     from ca.errors import ConfigurationError
-    from tsa.http import tsa_settings
+    from tsa.config import tsa_settings
 
     assert tsa_settings({}) == (None, TsaPolicy())
     env = {"TINCAY_TSA_UNIT": world.unit.name, "TINCAY_TSA_ACCURACY": "10ms",

@@ -1,6 +1,6 @@
 """The RFC 3161 time-stamp authority core: TimeStampReq DER in, TimeStampResp DER out.
 
-Pure (no flask, sqlalchemy or click): the HTTP blueprint (tsa/http.py) records each granted
+Pure (no flask, sqlalchemy or click): the HTTP endpoint (web/tsa.py) records each granted
 token durably before the reply leaves. Every failure a client can cause becomes a PKIStatus
 rejection with the failInfo RFC 3161 2.4.2 names for it; :meth:`TimeStampAuthority.respond`
 never raises. Tokens follow RFC 3161, RFC 5816 (ESSCertIDv2) and ETSI EN 319 422: TSTInfo v1,

@@ -1,4 +1,4 @@
-"""The HTTP side shared by every protocol service: the WSGI app factory, the endpoint base
-the DER protocols (OCSP, RFC 3161) are served by, and the repository of CA certificates and
-CRLs. The protocol packages (ocsp/, tsa/, and the JSON APIs to come) put their own adapter in
-their ``http.py`` over these pieces; ``ca/`` knows nothing of HTTP."""
+"""The HTTP side of every service: the WSGI app factory (app.py), the endpoint base the DER
+protocols are served by (protocol.py), their endpoints (ocsp.py, tsa.py) and the repository of
+CA certificates and CRLs (repository.py). The protocol packages (ocsp/, tsa/, and those to
+come) hold the protocol itself and know nothing of HTTP; ``ca/`` neither."""

@@ -14,11 +14,12 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from ca.services import CertificateAuthority
-from ocsp.http import OcspEndpoint
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
-from tsa.http import TsaEndpoint, timestamp_authority, tsa_settings
+from tsa.config import timestamp_authority, tsa_settings
+from web.ocsp import OcspEndpoint
 from web.repository import repository
+from web.tsa import TsaEndpoint
 
 MAX_REQUEST_BYTES = 64 * 1024
 

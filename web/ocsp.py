@@ -22,8 +22,8 @@ from urllib.parse import unquote
 from asn1crypto import ocsp as asn1_ocsp
 from werkzeug.http import http_date, quote_etag
 
-from web.protocol import Answer, ProtocolEndpoint, plain, read_protocol_body
 from ocsp.responder import Responder
+from web.protocol import Answer, ProtocolEndpoint, plain, read_protocol_body
 
 __all__ = ["OcspEndpoint"]
 

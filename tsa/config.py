@@ -1,32 +1,16 @@
-"""The TSA endpoint: RFC 3161 over HTTP (section 3.4), ``POST /tsa``.
-
-A thin adapter like ocsp/http.py, and like it WSGI middleware in front of Flask (a token costs
-the core about as much as Flask's request handling would add): it checks content type and
-size, hands the body to the pure core, and records every granted token durably *before* the
-reply leaves (the store batches concurrent records into shared commits). A token that could
-not be recorded is never sent: the client gets a systemFailure rejection instead, so no client
-holds a token the operator cannot account for.
-"""
+"""How the TSA of a server worker is chosen and configured at start-up: the unit to serve and
+its policy from the environment (TINCAY_TSA_*), and the unit's key and chain from the CA's
+services. Read once per worker; every value an operator can get wrong is a ConfigurationError
+naming the variable."""
 from __future__ import annotations
 
-import logging
 import re
-from typing import Callable, Mapping
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import Mapping
 
 from ca.durations import parse_duration
-from ca.errors import ConfigurationError, TincayError
-from web.protocol import Answer, ProtocolEndpoint, plain, read_protocol_body
-from ca.services import Authorities, TokenLog
-from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit, rejection
-
-TIMESTAMP_QUERY = "application/timestamp-query"
-TIMESTAMP_REPLY = "application/timestamp-reply"
-_REPLY_HEADERS = (("Content-Type", TIMESTAMP_REPLY),)
-MAX_REQUEST_BYTES = 8 * 1024  # a TimeStampReq with a SHA-512 imprint is about 100 bytes
-log = logging.getLogger("tincay.tsa")
-
+from ca.errors import ConfigurationError
+from ca.services import Authorities
+from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit
 
 _OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -99,40 +83,3 @@ def timestamp_authority(authorities: Authorities, unit: str | None = None,
                 authorities.signing_key(chosen.key_uri, chosen.certificate),
                 tuple(chosen.chain)),
         policy or TsaPolicy(), authorities.context.clock)
-
-
-class TsaEndpoint(ProtocolEndpoint):
-    """POST ``/tsa`` (or ``/tsa/``) answered here, in front of the Flask app
-    (web.protocol.ProtocolEndpoint): 415 for another Content-Type, 413 past MAX_REQUEST_BYTES, 405
-    for other methods, 404 when no TSA unit is configured."""
-
-    log = log
-
-    def __init__(self, app: Callable, authority: TimeStampAuthority | None,
-                 token_log: TokenLog) -> None:
-        super().__init__(app)
-        self.authority = authority
-        self.token_log = token_log
-
-    def serves(self, path: str) -> bool:
-        return path in ("/tsa", "/tsa/")
-
-    def answer(self, environ: dict, path: str) -> Answer:
-        if environ.get("REQUEST_METHOD") != "POST":
-            return plain(405, "Method Not Allowed", ("Allow", "POST"))
-        if self.authority is None:
-            return plain(404, "no time-stamp unit is configured here")
-        body = read_protocol_body(environ, TIMESTAMP_QUERY, MAX_REQUEST_BYTES,
-                                  "time-stamp requests")
-        if isinstance(body, tuple):
-            return plain(*body)
-        result = self.authority.respond(body, environ.get("REMOTE_ADDR"))
-        if result.granted is not None:
-            token = result.granted
-            try:
-                self.token_log.record(token)
-            except (TincayError, SQLAlchemyError) as exc:
-                log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
-                return "200 OK", _REPLY_HEADERS, rejection("systemFailure",
-                                                           "the token could not be recorded")
-        return "200 OK", _REPLY_HEADERS, result.response
