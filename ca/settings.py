@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Mapping
 
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from ca.errors import ConfigurationError
-from ca.validation import InputModel, issues
+from ca.validation import InputModel, read_variables
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOFTHSM_MODULE_CANDIDATES = (
@@ -93,14 +93,6 @@ class Environment(InputModel):
     profiles_dir: Variable = Field(None, alias="TINCAY_PROFILES_DIR")
     softhsm2_conf: str | None = Field(None, alias="SOFTHSM2_CONF")  # set at all, even empty?
 
-    @classmethod
-    def read(cls, env: Mapping[str, object]) -> Environment:
-        """The variables of ``env``; ConfigurationError naming the first bad one."""
-        try:
-            return cls.model_validate(dict(env))
-        except ValidationError as exc:
-            first = issues(exc, cls)[0]
-            raise ConfigurationError(f"{first.path}: {first.message}") from None
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
-        variables = Environment.read(env)
+        variables = read_variables(Environment, env)
         home = Path(variables.home or "./var").resolve()
         default_pin = home / "pkcs11-pin"
         conf = home / "softhsm" / "softhsm2.conf"

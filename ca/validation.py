@@ -22,14 +22,14 @@ import inspect
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, Iterable, Mapping, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from ca.errors import ProfileError
+from ca.errors import ConfigurationError, ProfileError
 
 __all__ = ["FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where", "format_loc", "hint",
-           "issues", "type_name"]
+           "issues", "read_variables", "type_name"]
 
 Loc = tuple[str | int, ...]
 
@@ -242,3 +242,22 @@ class Where:
         """The first of ``exc``'s issues as a ProfileError; ``under`` prefixes its path."""
         first = issues(exc, model)[0]
         return self.error(format_loc(under + first.loc), first.message)
+
+
+# --- environment variables --------------------------------------------------------------------
+
+Variables = TypeVar("Variables", bound=BaseModel)
+
+
+def read_variables(model: type[Variables], env: Mapping[str, object]) -> Variables:
+    """``env`` (os.environ or a mapping like it) through ``model``, whose fields are aliased
+    to the variables' names; ConfigurationError naming the first bad variable:
+    ``TINCAY_HOME: expected a string, got an integer 5``. A message that starts with ``=``
+    continues the name, for a complaint about the whole value: ``TINCAY_TSA_CHAIN='maybe':
+    use yes or no``."""
+    try:
+        return model.model_validate(dict(env))
+    except ValidationError as exc:
+        first = issues(exc, model)[0]
+        separator = "" if first.message.startswith("=") else ": "
+        raise ConfigurationError(f"{first.path}{separator}{first.message}") from None

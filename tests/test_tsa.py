@@ -557,6 +557,26 @@ def test_bad_tsa_settings_name_the_variable(env: dict, message: str) -> None:
         tsa_settings(env)
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"TINCAY_TSA_HASHES": " , "}, "TINCAY_TSA_HASHES: hashes: none (choose from"),
+    ({"TINCAY_TSA_CHAIN": 1}, "TINCAY_TSA_CHAIN: expected a string, got an integer 1"),
+    ({"TINCAY_TSA_ACCURACY": 5}, "TINCAY_TSA_ACCURACY: expected a string, got an integer 5"),
+    ({"TINCAY_TSA_POLICIES": ["1.2"]}, "TINCAY_TSA_POLICIES: expected a string, got a list"),
+], ids=["no-hashes", "flag-type", "accuracy-type", "policies-type"])
+def test_tsa_settings_are_strings_and_a_set_list_is_never_taken_for_unset(
+        env: dict, message: str) -> None:
+    """Read through a pydantic model (tsa.config.TsaEnvironment): blank is unset, but a list
+    that is set and holds nothing is refused; a value that is not a string is named."""
+    from ca.errors import ConfigurationError
+    from tsa.config import tsa_settings
+
+    with pytest.raises(ConfigurationError) as info:
+        tsa_settings(env)
+    assert str(info.value).startswith(message), info.value
+    assert tsa_settings({"TINCAY_TSA_ACCURACY": " ", "TINCAY_TSA_CHAIN": "",
+                         "TINCAY_TSA_POLICIES": ""}) == tsa_settings({})
+
+
 def test_tsa_settings_from_the_environment_reach_the_served_tokens(world: World, monkeypatch
                                                                    ) -> None:
     from ca.errors import ConfigurationError

@@ -5,15 +5,82 @@ naming the variable."""
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from datetime import timedelta
+from typing import Annotated, Any, Mapping
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from ca.durations import parse_duration
 from ca.errors import ConfigurationError
 from ca.services import Authorities
+from ca.validation import FieldError, InputModel, read_variables, type_name
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit
 
 _OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _text(value: Any) -> str | None:
+    """A variable as set: blank counts as unset. An environment holds strings only; anything
+    else (a mapping an embedding program built) is named as such."""
+    if value is None or isinstance(value, str):
+        return (value or "").strip() or None
+    raise FieldError(f"expected a string, got {type_name(value)} {value!r}")
+
+
+def _listed(value: Any) -> Any:
+    """``a, b,c`` -> ("a", "b", "c"); unset stays None (so "," is an empty list, not unset)."""
+    value = _text(value)
+    return None if value is None else tuple(item.strip() for item in value.split(",")
+                                            if item.strip())
+
+
+def _duration(value: Any) -> Any:
+    value = _text(value)
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as exc:
+        raise FieldError(str(exc)) from None
+
+
+def _flag(value: Any) -> bool:
+    text = (_text(value) or "no").lower()
+    if text not in _TRUE + _FALSE:
+        raise FieldError(f"={value!r}: use yes or no")  # read_variables: NAME='maybe': ...
+    return text in _TRUE
+
+
+def _oids(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for value in values or ():
+        if not _OID.fullmatch(value):
+            raise FieldError(f"{value!r} is not a dotted OID")
+    return values
+
+
+def _oid(value: str | None) -> str | None:
+    return _oids((value,))[0] if value is not None else None  # type: ignore[index]
+
+
+Text = Annotated[str | None, BeforeValidator(_text)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Listed = Annotated[tuple[str, ...] | None, BeforeValidator(_listed)]
+
+
+class TsaEnvironment(InputModel):
+    """The TINCAY_TSA_* variables of a server worker; every other variable is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    unit: Text = Field(None, alias="TINCAY_TSA_UNIT")
+    accuracy: Annotated[timedelta | None, BeforeValidator(_duration)] = Field(
+        None, alias="TINCAY_TSA_ACCURACY")
+    default_policy: Annotated[Text, AfterValidator(_oid)] = Field(
+        None, alias="TINCAY_TSA_DEFAULT_POLICY")
+    accepted_policies: Annotated[Listed, AfterValidator(_oids)] = Field(
+        None, alias="TINCAY_TSA_POLICIES")
+    hashes: Listed = Field(None, alias="TINCAY_TSA_HASHES")
+    include_chain: Flag = Field(False, alias="TINCAY_TSA_CHAIN")
+    tsa_name: Flag = Field(False, alias="TINCAY_TSA_NAME")
 
 
 def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
@@ -32,40 +99,21 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
 
     ConfigurationError naming the variable for anything it cannot use.
     """
-    def listed(name: str) -> tuple[str, ...]:
-        return _comma_separated(env.get(name, ""))
-
-    def flag(name: str) -> bool:
-        value = env.get(name, "").strip().lower()
-        if value not in _TRUE + _FALSE:
-            raise ConfigurationError(f"{name}={env[name]!r}: use yes or no")
-        return value in _TRUE
-
-    def oids(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
-        for value in values:
-            if not _OID.fullmatch(value):
-                raise ConfigurationError(f"{name}: {value!r} is not a dotted OID")
-        return values
-
-    fields: dict = {"accepted_policies": oids("TINCAY_TSA_POLICIES",
-                                              listed("TINCAY_TSA_POLICIES")),
-                    "include_chain": flag("TINCAY_TSA_CHAIN"), "tsa_name": flag("TINCAY_TSA_NAME")}
-    if env.get("TINCAY_TSA_DEFAULT_POLICY", "").strip():
-        [fields["default_policy"]] = oids("TINCAY_TSA_DEFAULT_POLICY",
-                                          (env["TINCAY_TSA_DEFAULT_POLICY"].strip(),))
-    for name, key, parse in (("TINCAY_TSA_ACCURACY", "accuracy", parse_duration),
-                             ("TINCAY_TSA_HASHES", "hashes", _comma_separated)):
-        if env.get(name, "").strip():
+    variables = read_variables(TsaEnvironment, env)
+    fields: dict[str, Any] = {"accepted_policies": variables.accepted_policies or (),
+                              "include_chain": variables.include_chain,
+                              "tsa_name": variables.tsa_name}
+    if variables.default_policy is not None:
+        fields["default_policy"] = variables.default_policy
+    for name, key, value in (("TINCAY_TSA_ACCURACY", "accuracy", variables.accuracy),
+                             ("TINCAY_TSA_HASHES", "hashes", variables.hashes)):
+        if value is not None:
             try:
-                fields[key] = parse(env[name])
-                TsaPolicy(**{key: fields[key]})  # its own checks, reported by variable
+                TsaPolicy(**{key: value})  # the policy's own checks, reported by variable
             except ValueError as exc:
                 raise ConfigurationError(f"{name}: {exc}") from None
-    return env.get("TINCAY_TSA_UNIT", "").strip() or None, TsaPolicy(**fields)
-
-
-def _comma_separated(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+            fields[key] = value
+    return variables.unit, TsaPolicy(**fields)
 
 
 def timestamp_authority(authorities: Authorities, unit: str | None = None,
