@@ -24,10 +24,12 @@ run: venv
 	$(BIN)/tincay demo
 	$(BIN)/tincay serve
 
-# The whole suite, SQLite and PostgreSQL (a throwaway server started by .ci/postgres).
+# The whole suite, SQLite and PostgreSQL (a throwaway server started by .ci/postgres and
+# stopped again afterwards, whatever the outcome).
 test: venv
 	@url=$$(bash .ci/postgres start $(PG_DIR) $(PG_PORT)) && \
-	TINCAY_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	TINCAY_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
+	status=$$?; bash .ci/postgres stop $(PG_DIR); exit $$status
 
 # SQLite only, for quick local iterations.
 test-fast: venv

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.crl import CrlParams, RevokedEntry, build_crl
 from ca.errors import IssuanceError
+from ca.services import CrlInfo
 from ca.testing import Hierarchy
 from tests import helpers_x509 as hx
 
@@ -373,6 +374,36 @@ def test_openssl_and_certvalidator_apply_the_delta(tmp_path: Path) -> None:
             validate(later)
     lint = lint_crl(delta, tmp_path)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_a_revocation_reaches_crls_at_the_next_pass(database_url: str, tmp_path: Path) -> None:
+    """A revocation makes the next maintenance pass publish: a new complete CRL, or a delta CRL
+    where the CA publishes deltas; a pass with nothing new publishes nothing (issue 18: not at
+    half the CRL's validity, 3.5 days)."""
+    def published(pki: Hierarchy) -> list[CrlInfo]:
+        return pki.service.publication.publish_due_crls()
+
+    def lists(crl: CrlInfo, issued) -> bool:
+        found = x509.load_der_x509_crl(crl.der).get_revoked_certificate_by_serial_number(
+            issued.certificate.serial_number)
+        return found is not None
+
+    plain = Hierarchy.from_spec(spec("ec-p256"), at=NOW, database_url=database_url)
+    with plain as pki, delta_world("sqlite://", tmp_path) as with_deltas:  # own database
+        for world, first in ((pki, [("root", 1, None), ("ca", 1, None)]),
+                             (with_deltas, [("root", 1, None), ("ca", 1, None), ("ca", 2, 1)])):
+            doctor = world.issue("clinician", DOCTOR, key_type="ec-p256")
+            assert [(c.ca, c.number, c.delta_base) for c in published(world)] == first
+            world.clock.advance(dt.timedelta(minutes=5))
+            assert published(world) == []
+            world.revoke(doctor, "keyCompromise")
+            world.clock.advance(dt.timedelta(minutes=5))
+            [crl] = published(world)
+            number, base = first[-1][1] + 1, first[-1][2]
+            assert (crl.ca, crl.number, crl.delta_base) == ("ca", number, base)
+            assert lists(crl, doctor)
+            world.clock.advance(dt.timedelta(minutes=5))
+            assert published(world) == []
 
 
 def test_due_crls_are_published_at_half_their_validity(tmp_path: Path) -> None:

@@ -75,11 +75,15 @@ class Publication:
                        base.number if base else None)
 
     def publish_due_crls(self) -> list[CrlInfo]:
-        """Publish every CRL that is missing or past half its validity, for every active CA:
-        the complete CRL, then (for a CA with deltas) a delta over the latest complete one.
+        """Publish every CRL that is missing, past half its validity, or behind a revocation,
+        hold or release, for every active CA: the complete CRL, then (for a CA with deltas) a
+        delta over the latest complete one.
 
         Half the validity ahead, like the OCSP refresh: a relying party that cached a CRL at
-        its thisUpdate always finds a newer one before nextUpdate, even if a run is missed.
+        its thisUpdate always finds a newer one before nextUpdate, even if a run is missed. A
+        status change is published at the next pass (minutes, not days): as a delta CRL where
+        the CA publishes deltas, else as a new complete CRL, so a keyCompromise reaches
+        CRL-only relying parties within one maintenance interval.
         """
         published = []
         now = self.context.clock.now()
@@ -88,16 +92,25 @@ class Publication:
         for name in active:
             settings = self.settings(name)
             full = self.latest_crl(name)
-            if full is None or now >= full.this_update + settings.crl_validity / 2:
+            deltas = settings.delta_crl_validity is not None
+            if (full is None or now >= full.this_update + settings.crl_validity / 2
+                    or (not deltas and self._changed_after(full))):
                 full = self.publish_crl(name)
                 published.append(full)
-            if settings.delta_crl_validity is None:
+            if not deltas:
                 continue
             delta = self.latest_crl(name, delta=True)
             if (delta is None or delta.delta_base != full.number
-                    or now >= delta.this_update + settings.delta_crl_validity / 2):
+                    or now >= delta.this_update + settings.delta_crl_validity / 2
+                    or self._changed_after(max(full, delta, key=lambda c: c.number))):
                 published.append(self.publish_crl(name, delta=True))
         return published
+
+    def _changed_after(self, published: CrlInfo) -> bool:
+        """A revocation, hold or release of ``published.ca`` since that CRL was signed."""
+        with self.context.read() as session:
+            return queries.status_changed_after_crl(session, published.ca, published.number,
+                                                    published.this_update)
 
     def latest_crl(self, ca: str, *, delta: bool = False) -> CrlInfo | None:
         with self.context.read() as session:

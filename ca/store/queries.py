@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import String, bindparam, func, select
+from sqlalchemy import String, bindparam, exists, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.exc import IntegrityError
@@ -270,6 +270,28 @@ def latest_crl(session: Session, ca: str, *, delta: bool = False) -> CrlRecord |
         select(CrlRecord).join(Authority, CrlRecord.issuer_id == Authority.id)
         .where(Authority.name == ca, kind)
         .order_by(CrlRecord.number.desc()).limit(1)).one_or_none()
+
+
+REVOCATION_ACTIONS = ("certificate.revoke", "certificate.release")
+
+
+def status_changed_after_crl(session: Session, ca: str, number: int,
+                             this_update: datetime) -> bool:
+    """Whether a certificate of ``ca`` was revoked, held or released after its CRL ``number``
+    (published at ``this_update``) was signed.
+
+    Times carry whole seconds (as CRLs do), so a change in the second a CRL was published
+    could be before or after it; the audit log orders them exactly: each revocation and each
+    CRL is an event in the transaction that made it, and ids grow. Both lookups start at
+    ``this_update`` on the events' time index, so they read only recent events.
+    """
+    recent = (AuditEvent.at >= this_update, AuditEvent.authority == ca)
+    published = (select(func.max(AuditEvent.id))
+                 .where(*recent, AuditEvent.action == "crl.publish",
+                        AuditEvent.details.like(f'%"number": {int(number)}}}'))
+                 .scalar_subquery())
+    return bool(session.scalar(select(exists().where(
+        *recent, AuditEvent.action.in_(REVOCATION_ACTIONS), AuditEvent.id > published))))
 
 
 def changed_entries(session: Session, issuer: Authority,

@@ -33,13 +33,20 @@ def _init(spec_path: Path, as_json: bool) -> list[str]:
     app = app_context()
     spec = load_hierarchy(spec_path, app.profiles)
     created = app.service.authorities.init_hierarchy(spec, progress=progress)
+    # A new CA's CRL is served from the start: a hard-fail validator asking before the first
+    # maintenance pass would otherwise get a 404 and reject the chain.
+    crls = [app.service.publication.publish_crl(a.name) for a in spec.authorities
+            if a.name in created]
     if as_json:
         emit_one({"hierarchy": spec.name, "created": created,
+                  "crls": [{"ca": c.ca, "number": c.number} for c in crls],
                   "authorities": app.service.listings.list_authorities(),
                   "services": app.service.listings.list_service_units()}, True)
     else:
         click.echo(f"hierarchy {spec.name}: " + (f"created {', '.join(created)}" if created
-                                                 else "nothing to create, all present"))
+                                                 else "nothing to create, all present")
+                   + (f"; first CRL of {', '.join(c.ca for c in crls)} published" if crls
+                      else ""))
     return created
 
 
