@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Mapping
 
 from ca.clock import Clock, SystemClock
+from ca.errors import ConfigurationError
 from ca.keys.base import KeyBackend
 from ca.profiles import ProfileSet, load_profiles
 from ca.services import CertificateAuthority
@@ -20,10 +21,11 @@ class AppContext:
     """One per CLI invocation (or per app worker); owns the engine and the HSM session."""
 
     def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None, *,
-                 migrate: bool = True) -> None:
+                 migrate: bool = True, create_database: bool = False) -> None:
         self.settings = Settings.from_env(env)
         self.clock = clock or SystemClock()
         self._migrate = migrate  # server workers skip it: `tincay serve` migrated before forking
+        self._create = create_database  # only tincay init and tincay demo make a database
 
     @cached_property
     def profiles(self) -> ProfileSet:
@@ -31,12 +33,26 @@ class AppContext:
 
     @cached_property
     def engine(self):  # type: ignore[no-untyped-def]  # sqlalchemy stays behind ca.store
-        from ca.store.db import create_engine_for, migrate
+        from ca.store.db import create_engine_for, holds_tincay, migrate
 
         engine = create_engine_for(self.settings.database_url)
+        if not self._create and not holds_tincay(engine):
+            engine.dispose()
+            raise ConfigurationError(
+                f"no tincay database at {self._where()}: create one with tincay init "
+                "--hierarchy SPEC (or tincay demo), or set TINCAY_HOME or TINCAY_DATABASE_URL "
+                "to the CA's")
         if self._migrate:
             migrate(engine)
         return engine
+
+    def _where(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.settings.database_url)
+        if url.get_backend_name() == "sqlite" and url.database:
+            return url.database
+        return url.render_as_string(hide_password=True)
 
     @cached_property
     def keys(self) -> KeyBackend:

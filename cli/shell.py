@@ -6,6 +6,7 @@ cycle and a new service's commands need nothing from the other groups.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +14,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.errors import TincayError
 from cli.context import AppContext
 
 FORMATS = click.Choice(["pem", "der"])
@@ -21,12 +23,15 @@ FORMATS = click.Choice(["pem", "der"])
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def app_context() -> AppContext:
-    """The invocation's AppContext, closed (HSM session, engine) when the command ends."""
+def app_context(*, create_database: bool = False) -> AppContext:
+    """The invocation's AppContext, closed (HSM session, engine) when the command ends.
+
+    Only the commands that set a CA up (init, demo) pass ``create_database``: any other
+    command on a missing database is an error naming where it looked."""
     click_ctx = click.get_current_context()
     app = click_ctx.find_object(AppContext)
     if app is None:
-        app = AppContext()
+        app = AppContext(create_database=create_database)
         click_ctx.obj = app
         click_ctx.call_on_close(app.close)
     return app
@@ -42,6 +47,26 @@ def write_output(out: str, data: bytes) -> None:
         path.write_bytes(data)
     except OSError as exc:
         raise click.FileError(out, exc.strerror) from None
+
+
+class OutputError(TincayError):
+    """An output file a command cannot write: one line on stderr, exit status 1."""
+
+
+def check_writable(out: str) -> None:
+    """Refuse an output file that cannot be written *before* anything happens: a command that
+    generates an HSM key and issues a certificate must not do so and then fail to save it (the
+    operator retries, and gets a second certificate)."""
+    if out == "-":
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise OutputError(f"cannot write {out}: it is a directory")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {out}: no directory {folder}")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise OutputError(f"cannot write {out}: permission denied")
 
 
 def encode_certificates(certs: Sequence[x509.Certificate], fmt: str) -> bytes:

@@ -228,7 +228,14 @@ def test_operator_errors_are_one_line(cli: Cli, tmp_path: Path, unique_label: st
         (["ca", "list", "--pin", "1234"], 2, "No such option"),
         (["cert", "show", "zz"], 1, "not a hexadecimal serial"),
         (["init", "--hierarchy", str(tmp_path / "missing.yaml")], 2, "does not exist"),
+        # an output that cannot be written is refused before a key or a certificate is made
+        (["issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+          "--generate-key", "--out", str(tmp_path / "no-such-dir" / "x.pem")], 1,
+         f"cannot write {tmp_path / 'no-such-dir' / 'x.pem'}: no directory"),
+        (["issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+          "--generate-key", "--out", str(tmp_path)], 1, "it is a directory"),
     ]
+    keys_before = [e for e in cli.json("audit", "--ca", ca) if e["action"] == "key.generate"]
     for args, code, message in cases:
         cli(*args, code=code)
         assert message in cli.err, (args, cli.err)
@@ -237,6 +244,8 @@ def test_operator_errors_are_one_line(cli: Cli, tmp_path: Path, unique_label: st
             assert cli.err.startswith("tincay: error: ") and cli.err.count("\n") == 1
     assert not (tmp_path / "x.pem").exists()
     assert cli.json("cert", "list", "--ca", ca, "--profile", "clinician") == []
+    assert [e for e in cli.json("audit", "--ca", ca) if e["action"] == "key.generate"] == \
+        keys_before  # no HSM key was generated for any of them
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -287,7 +296,7 @@ def test_tsa_log(cli: Cli, tmp_path: Path) -> None:
     from ca.timestamps import TimestampRecord
     from cli.context import AppContext
 
-    app = AppContext()
+    app = AppContext(create_database=True)
     at = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.timezone.utc)
     for serial in (0xA1B2C3D4E5F60718, 0xB1B2C3D4E5F60718):
         app.service.token_log.record(TimestampRecord("tsa", serial, at, "sha256", b"\x01" * 32,
@@ -301,3 +310,22 @@ def test_tsa_log(cli: Cli, tmp_path: Path) -> None:
         == ["a1b2c3d4e5f60718"]
     assert cli.json("tsa", "log", "--since", "2026-11-25") == []
     assert "a1b2c3d4e5f60718" in cli("tsa", "log")
+
+
+def test_commands_other_than_init_refuse_a_missing_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Run outside the CA's TINCAY_HOME, a command says where it looked and what to run,
+    instead of creating an empty database and printing "(none)" with exit 0."""
+    home = tmp_path / "elsewhere"
+    monkeypatch.setenv("TINCAY_HOME", str(home))
+    monkeypatch.delenv("TINCAY_DATABASE_URL", raising=False)
+    for args in (["ca", "list"], ["cert", "show", "01"], ["audit"], ["tsa", "log"],
+                 ["revoke", "01", "--ca", "x", "--reason", "superseded"],
+                 ["maintain", "--once"]):
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"tincay: error: no tincay database at {home / 'tincay.db'}: "
+                              "create one with tincay init"), err
+        assert err.count("\n") == 1
+    assert not (home / "tincay.db").exists()

@@ -123,6 +123,25 @@ def create_throwaway_schema(engine: Engine) -> None:
             connection.exec_driver_sql(statement)
 
 
+def holds_tincay(engine: Engine) -> bool:
+    """Whether ``engine`` points at a database tincay made (migrated at least once).
+
+    A SQLite file that does not exist is checked for without connecting, since connecting
+    would create it: a command run outside the CA's TINCAY_HOME must not leave an empty
+    database behind."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            return False
+        if not Path(url.database).exists():
+            return False
+    try:
+        return current_revision(engine) is not None
+    except OperationalError as exc:
+        raise StoreError(f"database {url.render_as_string(hide_password=True)}: "
+                         f"{exc.orig}") from None
+
+
 def current_revision(engine: Engine) -> str | None:
     from alembic.migration import MigrationContext
 

@@ -13,7 +13,8 @@ from cryptography import x509
 
 from cli.commands.ocsp import preproduce
 from cli.output import emit, emit_one, progress
-from cli.shell import FORMATS, app_context, encode_certificates, json_option, write_output
+from cli.shell import (FORMATS, OutputError, app_context, check_writable,
+                       encode_certificates, json_option, write_output)
 
 
 # --- issuance -------------------------------------------------------------------------------
@@ -48,6 +49,7 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
         raise click.UsageError("give exactly one of --csr FILE and --generate-key")
     if key_type and not generate_key:
         raise click.UsageError("--key-type goes with --generate-key")
+    check_writable(out)
     app = app_context()
     if csr_file is not None:
         try:
@@ -67,8 +69,14 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
     issued = app.service.issuance.issue(ca_name, profile_name, parse_subject(subject), source,
                                         emails=emails, dns_names=dns_names, days=days,
                                         progress=progress)
-    write_output(out, issued.pem)
     preproduce(ca_name, issued.serial_hex)
+    try:
+        write_output(out, issued.pem)
+    except click.FileError as exc:  # checked above, but the disk may still refuse
+        raise OutputError(
+            f"certificate {issued.serial_hex} of {ca_name} was issued, but writing {out} "
+            f"failed ({exc.message}); export it with: tincay cert export "
+            f"{issued.serial_hex} --ca {ca_name} --out FILE") from None
     record = app.service.listings.show_certificate(issued.serial_hex, ca_name)
     if as_json:
         emit_one(record, True)

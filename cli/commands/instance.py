@@ -30,7 +30,7 @@ def init(spec_path: Path, as_json: bool) -> None:
 def _init(spec_path: Path, as_json: bool) -> list[str]:
     from ca.hierarchy import load_hierarchy
 
-    app = app_context()
+    app = app_context(create_database=True)
     spec = load_hierarchy(spec_path, app.profiles)
     created = app.service.authorities.init_hierarchy(spec, progress=progress)
     # A new CA's CRL is served from the start: a hard-fail validator asking before the first
