@@ -1,20 +1,23 @@
 """The composition root: settings -> engine, key backend, profiles, clock -> services.
 
 Everything is built lazily, so ``tincay profiles list`` touches neither the database nor the HSM,
-and an HSM problem surfaces only in commands that need a key.
+and an HSM problem surfaces only in commands that need a key. Imported lazily too: every
+``tincay`` command imports this module, and ``tincay --help`` should not wait for SQLAlchemy or
+pydantic (bench/cli_startup.py).
 """
 from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ca.clock import Clock, SystemClock
 from ca.errors import ConfigurationError
-from ca.keys.base import KeyBackend
-from ca.profiles import ProfileSet, load_profiles
-from ca.services import CertificateAuthority
-from ca.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ca.keys.base import KeyBackend
+    from ca.profiles import ProfileSet
+    from ca.services import CertificateAuthority
 
 
 class AppContext:
@@ -22,6 +25,8 @@ class AppContext:
 
     def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None, *,
                  migrate: bool = True, create_database: bool = False) -> None:
+        from ca.settings import Settings
+
         self.settings = Settings.from_env(env)
         self.clock = clock or SystemClock()
         self._migrate = migrate  # server workers skip it: `tincay serve` migrated before forking
@@ -29,11 +34,13 @@ class AppContext:
 
     @cached_property
     def profiles(self) -> ProfileSet:
+        from ca.profiles import load_profiles
+
         return load_profiles(self.settings.profiles_dir)
 
     @cached_property
     def engine(self):  # type: ignore[no-untyped-def]  # sqlalchemy stays behind ca.store
-        from ca.store.db import create_engine_for, holds_tincay, migrate
+        from ca.store.db import create_engine_for, holds_tincay, migrate_if_behind
 
         engine = create_engine_for(self.settings.database_url)
         if not self._create and not holds_tincay(engine):
@@ -43,7 +50,7 @@ class AppContext:
                 "--hierarchy SPEC (or tincay demo), or set TINCAY_HOME or TINCAY_DATABASE_URL "
                 "to the CA's")
         if self._migrate:
-            migrate(engine)
+            migrate_if_behind(engine)
         return engine
 
     def _where(self) -> str:
@@ -61,16 +68,20 @@ class AppContext:
         # The demo token's config under TINCAY_HOME, unless the operator chose one: SoftHSM reads
         # SOFTHSM2_CONF once, when the module is loaded, so it must be set before that.
         if self.settings.softhsm_conf is not None and "SOFTHSM2_CONF" not in os.environ:
-            os.environ["SOFTHSM2_CONF"] = str(self.settings.softhsm_conf)
+            from ca.keys.softhsm import write_config
+
+            # derived from TINCAY_HOME each time, so a copied or moved home uses its own token
+            os.environ["SOFTHSM2_CONF"] = str(write_config(self.settings.home))
         return Pkcs11Backend(self.settings.pkcs11_module, self.settings.pkcs11_token,
                              self.settings.pin)
 
     @cached_property
     def service(self) -> CertificateAuthority:
+        from ca.services import CertificateAuthority
         from ca.store.db import make_session_factory
 
         return CertificateAuthority(make_session_factory(self.engine), self.keys,
-                                           self.profiles, self.clock, self.settings.public_url)
+                                    self.profiles, self.clock, self.settings.public_url)
 
     def close(self) -> None:
         if "service" in self.__dict__:

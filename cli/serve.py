@@ -25,6 +25,7 @@ that the port is free.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,9 +33,21 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from ca.errors import ConfigurationError
 from cli.params import WORKER_CLASSES
+
+
+class _Log(Logger):
+    """gunicorn's log, saying where it listens: with SO_REUSEPORT the arbiter holds no socket
+    (each worker binds its own), and gunicorn's "Listening at:" line came out empty."""
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if msg.startswith("Listening at:") and args and not args[0]:
+            where = ",".join(f"http://{host}:{port}" for host, port in self.cfg.address)
+            args = (f"{where} (a SO_REUSEPORT socket in each worker)", *args[1:])
+        super().info(msg, *args, **kwargs)
 
 
 class TincayServer(BaseApplication):
@@ -71,7 +84,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
     if worker_class not in WORKER_CLASSES:
         raise ConfigurationError(f"worker class {worker_class!r} is not one of "
                                  f"{', '.join(WORKER_CLASSES)}")
-    _check_free(host, port)
+    check_free(host, port)
     children: list[subprocess.Popen] = []
 
     def when_ready(server: Any) -> None:
@@ -102,19 +115,28 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "tincay",
+        # gunicorn's control socket is one path per user (~/.gunicorn/gunicorn.ctl) that every
+        # instance would share; tincay is driven by signals (TERM, HUP), so none is opened
+        "control_socket_disable": True,
         "when_ready": when_ready,
-        "post_worker_init": _log_ready,
+        "post_worker_init": _worker_ready,
+        "logger_class": _Log,
         "on_exit": on_exit,
     }, app_factory).run()
 
 
-def _log_ready(worker: Any) -> None:
+def _worker_ready(worker: Any) -> None:
     """After "Booting worker": the app is loaded, its database open and its keys bound (found
-    on the token, or during an HSM outage bound to their certificates' public keys)."""
+    on the token, or during an HSM outage bound to their certificates' public keys).
+
+    A worker ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and the
+    arbiter answers it by sending each worker SIGQUIT; a gevent worker handed both quit twice,
+    the second time during interpreter shutdown, and printed a SystemExit traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
-def _check_free(host: str, port: int) -> None:
+def check_free(host: str, port: int) -> None:
     """ConfigurationError if something listens on ``host:port`` already (without
     SO_REUSEPORT the bind fails; with it, a second server would silently share the port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

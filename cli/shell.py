@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ca.errors import TincayError
 from cli.context import AppContext
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from cryptography import x509
 
 FORMATS = click.Choice(["pem", "der"])
 """The --format choice of the commands that write certificates or CRLs."""
@@ -71,6 +72,8 @@ def check_writable(out: str) -> None:
 
 def encode_certificates(certs: Sequence[x509.Certificate], fmt: str) -> bytes:
     """PEM (any number of certificates, concatenated) or DER (exactly one)."""
+    from cryptography.hazmat.primitives import serialization
+
     if fmt == "der":
         if len(certs) != 1:
             raise click.UsageError("DER holds one certificate: use --format pem for a chain")

@@ -290,6 +290,20 @@ def test_demo_makes_its_own_token_and_is_idempotent(tmp_path: Path) -> None:
     again = _run(env, "demo")
     assert again.returncode == 0 and "nothing to create" in again.stdout
 
+    # a copied home keeps its keys beside its database, not in the original's token
+    shutil.copytree(tmp_path / "demo", tmp_path / "copy", symlinks=True)
+
+    def objects(home: str) -> int:
+        return len(list((tmp_path / home / "softhsm" / "tokens").rglob("*.object")))
+
+    before = objects("demo"), objects("copy")
+    issued = _run({**env, "TINCAY_HOME": str(tmp_path / "copy")}, "issue", "--ca", "issuing-ca",
+                  "--profile", "citizen", "--subject", "C=VN, CN=Bản Sao, UID=CCCD:079073009568",
+                  "--generate-key", "--out", str(tmp_path / "copy" / "citizen.pem"))
+    assert issued.returncode == 0, issued.stderr
+    assert objects("demo") == before[0] and objects("copy") > before[1]
+    assert str(tmp_path / "copy") in (tmp_path / "copy/softhsm/softhsm2.conf").read_text()
+
 
 def test_tsa_log(cli: Cli, tmp_path: Path) -> None:
     """`tincay tsa log` reads what the TSA recorded (written here through the service)."""
@@ -329,3 +343,15 @@ def test_commands_other_than_init_refuse_a_missing_database(
                               "create one with tincay init"), err
         assert err.count("\n") == 1
     assert not (home / "tincay.db").exists()
+
+
+def test_serve_on_a_taken_port_says_so_before_claiming_to_serve(
+        cli: Cli, tmp_path: Path, unique_label: str) -> None:
+    import socket
+
+    cli("init", "--hierarchy", str(write_spec(tmp_path / "spec.yaml", unique_label)))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cli("serve", "--port", str(port), code=1)
+    assert cli.err.startswith(f"tincay: error: cannot serve on 127.0.0.1:{port}: "), cli.err
+    assert "serving on" not in cli.err and cli.err.count("\n") == 1

@@ -94,6 +94,7 @@ def served_demo(request: pytest.FixtureRequest, tmp_path: Path
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
         env["TINCAY_HOME"] = str(tmp_path / "home")
+        env["HOME"] = str(tmp_path / "user")  # where gunicorn would put its control socket
         env["TINCAY_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
         if database == "postgres":
             env["TINCAY_DATABASE_URL"] = stack.enter_context(postgres_database())
@@ -132,6 +133,8 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
             served = x509.load_der_x509_certificate(response.read())
         assert served == x509.load_pem_x509_certificate((home / f"public/{name}.pem").read_bytes())
         assert crl.is_signature_valid(served.public_key())
+    # no control socket shared by every gunicorn of the user (~/.gunicorn/gunicorn.ctl)
+    assert not (Path(env["HOME"]) / ".gunicorn").exists()
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{base}/certs/none.cer", timeout=5)
     assert missing.value.code == 404
@@ -147,7 +150,17 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
                             capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"cannot serve on 127.0.0.1:{port}" in second.stderr
     urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
-    assert "Using worker: gevent_pywsgi" in (home.parent / "serve.log").read_text()  # the default
+    log = (home.parent / "serve.log").read_text()
+    assert "Using worker: gevent_pywsgi" in log  # the default
+    assert f"Listening at: http://127.0.0.1:{port} (a SO_REUSEPORT socket in each worker)" in log
+    # Ctrl-C reaches the whole process group: a worker leaves SIGINT to the arbiter (which
+    # sends it SIGQUIT), so it neither quits twice (a SystemExit traceback) nor alone
+    worker = int(log.split("Booting worker with pid: ")[1].split()[0])
+    os.kill(worker, signal.SIGINT)
+    time.sleep(1)
+    os.kill(worker, 0)  # still there
+    assert f"Worker exiting (pid: {worker})" not in (home.parent / "serve.log").read_text()
+    urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
 
 
 @pytest.mark.softhsm

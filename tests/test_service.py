@@ -397,6 +397,32 @@ def test_migrations_match_the_models(database_url: str) -> None:
     engine.dispose()
 
 
+def test_the_cheap_revision_check_agrees_with_alembic(database_url: str) -> None:
+    """What every CLI command checks instead of starting Alembic: the newest migration by file
+    name is Alembic's head, and the version read with one query is Alembic's own."""
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from ca.store.db import (MIGRATIONS, head_revision, holds_tincay, migrate_if_behind,
+                             stored_revision)
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+    engine = create_engine_for(database_url)
+    try:
+        assert stored_revision(engine) is None and not holds_tincay(engine)
+        migrate(engine, "0002")
+        assert stored_revision(engine) == "0002" and holds_tincay(engine)
+        migrate_if_behind(engine)  # behind: brought to the head
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == \
+                head_revision() == stored_revision(engine)
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_commits_survive_a_power_loss(tmp_path: Path) -> None:
     """Every connection (the ORM's and the TSA log's kept DBAPI ones alike) journals to a WAL
     that each commit fsyncs (synchronous=FULL, 2): with NORMAL (1) a commit the TSA answered

@@ -181,6 +181,38 @@ def test_testing_serve_for_other_languages(tmp_path: Path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
+    assert (tmp_path / "pki" / f"{leaf['serial']}-key.pem").exists()  # --export: the caller's
+
+
+def test_testing_serve_removes_its_own_keys_and_says_when_the_port_is_taken() -> None:
+    """Without --export the keys go to a temporary folder that is gone once the server stops;
+    a port in use is one line, not a traceback."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    tincay = str(Path(sys.executable).with_name("tincay"))
+    server = subprocess.Popen(
+        [tincay, "testing", "serve", "--issue", "clinician:C=VN, O=BV Q11, CN=A, UID=CCCD:079073009568"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(server.stdout.readline())
+        key = Path(info["issued"][0]["key"])
+        assert key.exists()
+        port = int(info["url"].rsplit(":", 1)[1])
+        taken = subprocess.run([tincay, "testing", "serve", "--port", str(port)],
+                               capture_output=True, text=True, timeout=60)
+        assert taken.returncode == 1, taken.stderr
+        assert taken.stderr.startswith(f"tincay: error: cannot listen on 127.0.0.1:{port}: ")
+        assert taken.stderr.count("\n") == 1 and "Traceback" not in taken.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    assert not key.parent.exists()
+    with socket.socket() as probe:  # and its port is free again
+        probe.bind(("127.0.0.1", port))
 
 
 def test_testing_serve_refuses_bad_input(tmp_path: Path) -> None:

@@ -17,13 +17,18 @@ from ca.errors import ConfigurationError
 
 
 def write_config(home: Path) -> Path:
-    """A softhsm2.conf whose token directory lives under ``home``; returns its path."""
-    tokens = home / "softhsm" / "tokens"
+    """A softhsm2.conf whose token directory lives under ``home``; returns its path.
+
+    SoftHSM wants an absolute token path, so the file is derived from ``home`` each time it
+    is used and rewritten when it names another place: a TINCAY_HOME copied or moved keeps
+    its keys beside its database, instead of writing them into the original's token."""
+    tokens = home.resolve() / "softhsm" / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     conf = home / "softhsm" / "softhsm2.conf"
-    if not conf.exists():
-        conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
-                        "log.level = ERROR\nslots.removable = false\n", encoding="utf-8")
+    text = (f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
+            "log.level = ERROR\nslots.removable = false\n")
+    if not conf.exists() or conf.read_text(encoding="utf-8") != text:
+        conf.write_text(text, encoding="utf-8")
     return conf
 
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from sqlalchemy.engine import make_url
 
 from ca.clock import FrozenClock, SystemClock, ensure_utc
-from ca.errors import KeyBackendError
+from ca.errors import ConfigurationError, KeyBackendError
 from ca.hierarchy import HierarchySpec, load_hierarchy
 from ca.keys.base import KeyBackend, KeySpec, PrivateKey
 from ca.keys.memory import MemoryBackend
@@ -92,7 +92,11 @@ class Hierarchy:
         """
         listener = None
         if public_url is None:
-            listener = socket.create_server(("127.0.0.1", port))
+            try:
+                listener = socket.create_server(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigurationError(f"cannot listen on 127.0.0.1:{port}: "
+                                         f"{exc.strerror}") from None
             public_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         if isinstance(profiles, ProfileSet):
             profile_set = profiles

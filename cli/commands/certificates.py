@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cryptography import x509
 
 from cli.commands.ocsp import preproduce
 from cli.output import emit, emit_one, progress
@@ -124,6 +123,8 @@ def cert_show(serial: str, ca_name: str | None, as_json: bool) -> None:
 @click.option("--out", default="-", show_default=True, help="Output file, - for stdout.")
 def cert_export(serial: str, ca_name: str | None, fmt: str, out: str) -> None:
     """Export a certificate."""
+    from cryptography import x509
+
     der = app_context().service.listings.certificate_der(serial, ca_name)
     write_output(out, encode_certificates([x509.load_der_x509_certificate(der)], fmt))
 

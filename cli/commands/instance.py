@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from ca.settings import REPO_ROOT
 from cli.commands.ocsp import preproducer
 from cli.output import emit, emit_one, progress
 from cli.params import WORKER_CLASSES, DurationType
 from cli.shell import app_context, encode_certificates, json_option, write_output
 
-DEMO_SPEC = REPO_ROOT / "profiles" / "hierarchies" / "demo.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "profiles" / "hierarchies" / "demo.yaml"
+"""The demo hierarchy (ca.settings.REPO_ROOT's, named here so --help needs no pydantic)."""
 
 
 @click.command()
@@ -96,11 +96,13 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
           maintenance_interval: timedelta, no_maintenance: bool) -> None:
     """Serve OCSP, CRLs and CA certificates over HTTP under gunicorn, with a maintenance
     process that keeps CRLs and pre-produced OCSP answers fresh."""
+    from cli.serve import check_free
     from cli.serve import serve as run_server
 
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
     app.close()
+    check_free(host, port)  # before saying we serve there
     progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
     run_server(host, port, workers, threads,
                maintenance=None if no_maintenance else maintenance_interval,

@@ -9,8 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from cli.commands.ocsp import preproduce
 from cli.output import emit_one
@@ -64,6 +62,9 @@ def crl_command(ca_name: str, delta: bool, out: str | None, fmt: str,
     """Publish a new CRL of a CA (served at /crl/<ca>.crl, deltas at /crl/<ca>-delta.crl)."""
     info = app_context().service.publication.publish_crl(ca_name, validity=validity, delta=delta)
     if out is not None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         data = info.der if fmt == "der" else x509.load_der_x509_crl(info.der).public_bytes(
             serialization.Encoding.PEM)
         write_output(out, data)

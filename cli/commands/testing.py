@@ -29,6 +29,7 @@ def testing_serve(spec_path: Path | None, port: int, issues: tuple[str, ...],
     and CA certificates. Prints one JSON line with the URLs and the export folder, then serves
     until interrupted. The clock follows real time."""
     import json
+    import shutil
     import signal
     import tempfile
     import threading
@@ -44,6 +45,9 @@ def testing_serve(spec_path: Path | None, port: int, issues: tuple[str, ...],
                 raise click.BadParameter(f"{item!r} is not PROFILE:SUBJECT", param_hint="--issue")
             issued.append(pki.issue(profile.strip(), subject.strip()))
         folder = pki.export(export_dir or tempfile.mkdtemp(prefix="tincay-testing-"))
+        if export_dir is None:  # private keys in a folder of our own: gone when we stop
+            click.get_current_context().call_on_close(
+                lambda: shutil.rmtree(folder, ignore_errors=True))
         for authority in pki.spec.authorities:
             pki.service.publication.publish_crl(authority.name)
         base = pki.url
