@@ -81,7 +81,7 @@ class AppContext:
         from ca.store.db import make_session_factory
 
         return CertificateAuthority(make_session_factory(self.engine), self.keys,
-                                    self.profiles, self.clock, self.settings.public_url)
+                                    lambda: self.profiles, self.clock, self.settings.public_url)
 
     def close(self) -> None:
         if "service" in self.__dict__:

@@ -15,40 +15,89 @@ endpoint the token log).
 """
 from __future__ import annotations
 
+import importlib
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from ca.clock import Clock
 from ca.keys.base import KeyBackend
-from ca.profiles import ProfileSet
-from ca.services.authorities import Authorities
 from ca.services.context import Progress, ServiceContext
-from ca.services.issuance import Issuance
-from ca.services.listings import Listings
-from ca.services.ocsp_answers import OcspAnswers
-from ca.services.publication import Publication
 from ca.services.results import (CertificateStatus, CrlInfo, IssuedCertificate, KeySource,
                                  ServiceUnitKey)
-from ca.services.revocation import Revocation
-from ca.services.token_log import TokenLog
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ca.profiles import ProfileSet
+    from ca.services.authorities import Authorities
+    from ca.services.issuance import Issuance
+    from ca.services.listings import Listings
+    from ca.services.ocsp_answers import OcspAnswers
+    from ca.services.publication import Publication
+    from ca.services.revocation import Revocation
+    from ca.services.token_log import TokenLog
 
 __all__ = ["Authorities", "CertificateAuthority", "CertificateStatus", "CrlInfo", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
            "Publication", "Revocation", "ServiceContext", "ServiceUnitKey", "TokenLog"]
 
+# Each service's module is imported when first used: `tincay ca list` needs the listings, not
+# the issuance core, the CRL encoder or the hierarchy loader (bench/cli_startup.py).
+_MODULES = {"Authorities": "authorities", "Issuance": "issuance", "Listings": "listings",
+            "OcspAnswers": "ocsp_answers", "Publication": "publication",
+            "Revocation": "revocation", "TokenLog": "token_log"}
+
+
+def __getattr__(name: str) -> Any:
+    """``from ca.services import Revocation`` and friends, imported on first use (PEP 562)."""
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"ca.services.{_MODULES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 class CertificateAuthority:
-    """Every CA service over one context: what a composition root builds once per process."""
+    """Every CA service over one context: what a composition root builds once per process.
+    Each service is made on first use and then kept, so every consumer shares it."""
 
-    def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend, profiles: ProfileSet,
-                 clock: Clock, public_url: str) -> None:
-        self.context = context = ServiceContext(sessions, keys, profiles, clock, public_url)
-        self.issuance = Issuance(context)
-        self.authorities = Authorities(context, self.issuance)
-        self.revocation = Revocation(context)
-        self.publication = Publication(context)
-        self.ocsp_answers = OcspAnswers(context)
-        self.token_log = TokenLog(context)
-        self.listings = Listings(context)
+    def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
+                 profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,
+                 public_url: str) -> None:
+        self.context = ServiceContext(sessions, keys, profiles, clock, public_url)
+
+    @cached_property
+    def issuance(self) -> Issuance:
+        from ca.services.issuance import Issuance
+        return Issuance(self.context)
+
+    @cached_property
+    def authorities(self) -> Authorities:
+        from ca.services.authorities import Authorities
+        return Authorities(self.context, self.issuance)
+
+    @cached_property
+    def revocation(self) -> Revocation:
+        from ca.services.revocation import Revocation
+        return Revocation(self.context)
+
+    @cached_property
+    def publication(self) -> Publication:
+        from ca.services.publication import Publication
+        return Publication(self.context)
+
+    @cached_property
+    def ocsp_answers(self) -> OcspAnswers:
+        from ca.services.ocsp_answers import OcspAnswers
+        return OcspAnswers(self.context)
+
+    @cached_property
+    def token_log(self) -> TokenLog:
+        from ca.services.token_log import TokenLog
+        return TokenLog(self.context)
+
+    @cached_property
+    def listings(self) -> Listings:
+        from ca.services.listings import Listings
+        return Listings(self.context)
 
     @property
     def keys(self) -> KeyBackend:

@@ -9,36 +9,46 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from cryptography import x509
 from sqlalchemy.orm import Session, sessionmaker
 
-from ca import issuance
 from ca.clock import Clock
 from ca.errors import IssuanceError
-from ca.issuance import IssuerInfo
 from ca.keys.base import KeyBackend
-from ca.profiles import ProfileSet
 from ca.store.hot import HotInsert, HotQuery
 from ca.store.models import Authority
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: listings need neither at run time
+    from ca import issuance
+    from ca.issuance import IssuerInfo
+    from ca.profiles import ProfileSet
 
 Progress = Callable[[str], None]
 
 
-@dataclass
 class ServiceContext:
-    """The collaborators of the CA services, and the few steps they all take with them."""
+    """The collaborators of the CA services, and the few steps they all take with them.
 
-    sessions: sessionmaker[Session]
-    keys: KeyBackend
-    profiles: ProfileSet
-    clock: Clock
-    public_url: str
-    _hot: list[HotQuery | HotInsert] = field(default_factory=list, init=False, repr=False)
+    ``profiles`` may be given as a function that loads them: read (YAML, validated) on first
+    use, so a listing that never issues never loads them."""
+
+    def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
+                 profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,
+                 public_url: str) -> None:
+        self.sessions = sessions
+        self.keys = keys
+        self._profiles = profiles
+        self.clock = clock
+        self.public_url = public_url
+        self._hot: list[HotQuery | HotInsert] = []
+
+    @cached_property
+    def profiles(self) -> ProfileSet:
+        return self._profiles() if callable(self._profiles) else self._profiles
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -75,6 +85,8 @@ class ServiceContext:
 
     def issuer_info(self, authority: Authority) -> IssuerInfo:
         """The active CA ``authority`` as the issuance core signs with it (its key loaded)."""
+        from ca.issuance import IssuerInfo
+
         if authority.status != "active" or authority.certificate is None:
             raise IssuanceError(f"CA {authority.name} is {authority.status}, not active")
         return IssuerInfo(authority.name, authority_certificate(authority),
@@ -83,7 +95,9 @@ class ServiceContext:
 
     def urls(self, issuer: IssuerInfo) -> issuance.Urls:
         """Where certificates of ``issuer`` point relying parties: AIA, CRL DP, Freshest CRL."""
-        return issuance.urls_for(self.public_url, issuer.name, deltas=issuer.publishes_deltas)
+        from ca.issuance import urls_for
+
+        return urls_for(self.public_url, issuer.name, deltas=issuer.publishes_deltas)
 
 
 def authority_certificate(authority: Authority) -> x509.Certificate:

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from ca import crl, signing
 from ca.errors import IssuanceError
-from ca.hierarchy import PublicationSettings
+from ca.publication import PublicationSettings
 from ca.services.context import ServiceContext, as_json
 from ca.services.listings import describe_authority
 from ca.services.results import CrlInfo

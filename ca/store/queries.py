@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from ca.crl import StoredRevocation
 from ca.errors import AlreadyExistsError, NotFoundError
-from ca.hierarchy import PublicationSettings
+from ca.publication import PublicationSettings
 from ca.store.hot import HotInsert, HotQuery, stream_rows
 from ca.timestamps import TimestampRecord
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
