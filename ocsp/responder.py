@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from asn1crypto import core as asn1_core
 from asn1crypto import ocsp as asn1_ocsp
@@ -121,10 +122,18 @@ class Responder:
 
     def __init__(self, keys: Sequence[ResponderKey], source: StatusSource, clock: Clock, *,
                  validity: timedelta = timedelta(hours=12), max_requests: int = 10,
-                 extended_revoke: bool = False, cache: ResponseCache | None = None) -> None:
+                 extended_revoke: bool = False, cache: ResponseCache | None = None,
+                 reload_keys: Callable[[], Sequence[ResponderKey]] | None = None,
+                 reload_every: timedelta = timedelta(seconds=30)) -> None:
         if validity <= timedelta(0) or max_requests < 1:
             raise ValueError("validity must be positive and max_requests at least 1")
         self.keys = tuple(keys)
+        # A CA created while the server runs: a question for an issuer not served reloads the
+        # keys (at most once per ``reload_every`` in this process, so unknown issuers cannot
+        # make it reload per request), and the new CA is answered without a restart.
+        self.reload_keys = reload_keys
+        self.reload_every = reload_every.total_seconds()
+        self._reloaded_at = -float("inf")
         self.source = source
         self.clock = clock
         self.validity = validity
@@ -160,6 +169,8 @@ class Responder:
             return MALFORMED
         try:
             key = self.match(parsed.cert_ids)
+            if key is None and self._reload():
+                key = self.match(parsed.cert_ids)
             if key is None:
                 return UNAUTHORIZED
             if route is None and self.cache is not None and parsed.nonce is None and \
@@ -182,6 +193,16 @@ class Responder:
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
             log.exception("OCSP responder failed")
             return INTERNAL_ERROR
+
+    def _reload(self) -> bool:
+        """Read the served CAs' keys again if ``reload_keys`` was given and the last reload is
+        older than ``reload_every``; whether it did."""
+        now = time.monotonic()
+        if self.reload_keys is None or now - self._reloaded_at < self.reload_every:
+            return False
+        self._reloaded_at = now
+        self.keys = tuple(self.reload_keys())
+        return True
 
     # --- the steps ----------------------------------------------------------------------------
 

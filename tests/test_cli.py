@@ -265,6 +265,9 @@ def test_wrong_pin_and_missing_token_in_a_fresh_process(
     assert "not-the-pin" not in wrong.stderr + wrong.stdout
     missing = _run({**env, "TINCAY_PKCS11_TOKEN": "no-such-token"}, "init", "--hierarchy", spec)
     assert missing.returncode == 1 and "no PKCS#11 token labelled 'no-such-token'" in missing.stderr
+    # refused before a word about generating keys, and before a database is written
+    assert "generating" not in wrong.stderr + missing.stderr
+    assert not (tmp_path / "db.sqlite").exists()
     no_pin = {k: v for k, v in env.items() if k != "TINCAY_PKCS11_PIN"}
     unset = _run(no_pin, "init", "--hierarchy", spec)
     assert unset.returncode == 1 and "TINCAY_PKCS11_PIN" in unset.stderr

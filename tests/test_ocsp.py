@@ -222,6 +222,49 @@ def _with_nonce(request: bytes, nonce: bytes) -> bytes:
     return aocsp.OCSPRequest({"tbs_request": tbs}).dump()
 
 
+def test_a_ca_created_while_serving_is_answered_without_a_restart(world: World,
+                                                                   tmp_path: Path) -> None:
+    """The app was built before the CA existed: its first question reloads the served keys
+    (issue 18: it was unauthorized until a restart); unknown issuers reload at most once per
+    interval, so a client asking about strangers cannot make every request reload."""
+    import yaml
+
+    from ca.hierarchy import load_hierarchy
+    from ca.testing import DEMO_SPEC
+
+    responder = world.app.extensions["tincay.ocsp"]
+    reloads = []
+    reload_keys = responder.reload_keys or (lambda: responder.keys)  # (None: never reloads)
+    responder.reload_keys = lambda: reloads.append(1) or reload_keys()
+    spec = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
+    spec["authorities"].append({"name": "second-ca", "parent": "root-ca",
+                                "profile": "issuing-ca", "key": "ec-p256",
+                                "subject": "C=VN, O=Trường THPT Tincay, CN=Tincay School CA"})
+    spec["services"] = []
+    world.pki.service.authorities.init_hierarchy(load_hierarchy(spec, world.pki.service.profiles))
+    (tmp_path / "school").mkdir()
+    school = World(world.pki, tmp_path / "school", ca="second-ca")
+    school.http = world.http  # the app built before second-ca existed
+    issued, pem = school.leaf()
+    request = school.request(pem)
+    answer = world.post(request)
+    assert status_of(answer) == "successful" and reloads == [1]
+    parsed = ocsp.load_der_ocsp_response(answer)  # signed by second-ca's own key
+    assert parsed.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert parsed.serial_number == issued.certificate.serial_number
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    world.pki.ca("second-ca").public_key().verify(  # raises unless second-ca signed it
+        parsed.signature, parsed.tbs_response_bytes, ec.ECDSA(parsed.signature_hash_algorithm))
+    with Hierarchy.from_spec(at=NOW) as stranger:  # another PKI's CA: not ours, reloaded once
+        (tmp_path / "other").mkdir()
+        other = World(stranger, tmp_path / "other")
+        _, other_pem = other.leaf()
+        for _ in range(3):
+            assert status_of(world.post(other.request(other_pem))) == "unauthorized"
+    assert reloads == [1]  # within reload_every of the first: no further reload
+
+
 def test_bad_requests_get_ocsp_errors_never_500(world: World) -> None:
     _, pem = world.leaf()
     good = world.request(pem, nonce=False)

@@ -31,8 +31,9 @@ def create_app(service: CertificateAuthority) -> Flask:
     app.extensions["tincay.service"] = service
 
     source = StoreSource(service.revocation, service.ocsp_answers)
-    app.extensions["tincay.ocsp"] = Responder(responder_keys(service), source, service.clock,
-                                              cache=source)
+    app.extensions["tincay.ocsp"] = Responder(
+        responder_keys(service), source, service.clock, cache=source,
+        reload_keys=lambda: responder_keys(service))  # a CA created while serving
     app.register_blueprint(repository)
     app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask

@@ -32,6 +32,8 @@ def _init(spec_path: Path, as_json: bool) -> list[str]:
 
     app = app_context(create_database=True)
     spec = load_hierarchy(spec_path, app.profiles)
+    if spec.authorities:  # the token answers (and the PIN opens it) before anything is written
+        app.keys.exists(spec.authorities[0].name)
     created = app.service.authorities.init_hierarchy(spec, progress=progress)
     # A new CA's CRL is served from the start: a hard-fail validator asking before the first
     # maintenance pass would otherwise get a 404 and reject the chain.
