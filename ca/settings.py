@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Mapping
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from ca.errors import ConfigurationError
-from ca.validation import InputModel, read_variables
+from ca.durations import parse_duration
+from ca.validation import FieldError, InputModel, read_variables
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -80,6 +83,17 @@ def _blank_is_unset(value: object) -> object:
 Variable = Annotated[str | None, BeforeValidator(_blank_is_unset)]
 
 
+def _duration(value: object) -> object:
+    """``180d`` -> timedelta; blank is unset (ca/durations.py's words for anything else)."""
+    value = _blank_is_unset(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise FieldError(str(exc)) from None
+    return value
+
+
 class Environment(InputModel):
     """The variables tincay reads; every other variable of the environment is ignored."""
 
@@ -91,6 +105,8 @@ class Environment(InputModel):
     pkcs11_token: Variable = Field(None, alias="TINCAY_PKCS11_TOKEN")
     public_url: Variable = Field(None, alias="TINCAY_PUBLIC_URL")
     profiles_dir: Variable = Field(None, alias="TINCAY_PROFILES_DIR")
+    ca_expiry_warning: Annotated[timedelta | None, BeforeValidator(_duration)] = Field(
+        None, alias="TINCAY_CA_EXPIRY_WARNING")
     softhsm2_conf: str | None = Field(None, alias="SOFTHSM2_CONF")  # set at all, even empty?
 
 
@@ -105,6 +121,7 @@ class Settings:
     public_url: str
     profiles_dir: Path
     softhsm_conf: Path | None  # the demo token's config under TINCAY_HOME, if present
+    ca_expiry_warning: timedelta = CA_EXPIRY_WARNING  # warn when a CA certificate ends sooner
 
     @property
     def pin_file(self) -> Path:
@@ -128,4 +145,5 @@ class Settings:
             profiles_dir=Path(variables.profiles_dir or REPO_ROOT / "profiles"),
             softhsm_conf=conf if "SOFTHSM2_CONF" not in variables.model_fields_set
             and conf.exists() else None,
+            ca_expiry_warning=variables.ca_expiry_warning or CA_EXPIRY_WARNING,
         )

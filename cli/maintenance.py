@@ -27,12 +27,13 @@ class MaintenanceReport:
 
     crls: list[CrlInfo] = field(default_factory=list)
     ocsp_responses: int = 0
+    warnings: list[str] = field(default_factory=list)  # CAs near the end of their certificate
 
     def as_dict(self) -> dict[str, Any]:
         return {"crls": [{"ca": c.ca, "number": c.number, "delta_base": c.delta_base,
                           "entries": c.entries, "next_update": c.next_update}
                          for c in self.crls],
-                "ocsp_responses": self.ocsp_responses}
+                "ocsp_responses": self.ocsp_responses, "warnings": self.warnings}
 
     def summary(self) -> str:
         crls = ", ".join(f"{c.ca} {'delta ' if c.delta_base else ''}#{c.number}"
@@ -40,11 +41,13 @@ class MaintenanceReport:
         return f"CRLs published: {crls}; OCSP responses signed: {self.ocsp_responses}"
 
 
-def run_once(publication: Publication, refresh_ocsp: Callable[[], int]
-             ) -> MaintenanceReport:
-    """One pass: CRLs first (a relying party may fetch them any time), then OCSP answers."""
+def run_once(publication: Publication, refresh_ocsp: Callable[[], int],
+             warnings: Callable[[], list[str]] = list) -> MaintenanceReport:
+    """One pass: CRLs first (a relying party may fetch them any time), then OCSP answers, then
+    the CAs whose certificates end soon."""
     report = MaintenanceReport(crls=publication.publish_due_crls())
     report.ocsp_responses = refresh_ocsp()
+    report.warnings = warnings()
     return report
 
 
@@ -56,11 +59,16 @@ def run_forever(one_pass: Callable[[], MaintenanceReport], interval: timedelta,
     and retried at the next tick: the loop outlives an HSM restart. Anything else is a bug and
     ends the loop loudly.
     """
+    warned: set[str] = set()
     while not stop.is_set():
         try:
             report = one_pass()
             level = logging.INFO if report.crls or report.ocsp_responses else logging.DEBUG
             log.log(level, "maintenance: %s", report.summary())
+            for warning in report.warnings:
+                if warning not in warned:  # once per process, and again as the days go by
+                    log.warning("maintenance: %s", warning)
+            warned = set(report.warnings)
         except (TincayError, SQLAlchemyError, OSError) as exc:
             log.error("maintenance pass failed, retrying in %s: %s", interval, exc)
         stop.wait(interval.total_seconds())

@@ -358,3 +358,24 @@ def test_serve_on_a_taken_port_says_so_before_claiming_to_serve(
         cli("serve", "--port", str(port), code=1)
     assert cli.err.startswith(f"tincay: error: cannot serve on 127.0.0.1:{port}: "), cli.err
     assert "serving on" not in cli.err and cli.err.count("\n") == 1
+
+
+def test_a_ca_near_the_end_of_its_certificate_is_a_warning(
+        cli: Cli, tmp_path: Path, unique_label: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", unique_label)
+    data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    data["authorities"][1]["validity_days"] = 100  # within the default 180 days
+    spec.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    root, ca = f"{unique_label}-root", f"{unique_label}-ca"
+    cli("init", "--hierarchy", str(spec))
+    cli("ca", "list")
+    assert cli.err.startswith(f"tincay: warning: CA {ca} expires in 99 days (") and \
+        cli.err.rstrip().endswith("plan its renewal") and root not in cli.err
+    report = cli.json("maintain", "--once")
+    assert [w.split(" (")[0] for w in report["warnings"]] == [f"CA {ca} expires in 99 days"]
+    monkeypatch.setenv("TINCAY_CA_EXPIRY_WARNING", "30d")
+    cli("ca", "list")
+    assert cli.err == ""
+    monkeypatch.setenv("TINCAY_CA_EXPIRY_WARNING", "soon")
+    cli("ca", "list", code=1)
+    assert cli.err.startswith("tincay: error: TINCAY_CA_EXPIRY_WARNING: 'soon' is not a duration")

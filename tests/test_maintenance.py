@@ -36,3 +36,21 @@ def test_a_bug_is_not_swallowed() -> None:
 
     with pytest.raises(KeyError):
         run_forever(one_pass, timedelta(seconds=0), threading.Event())
+
+
+def test_a_ca_near_its_end_is_a_warning_once_and_again_as_it_changes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stop = threading.Event()
+    said = [["CA x expires in 99 days"], ["CA x expires in 99 days"], ["CA x expires in 98 days"]]
+
+    def one_pass() -> MaintenanceReport:
+        warnings = said.pop(0)
+        if not said:
+            stop.set()
+        return MaintenanceReport(warnings=warnings)
+
+    with caplog.at_level(logging.INFO, logger="tincay.maintenance"):
+        run_forever(one_pass, timedelta(seconds=0), stop)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert logged == ["maintenance: CA x expires in 99 days",
+                      "maintenance: CA x expires in 98 days"]

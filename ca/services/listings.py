@@ -3,6 +3,7 @@ the audit log, as plain dicts built while the session is open (no ORM row escape
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -63,6 +64,26 @@ class Listings:
                      "details": json.loads(e.details) if e.details else None}
                     for e in queries.list_events(session, authority=ca, serial_hex=serial,
                                                  limit=limit)]
+
+
+    def expiring_authorities(self, within: timedelta) -> list[str]:
+        """A warning for each active CA whose certificate ends within ``within`` of now (or has
+        ended): what ``tincay ca list`` and every maintenance pass say, so the renewal of a CA
+        (a ceremony, not a cron job) is planned in time."""
+        now = self.context.clock.now()
+        warnings = []
+        with self.context.read() as session:
+            for authority in queries.list_authorities(session):
+                cert = authority.certificate
+                if authority.status != "active" or cert is None or cert.not_after is None:
+                    continue
+                if cert.not_after <= now + within:
+                    days = (cert.not_after - now).days
+                    when = (f"expired {-days} days ago" if cert.not_after <= now
+                            else f"expires in {days} days")
+                    warnings.append(f"CA {authority.name} {when} "
+                                    f"({cert.not_after:%Y-%m-%d %H:%M:%S} UTC): plan its renewal")
+        return warnings
 
 
 def describe_authority(authority: Authority) -> dict[str, Any]:

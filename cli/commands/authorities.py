@@ -19,8 +19,11 @@ def ca_group() -> None:
 @json_option
 def ca_list(as_json: bool) -> None:
     """List the CAs."""
-    emit(app_context().service.listings.list_authorities(),
+    app = app_context()
+    emit(app.service.listings.list_authorities(),
          ["name", "status", "parent", "profile", "subject", "not_after"], as_json)
+    for warning in app.service.listings.expiring_authorities(app.settings.ca_expiry_warning):
+        click.echo(f"tincay: warning: {warning}", err=True)
 
 
 @ca_group.command(name="show")

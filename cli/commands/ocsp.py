@@ -65,11 +65,16 @@ def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
     from cli.maintenance import run_forever, run_once
 
     def one_pass() -> Any:
-        return run_once(app_context().service.publication, preproducer().refresh)
+        app = app_context()
+        return run_once(app.service.publication, preproducer().refresh,
+                        lambda: app.service.listings.expiring_authorities(
+                            app.settings.ca_expiry_warning))
 
     if once:
         report = one_pass()
         emit_one(report.as_dict(), True) if as_json else click.echo(report.summary())
+        for warning in report.warnings:
+            click.echo(f"tincay: warning: {warning}", err=True)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
