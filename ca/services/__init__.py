@@ -16,7 +16,6 @@ endpoint the token log).
 from __future__ import annotations
 
 import importlib
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,49 +54,43 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class _Service:
+    """A service of :class:`CertificateAuthority`, built over its context when first read and
+    then kept on the instance (so every consumer shares it). ``needs``: services its
+    constructor takes after the context."""
+
+    def __init__(self, class_name: str, *needs: str) -> None:
+        self.class_name = class_name
+        self.needs = needs
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        built = __getattr__(self.class_name)(instance.context,
+                                             *(getattr(instance, n) for n in self.needs))
+        instance.__dict__[self.name] = built  # read from the instance from now on
+        return built
+
+
 class CertificateAuthority:
     """Every CA service over one context: what a composition root builds once per process.
     Each service is made on first use and then kept, so every consumer shares it."""
+
+    issuance: Issuance = _Service("Issuance")  # type: ignore[assignment]
+    authorities: Authorities = _Service("Authorities", "issuance")  # type: ignore[assignment]
+    revocation: Revocation = _Service("Revocation")  # type: ignore[assignment]
+    publication: Publication = _Service("Publication")  # type: ignore[assignment]
+    ocsp_answers: OcspAnswers = _Service("OcspAnswers")  # type: ignore[assignment]
+    token_log: TokenLog = _Service("TokenLog")  # type: ignore[assignment]
+    listings: Listings = _Service("Listings")  # type: ignore[assignment]
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,
                  public_url: str) -> None:
         self.context = ServiceContext(sessions, keys, profiles, clock, public_url)
-
-    @cached_property
-    def issuance(self) -> Issuance:
-        from ca.services.issuance import Issuance
-        return Issuance(self.context)
-
-    @cached_property
-    def authorities(self) -> Authorities:
-        from ca.services.authorities import Authorities
-        return Authorities(self.context, self.issuance)
-
-    @cached_property
-    def revocation(self) -> Revocation:
-        from ca.services.revocation import Revocation
-        return Revocation(self.context)
-
-    @cached_property
-    def publication(self) -> Publication:
-        from ca.services.publication import Publication
-        return Publication(self.context)
-
-    @cached_property
-    def ocsp_answers(self) -> OcspAnswers:
-        from ca.services.ocsp_answers import OcspAnswers
-        return OcspAnswers(self.context)
-
-    @cached_property
-    def token_log(self) -> TokenLog:
-        from ca.services.token_log import TokenLog
-        return TokenLog(self.context)
-
-    @cached_property
-    def listings(self) -> Listings:
-        from ca.services.listings import Listings
-        return Listings(self.context)
 
     @property
     def keys(self) -> KeyBackend:
