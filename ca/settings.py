@@ -26,6 +26,7 @@ from ca.validation import FieldError, InputModel, read_variables
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
+UNIT_RENEWAL = 2 / 3  # TINCAY_UNIT_RENEWAL: when OCSP and TSA unit certificates are renewed
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -83,6 +84,21 @@ def _blank_is_unset(value: object) -> object:
 Variable = Annotated[str | None, BeforeValidator(_blank_is_unset)]
 
 
+def _fraction(value: object) -> object:
+    """``67%`` or ``0.67`` -> 0.67, strictly between 0 and 1 (a share of a validity)."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise FieldError(f"{value!r} is not a share like 67% or 0.67") from None
+    if not 0 < number < 1:
+        raise FieldError(f"{value!r} must be between 0% and 100%, both excluded")
+    return number
+
+
 def _duration(value: object) -> object:
     """``180d`` -> timedelta; blank is unset (ca/durations.py's words for anything else)."""
     value = _blank_is_unset(value)
@@ -107,6 +123,8 @@ class Environment(InputModel):
     profiles_dir: Variable = Field(None, alias="TINCAY_PROFILES_DIR")
     ca_expiry_warning: Annotated[timedelta | None, BeforeValidator(_duration)] = Field(
         None, alias="TINCAY_CA_EXPIRY_WARNING")
+    unit_renewal: Annotated[float | None, BeforeValidator(_fraction)] = Field(
+        None, alias="TINCAY_UNIT_RENEWAL")
     softhsm2_conf: str | None = Field(None, alias="SOFTHSM2_CONF")  # set at all, even empty?
 
 
@@ -122,6 +140,7 @@ class Settings:
     profiles_dir: Path
     softhsm_conf: Path | None  # the demo token's config under TINCAY_HOME, if present
     ca_expiry_warning: timedelta = CA_EXPIRY_WARNING  # warn when a CA certificate ends sooner
+    unit_renewal: float = UNIT_RENEWAL  # renew OCSP/TSA unit certificates at this share of life
 
     @property
     def pin_file(self) -> Path:
@@ -146,4 +165,5 @@ class Settings:
             softhsm_conf=conf if "SOFTHSM2_CONF" not in variables.model_fields_set
             and conf.exists() else None,
             ca_expiry_warning=variables.ca_expiry_warning or CA_EXPIRY_WARNING,
+            unit_renewal=variables.unit_renewal or UNIT_RENEWAL,
         )

@@ -128,9 +128,11 @@ class Responder:
         if validity <= timedelta(0) or max_requests < 1:
             raise ValueError("validity must be positive and max_requests at least 1")
         self.keys = tuple(keys)
-        # A CA created while the server runs: a question for an issuer not served reloads the
-        # keys (at most once per ``reload_every`` in this process, so unknown issuers cannot
-        # make it reload per request), and the new CA is answered without a restart.
+        # Keys change under a running server: a CA created, a responder certificate renewed
+        # (ca.services.renewal). With ``reload_keys`` the responder reads them again every
+        # ``reload_every``, and at once for a question about an issuer it does not serve (at
+        # most once per ``reload_every`` too, so unknown issuers cannot make it reload per
+        # request): no restart.
         self.reload_keys = reload_keys
         self.reload_every = reload_every.total_seconds()
         self._reloaded_at = -float("inf")
@@ -153,6 +155,12 @@ class Responder:
         answer: no parsing, one indexed query, the whole of the hot path. Only when that
         answer is missing or stale (a revocation since) is the request parsed and signed live.
         """
+        if self.reload_keys is not None and \
+                time.monotonic() - self._reloaded_at >= self.reload_every:
+            try:
+                self._reload()
+            except (KeyBackendError, StoreError) as exc:  # keep serving with the keys we have
+                log.warning("OCSP responder keys not reloaded: %s", exc)
         route = self._routes.get(request_der) if self.cache is not None else None
         try:
             if route is not None:

@@ -379,3 +379,29 @@ def test_a_ca_near_the_end_of_its_certificate_is_a_warning(
     monkeypatch.setenv("TINCAY_CA_EXPIRY_WARNING", "soon")
     cli("ca", "list", code=1)
     assert cli.err.startswith("tincay: error: TINCAY_CA_EXPIRY_WARNING: 'soon' is not a duration")
+
+
+def test_maintain_renews_service_units_when_due(
+        cli: Cli, tmp_path: Path, unique_label: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tincay maintain (and so tincay serve) renews a unit at TINCAY_UNIT_RENEWAL of its
+    certificate's validity: a new key on the HSM and a new certificate, audited."""
+    import time
+
+    spec = write_spec(tmp_path / "spec.yaml", unique_label)
+    data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    data["services"][0]["validity_days"] = 1
+    spec.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    unit = f"{unique_label}-ocsp"
+    cli("init", "--hierarchy", str(spec))
+    assert cli.json("maintain", "--once")["renewed"] == []  # 2/3 of a day: not yet
+    monkeypatch.setenv("TINCAY_UNIT_RENEWAL", "0.00001")  # under a second of a day
+    time.sleep(1.1)
+    assert cli.json("maintain", "--once")["renewed"] == [unit]
+    events = [e for e in cli.json("audit", "--ca", f"{unique_label}-ca")
+              if e["action"] in ("service.renew", "key.generate")]
+    renew = next(e for e in events if e["action"] == "service.renew")
+    assert renew["details"]["unit"] == unit
+    assert renew["details"]["key_uri"].startswith(f"pkcs11:token=tincay-test;object={unit}.")
+    monkeypatch.setenv("TINCAY_UNIT_RENEWAL", "150%")
+    cli("maintain", "--once", code=1)
+    assert cli.err.startswith("tincay: error: TINCAY_UNIT_RENEWAL: '150%' must be between")

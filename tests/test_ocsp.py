@@ -637,3 +637,66 @@ def test_each_ca_answers_with_its_own_validity(tmp_path: Path) -> None:
         assert pki.service.listings.show_authority("issuing-ca")["ocsp_validity"] == "30m"
         assert validity(World(pki, tmp_path).post(world.request(pem))) == \
             dt.timedelta(minutes=30)
+
+
+def test_service_units_are_renewed_and_served_without_a_restart(tmp_path: Path) -> None:
+    """Issue 18: the delegated responder's certificate (92 days in the demo) and a TSA unit's
+    (30 days here) are renewed by what every maintenance pass runs, and an app built before
+    signs with the new ones: OpenSSL accepts its OCSP answers and time-stamps 30, 60 and 400
+    days on, where the first certificates have long ended."""
+    import yaml
+
+    from ca.testing import DEMO_SPEC
+
+    spec = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
+    spec["services"][1]["validity_days"] = 30
+    with Hierarchy.from_spec(spec, at=NOW) as pki:
+        world = World(pki, tmp_path)
+        world.app.extensions["tincay.ocsp"].reload_every = 0  # workers: every 30 s
+        endpoint = world.app.wsgi_app
+        while not hasattr(endpoint, "refresh_every"):  # TSA endpoint in front of OCSP's
+            endpoint = endpoint.app
+        endpoint.refresh_every = 0
+        issued, pem = world.leaf()
+        first = {u.name: u.certificate for u in pki.service.authorities.service_units("ocsp")
+                 + pki.service.authorities.service_units("tsa")}
+        data = tmp_path / "record.txt"
+        data.write_bytes(b"don thuoc")
+        renewed_ever: set[str] = set()
+        for days in (30, 60, 400):
+            when = NOW + dt.timedelta(days=days)
+            pki.clock.set(when)
+            renewed_ever |= {u["name"] for u in pki.service.renewal.renew_due()}
+            attime = str(int(when.timestamp()) + 60)
+            request = world.request(pem)
+            (tmp_path / "req.der").write_bytes(request)
+            (tmp_path / "resp.der").write_bytes(world.post(request))
+            checked = subprocess.run(
+                ["openssl", "ocsp", "-reqin", str(tmp_path / "req.der"), "-respin",
+                 str(tmp_path / "resp.der"), "-CAfile", str(world.chain), "-attime", attime],
+                capture_output=True, text=True)
+            assert checked.returncode == 0 and "Response verify OK" in checked.stderr, \
+                (days, checked.stdout + checked.stderr)
+            status = subprocess.run(
+                ["openssl", "ocsp", "-respin", str(tmp_path / "resp.der"), "-issuer",
+                 str(world.ca), "-cert", str(pem), "-no_nonce", "-CAfile", str(world.chain),
+                 "-attime", attime], capture_output=True, text=True)
+            # (OpenSSL warns the status times are not now: the clock is days ahead)
+            assert "\ngood\n" in status.stdout or f"{pem}: good" in status.stdout, \
+                (days, status.stdout + status.stderr)
+            query, reply = tmp_path / "q.tsq", tmp_path / "r.tsr"
+            subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert",
+                            "-out", str(query)], check=True, capture_output=True)
+            answer = world.http.post("/tsa", data=query.read_bytes(),
+                                     content_type="application/timestamp-query")
+            reply.write_bytes(answer.data)
+            verified = subprocess.run(
+                ["openssl", "ts", "-verify", "-data", str(data), "-in", str(reply), "-CAfile",
+                 str(world.chain), "-attime", attime], capture_output=True, text=True)
+            assert verified.returncode == 0, (days, verified.stdout + verified.stderr)
+        assert renewed_ever == {"ocsp-issuing-ca", "tsa"}
+        now = {u.name: u.certificate for u in pki.service.authorities.service_units("ocsp")
+               + pki.service.authorities.service_units("tsa")}
+        assert all(now[name] != first[name] for name in first)
+        events = [e["action"] for e in pki.service.listings.list_events(limit=1000)]
+        assert events.count("service.renew") >= 4  # tsa at 30, 60, 400; ocsp at 400

@@ -131,3 +131,16 @@ def timestamp_authority(authorities: Authorities, unit: str | None = None,
                 authorities.signing_key(chosen.key_uri, chosen.certificate),
                 tuple(chosen.chain)),
         policy or TsaPolicy(), authorities.context.clock)
+
+
+def refreshed_authority(authorities: Authorities, current: TimeStampAuthority | None,
+                        unit: str | None = None, policy: TsaPolicy | None = None
+                        ) -> TimeStampAuthority | None:
+    """``current`` while its unit still has the same certificate, else the TSA over the
+    unit's current certificate and key (renewed by ca.services.renewal): a few reads when
+    nothing changed, cheap enough for a worker to ask every half minute."""
+    units = [u for u in authorities.service_units("tsa") if unit is None or u.name == unit]
+    if current is not None and units and units[0].certificate == current.unit.certificate:
+        return current
+    return timestamp_authority(authorities, unit, policy or
+                               (current.policy if current is not None else None))

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ca.services import CertificateAuthority
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
-from tsa.config import timestamp_authority, tsa_settings
+from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
 from web.ocsp import OcspEndpoint
 from web.repository import repository
 from web.tsa import TsaEndpoint
@@ -38,10 +38,11 @@ def create_app(service: CertificateAuthority) -> Flask:
     app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask
 
-    app.extensions["tincay.tsa"] = timestamp_authority(service.authorities,
-                                                       *tsa_settings(os.environ))
-    app.wsgi_app = TsaEndpoint(app.wsgi_app,  # type: ignore[method-assign]
-                               app.extensions["tincay.tsa"], service.token_log)  # /tsa
+    unit, policy = tsa_settings(os.environ)
+    app.extensions["tincay.tsa"] = timestamp_authority(service.authorities, unit, policy)
+    app.wsgi_app = TsaEndpoint(  # type: ignore[method-assign]
+        app.wsgi_app, app.extensions["tincay.tsa"], service.token_log,  # /tsa
+        refresh=lambda current: refreshed_authority(service.authorities, current, unit, policy))
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -10,6 +10,7 @@ holds a token the operator cannot account for.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,10 +35,27 @@ class TsaEndpoint(ProtocolEndpoint):
     log = log
 
     def __init__(self, app: Callable, authority: TimeStampAuthority | None,
-                 token_log: TokenLog) -> None:
+                 token_log: TokenLog, *,
+                 refresh: Callable[[TimeStampAuthority | None], TimeStampAuthority | None]
+                 | None = None, refresh_every: float = 30.0) -> None:
         super().__init__(app)
         self.authority = authority
         self.token_log = token_log
+        # A renewed TSA unit (ca.services.renewal) is taken up without a restart: every
+        # ``refresh_every`` seconds ``refresh`` gets the current authority and returns it, or
+        # the authority of the unit's new certificate and key.
+        self.refresh = refresh
+        self.refresh_every = refresh_every
+        self._refreshed_at = time.monotonic()
+
+    def _refresh(self) -> None:
+        if self.refresh is None or time.monotonic() - self._refreshed_at < self.refresh_every:
+            return
+        self._refreshed_at = time.monotonic()
+        try:
+            self.authority = self.refresh(self.authority)
+        except (TincayError, SQLAlchemyError) as exc:  # keep the unit we have
+            log.warning("TSA unit not refreshed: %s", exc)
 
     def serves(self, path: str) -> bool:
         return path in ("/tsa", "/tsa/")
@@ -45,6 +63,7 @@ class TsaEndpoint(ProtocolEndpoint):
     def answer(self, environ: dict, path: str) -> Answer:
         if environ.get("REQUEST_METHOD") != "POST":
             return plain(405, "Method Not Allowed", ("Allow", "POST"))
+        self._refresh()
         if self.authority is None:
             return plain(404, "no time-stamp unit is configured here")
         body = read_protocol_body(environ, TIMESTAMP_QUERY, MAX_REQUEST_BYTES,

@@ -66,9 +66,12 @@ def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
 
     def one_pass() -> Any:
         app = app_context()
-        return run_once(app.service.publication, preproducer().refresh,
+        return run_once(app.service.publication,
+                        lambda: preproducer().refresh(),  # built after the renewals
                         lambda: app.service.listings.expiring_authorities(
-                            app.settings.ca_expiry_warning))
+                            app.settings.ca_expiry_warning),
+                        lambda: [u["name"] for u in app.service.renewal.renew_due(
+                            app.settings.unit_renewal, progress=None)])
 
     if once:
         report = one_pass()
