@@ -643,8 +643,13 @@ def test_service_units_are_renewed_and_served_without_a_restart(tmp_path: Path) 
     """Issue 18: the delegated responder's certificate (92 days in the demo) and a TSA unit's
     (30 days here) are renewed by what every maintenance pass runs, and an app built before
     signs with the new ones: OpenSSL accepts its OCSP answers and time-stamps 30, 60 and 400
-    days on, where the first certificates have long ended."""
+    days on, where the first certificates have long ended, and pyhanko-certvalidator
+    validates the signer's certificate with that OCSP answer."""
+    import asyncio
+
     import yaml
+    from asn1crypto import x509 as ax
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
 
     from ca.testing import DEMO_SPEC
 
@@ -657,7 +662,8 @@ def test_service_units_are_renewed_and_served_without_a_restart(tmp_path: Path) 
         while not hasattr(endpoint, "refresh_every"):  # TSA endpoint in front of OCSP's
             endpoint = endpoint.app
         endpoint.refresh_every = 0
-        issued, pem = world.leaf()
+        issued = pki.issue("clinician", DOCTOR, key_type="ec-p256", days=1000)  # outlives +400
+        pem = hx.write_pem(tmp_path / "doctor.pem", issued.certificate)
         first = {u.name: u.certificate for u in pki.service.authorities.service_units("ocsp")
                  + pki.service.authorities.service_units("tsa")}
         data = tmp_path / "record.txt"
@@ -684,6 +690,16 @@ def test_service_units_are_renewed_and_served_without_a_restart(tmp_path: Path) 
             # (OpenSSL warns the status times are not now: the clock is days ahead)
             assert "\ngood\n" in status.stdout or f"{pem}: good" in status.stdout, \
                 (days, status.stdout + status.stderr)
+            context = ValidationContext(
+                trust_roots=[ax.Certificate.load(hx.der_of(pki.root))],
+                ocsps=[(tmp_path / "resp.der").read_bytes()],
+                crls=[pki.service.publication.publish_crl("root-ca").der],
+                revocation_mode="require", moment=when + dt.timedelta(minutes=1),
+                allow_fetching=False)
+            asyncio.run(CertificateValidator(
+                ax.Certificate.load(hx.der_of(issued.certificate)),
+                [ax.Certificate.load(hx.der_of(pki.ca("issuing-ca")))],
+                validation_context=context).async_validate_usage({"non_repudiation"}))
             query, reply = tmp_path / "q.tsq", tmp_path / "r.tsr"
             subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert",
                             "-out", str(query)], check=True, capture_output=True)
