@@ -17,6 +17,7 @@ from pkcs11 import Attribute, ObjectClass
 
 from ca.errors import (ConfigurationError, KeyBackendError, KeyExistsError, KeyNotFoundError,
                        UnsupportedKeyError)
+from ca import signing
 from ca.keys.base import KeySpec
 from ca.keys.uri import Pkcs11Uri
 from ca.settings import PinSource
@@ -112,6 +113,19 @@ def test_hsm_generates_non_extractable_keys_that_sign(hsm_backend, unique_label,
 
 
 @pytest.mark.softhsm
+def test_hsm_destroys_a_retired_key_and_knows_it_is_gone(hsm_backend, unique_label) -> None:
+    """What retiring a renewed service unit's old key does on the token."""
+    key = hsm_backend.generate(unique_label, KeySpec.parse("ec-p256"))
+    signing.sign(key, b"still here")  # its handle is cached in the session
+    assert hsm_backend.destroy(key.uri) is True
+    assert not hsm_backend.exists(unique_label)
+    with pytest.raises(KeyNotFoundError):
+        hsm_backend.load(key.uri)
+    assert hsm_backend.destroy(key.uri) is False
+    other = hsm_backend.generate(f"{unique_label}-2", KeySpec.parse("ec-p256"))
+    signing.sign(other, b"the session still works")  # not taken for a lost token
+
+
 def test_hsm_rsa_pss_signature_verifies(hsm_backend, unique_label) -> None:
     key = hsm_backend.generate(unique_label, KeySpec.parse("rsa-2048"))
     pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
@@ -271,6 +285,7 @@ import json, os, sys
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from ca.errors import KeyBackendError
+from ca import signing
 from ca.keys.base import KeySpec
 from ca.keys.pkcs11 import Pkcs11Backend
 from ca.settings import PinSource

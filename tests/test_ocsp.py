@@ -669,6 +669,7 @@ def test_service_units_are_renewed_and_served_without_a_restart(tmp_path: Path) 
         data = tmp_path / "record.txt"
         data.write_bytes(b"don thuoc")
         renewed_ever: set[str] = set()
+        retired: set[str] = set()
         for days in (30, 60, 400):
             when = NOW + dt.timedelta(days=days)
             pki.clock.set(when)
@@ -710,9 +711,21 @@ def test_service_units_are_renewed_and_served_without_a_restart(tmp_path: Path) 
                 ["openssl", "ts", "-verify", "-data", str(data), "-in", str(reply), "-CAfile",
                  str(world.chain), "-attime", attime], capture_output=True, text=True)
             assert verified.returncode == 0, (days, verified.stdout + verified.stderr)
+            # a later pass: the key just renewed away from is retired once workers moved on
+            assert pki.service.renewal.retire_old_keys() == []  # not yet: too soon
+            pki.clock.advance(dt.timedelta(minutes=11))
+            retired |= set(pki.service.renewal.retire_old_keys())
         assert renewed_ever == {"ocsp-issuing-ca", "tsa"}
         now = {u.name: u.certificate for u in pki.service.authorities.service_units("ocsp")
                + pki.service.authorities.service_units("tsa")}
         assert all(now[name] != first[name] for name in first)
         events = [e["action"] for e in pki.service.listings.list_events(limit=1000)]
         assert events.count("service.renew") >= 4  # tsa at 30, 60, 400; ocsp at 400
+        # the keys renewed away from are destroyed once every worker has moved on (10 min)
+        old_keys = {e["details"]["previous_key_uri"]
+                    for e in pki.service.listings.list_events(limit=1000)
+                    if e["action"] == "service.renew"}
+        assert retired == old_keys
+        assert not any(pki.service.keys.exists(uri.removeprefix("memory:")) for uri in old_keys)
+        assert pki.service.renewal.retire_old_keys() == []
+        assert status_of(world.post(world.request(pem))) == "successful"  # the new key signs

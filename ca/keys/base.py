@@ -98,5 +98,8 @@ class KeyBackend(Protocol):
     def exists(self, label: str) -> bool:
         """Whether a key with this label is present."""
 
+    def destroy(self, uri_or_label: str) -> bool:
+        """Delete the key pair (a retired service-unit key); whether there was one."""
+
     def close(self) -> None:
         """Release sessions and handles."""

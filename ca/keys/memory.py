@@ -61,6 +61,10 @@ class MemoryBackend:
         with self._lock:
             return label in self._keys
 
+    def destroy(self, uri_or_label: str) -> bool:
+        with self._lock:
+            return self._keys.pop(_label(uri_or_label), None) is not None
+
     def close(self) -> None:
         pass
 

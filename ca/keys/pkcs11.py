@@ -81,6 +81,10 @@ class Pkcs11Backend:
                 {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}))
         return self._session.run(find, reads_token=True)
 
+    def destroy(self, uri_or_label: str) -> bool:
+        label = self._label(uri_or_label)
+        return self._session.run(lambda session: self._session.destroy(label), reads_token=True)
+
     def generate(self, label: str, spec: KeySpec) -> SigningKey:
         def gen(session: Any) -> None:
             if any(True for _ in session.get_objects({Attribute.LABEL: label})):

@@ -153,6 +153,17 @@ class TokenSession:
         """Forget the handle of ``label`` (stale: the key was destroyed or re-created)."""
         self._keys.pop(label, None)
 
+    def destroy(self, label: str) -> bool:
+        """Destroy every object labelled ``label`` (call inside :meth:`run` with reads_token);
+        forgotten too, so its absence is not taken for a lost token."""
+        objects = list(self._session.get_objects({Attribute.LABEL: label}))
+        for obj in objects:
+            obj.destroy()
+        self.forget(label)
+        self._found.discard(label)
+        self._expected.pop(label, None)
+        return bool(objects)
+
     def expect(self, label: str, public: PublicKey) -> None:
         """Check the key labelled ``label``, when it is first found, against ``public``."""
         with _PROCESS_LOCK:

@@ -5,11 +5,13 @@ deployment that runs for years must replace both before they end, with no operat
 renewal generates a new key on the backend (a certificate never outlives its key pair, and a
 renewed unit keeps no key in common with the old one), certifies it from the unit's profile
 with the old certificate's subject and length, and repoints the unit, all audited. The old key
-stays on the token: a worker that has not reloaded yet still signs with it while its certificate
-is valid (renewal happens at a fraction of the validity, two thirds by default).
+stays on the token until every worker has moved to the new one (a worker that has not reloaded
+yet still signs with it, and its certificate is still valid: renewal happens at a fraction of
+the validity, two thirds by default); a later pass destroys it (:meth:`Renewal.retire_old_keys`).
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,8 @@ from ca.store.models import ServiceUnit
 from ca.subject import parse_subject
 
 RENEW_AT = 2 / 3  # of a unit certificate's validity (ca.settings.UNIT_RENEWAL, configurable)
+RETIRE_AFTER = timedelta(minutes=10)  # workers reload every 30 s: the old key is idle by then
+RETIRE_LOOKBACK = timedelta(days=30)  # renewals older than this were retired by earlier passes
 
 
 class Renewal:
@@ -45,6 +49,35 @@ class Renewal:
                   ) -> list[dict[str, Any]]:
         """Renew each unit :meth:`due` names; returns the units as they are now."""
         return [self.renew(name, progress) for name in self.due(at)]
+
+    def retire_old_keys(self, after: timedelta = RETIRE_AFTER) -> list[str]:
+        """Destroy the keys units were renewed away from, once ``after`` has passed since:
+        every worker has reloaded by then (they do every 30 s), so none signs with the old key
+        any more. Returns the URIs destroyed; each is a ``key.retire`` audit event."""
+        context = self.context
+        now = context.clock.now()
+        with context.read() as session:
+            events = queries.events_between(session, ("service.renew", "key.retire"),
+                                            now - after - RETIRE_LOOKBACK, now)
+            current = {u.key_uri for u in queries.list_service_units(session)}
+            pending: dict[str, tuple[str, str | None]] = {}
+            for event in events:
+                details = json.loads(event.details or "{}")
+                if event.action == "key.retire":
+                    pending.pop(details.get("key_uri"), None)
+                elif event.at <= now - after and details.get("previous_key_uri"):
+                    pending[details["previous_key_uri"]] = (details["unit"], event.authority)
+        retired = []
+        for uri, (unit, authority) in pending.items():
+            if uri in current:  # never a key a unit still points at
+                continue
+            context.keys.destroy(uri)
+            with context.transaction() as session:
+                queries.record_event(session, at=context.clock.now(), action="key.retire",
+                                     authority=authority,
+                                     details=as_json({"key_uri": uri, "unit": unit}))
+            retired.append(uri)
+        return retired
 
     def renew(self, name: str, progress: Progress | None = None) -> dict[str, Any]:
         """A new key and certificate for service unit ``name``, same subject, profile and

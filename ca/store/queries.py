@@ -419,6 +419,15 @@ def record_event(session: Session, *, at: datetime, action: str, authority: str 
     return event
 
 
+def events_between(session: Session, actions: Sequence[str], since: datetime,
+                   until: datetime) -> Sequence[AuditEvent]:
+    """Events of ``actions`` recorded from ``since`` to ``until``, oldest first (a range of the
+    events' time index, so a pass reads only the recent ones however long the log is)."""
+    return session.scalars(select(AuditEvent).where(
+        AuditEvent.at >= since, AuditEvent.at <= until, AuditEvent.action.in_(actions))
+        .order_by(AuditEvent.id)).all()
+
+
 def list_events(session: Session, *, authority: str | None = None, serial_hex: str | None = None,
                 limit: int = 100) -> Sequence[AuditEvent]:
     query = select(AuditEvent)

@@ -51,6 +51,14 @@ def ocsp_refresh(ca_name: str | None, as_json: bool) -> None:
         click.echo(f"{count} OCSP responses signed")
 
 
+def renew_units(app: Any) -> list[str]:
+    """Renew the service units that are due, then destroy the keys of earlier renewals that
+    no worker signs with any more; the names renewed."""
+    renewed = [u["name"] for u in app.service.renewal.renew_due(app.settings.unit_renewal)]
+    app.service.renewal.retire_old_keys()
+    return renewed
+
+
 @click.command()
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
 @click.option("--interval", type=DurationType(), default="5m", show_default=True,
@@ -70,8 +78,7 @@ def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
                         lambda: preproducer().refresh(),  # built after the renewals
                         lambda: app.service.listings.expiring_authorities(
                             app.settings.ca_expiry_warning),
-                        lambda: [u["name"] for u in app.service.renewal.renew_due(
-                            app.settings.unit_renewal, progress=None)])
+                        lambda: renew_units(app))
 
     if once:
         report = one_pass()
