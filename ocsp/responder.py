@@ -129,10 +129,9 @@ class Responder:
             raise ValueError("validity must be positive and max_requests at least 1")
         self.keys = tuple(keys)
         # Keys change under a running server: a CA created, a responder certificate renewed
-        # (ca.services.renewal). With ``reload_keys`` the responder reads them again every
-        # ``reload_every``, and at once for a question about an issuer it does not serve (at
-        # most once per ``reload_every`` too, so unknown issuers cannot make it reload per
-        # request): no restart.
+        # (ca.services.renewal). With ``reload_keys`` the responder reads them again at most
+        # every ``reload_every`` (so questions about issuers it does not serve cannot make it
+        # reload per request): no restart.
         self.reload_keys = reload_keys
         self.reload_every = reload_every.total_seconds()
         self._reloaded_at = -float("inf")
@@ -155,12 +154,8 @@ class Responder:
         answer: no parsing, one indexed query, the whole of the hot path. Only when that
         answer is missing or stale (a revocation since) is the request parsed and signed live.
         """
-        if self.reload_keys is not None and \
-                time.monotonic() - self._reloaded_at >= self.reload_every:
-            try:
-                self._reload()
-            except (KeyBackendError, StoreError) as exc:  # keep serving with the keys we have
-                log.warning("OCSP responder keys not reloaded: %s", exc)
+        if self.reload_keys is not None:
+            self._reload_if_due()
         route = self._routes.get(request_der) if self.cache is not None else None
         try:
             if route is not None:
@@ -177,8 +172,6 @@ class Responder:
             return MALFORMED
         try:
             key = self.match(parsed.cert_ids)
-            if key is None and self._reload():
-                key = self.match(parsed.cert_ids)
             if key is None:
                 return UNAUTHORIZED
             if route is None and self.cache is not None and parsed.nonce is None and \
@@ -202,15 +195,17 @@ class Responder:
             log.exception("OCSP responder failed")
             return INTERNAL_ERROR
 
-    def _reload(self) -> bool:
-        """Read the served CAs' keys again if ``reload_keys`` was given and the last reload is
-        older than ``reload_every``; whether it did."""
+    def _reload_if_due(self) -> None:
+        """Read the served CAs' keys again when the last reload is older than
+        ``reload_every``; an unreachable HSM or database keeps the keys we have."""
         now = time.monotonic()
-        if self.reload_keys is None or now - self._reloaded_at < self.reload_every:
-            return False
+        if now - self._reloaded_at < self.reload_every:
+            return
         self._reloaded_at = now
-        self.keys = tuple(self.reload_keys())
-        return True
+        try:
+            self.keys = tuple(self.reload_keys())  # type: ignore[misc]
+        except (KeyBackendError, StoreError) as exc:
+            log.warning("OCSP responder keys not reloaded: %s", exc)
 
     # --- the steps ----------------------------------------------------------------------------
 
