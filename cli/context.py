@@ -40,17 +40,18 @@ class AppContext:
 
     @cached_property
     def engine(self):  # type: ignore[no-untyped-def]  # sqlalchemy stays behind ca.store
-        from ca.store.db import create_engine_for, holds_tincay, migrate_if_behind
+        from ca.store.db import create_engine_for, migrate_if_behind, stored_revision
 
         engine = create_engine_for(self.settings.database_url)
-        if not self._create and not holds_tincay(engine):
+        revision = stored_revision(engine)  # read once: both checks below need it
+        if not self._create and revision is None:
             engine.dispose()
             raise ConfigurationError(
                 f"no tincay database at {self._where()}: create one with tincay init "
                 "--hierarchy SPEC (or tincay demo), or set TINCAY_HOME or TINCAY_DATABASE_URL "
                 "to the CA's")
         if self._migrate:
-            migrate_if_behind(engine)
+            migrate_if_behind(engine, revision)
         return engine
 
     def _where(self) -> str:

@@ -415,7 +415,7 @@ def test_the_cheap_revision_check_agrees_with_alembic(database_url: str) -> None
         assert stored_revision(engine) is None and not holds_tincay(engine)
         migrate(engine, "0002")
         assert stored_revision(engine) == "0002" and holds_tincay(engine)
-        migrate_if_behind(engine)  # behind: brought to the head
+        migrate_if_behind(engine, stored_revision(engine))  # behind: brought to the head
         with engine.connect() as connection:
             assert MigrationContext.configure(connection).get_current_revision() == \
                 head_revision() == stored_revision(engine)

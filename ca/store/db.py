@@ -5,6 +5,7 @@ state. Migrations are Alembic's, run programmatically so an operator never needs
 """
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -124,20 +125,11 @@ def create_throwaway_schema(engine: Engine) -> None:
 
 
 def holds_tincay(engine: Engine) -> bool:
-    """Whether ``engine`` points at a database tincay made (migrated at least once).
-
-    A SQLite file that does not exist is checked for without connecting, since connecting
-    would create it: a command run outside the CA's TINCAY_HOME must not leave an empty
-    database behind."""
-    url = engine.url
-    if url.get_backend_name() == "sqlite":
-        if url.database in (None, "", ":memory:"):
-            return False
-        if not Path(url.database).exists():
-            return False
+    """Whether ``engine`` points at a database tincay made (migrated at least once)."""
     return stored_revision(engine) is not None
 
 
+@cache
 def head_revision() -> str:
     """The newest migration's revision. Revisions are numbered like their files
     (``0004_....py`` is revision "0004"), so this needs no Alembic import; a test holds it to
@@ -147,24 +139,33 @@ def head_revision() -> str:
 
 def stored_revision(engine: Engine) -> str | None:
     """The revision the database is at (Alembic's version table), None for a database tincay
-    never migrated; read with one query, without importing Alembic."""
+    never migrated; read with one query, without importing Alembic.
+
+    A SQLite file that does not exist is None without connecting, since connecting would
+    create it: a command run outside the CA's TINCAY_HOME must not leave an empty database
+    behind."""
     from sqlalchemy import inspect
 
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and (
+            url.database in (None, "", ":memory:") or not Path(url.database).exists()):
+        return None
     try:
         with engine.connect() as connection:
             if not inspect(connection).has_table("alembic_version"):
                 return None
             return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     except OperationalError as exc:
-        raise StoreError(f"database {engine.url.render_as_string(hide_password=True)}: "
+        raise StoreError(f"database {url.render_as_string(hide_password=True)}: "
                          f"{exc.orig}") from None
 
 
-def migrate_if_behind(engine: Engine) -> None:
-    """:func:`migrate` when the database is not at the newest revision: what every command
-    does at start, so a CLI call on a current database costs one query, not Alembic's start-up
-    (about as long as the rest of the command)."""
-    if stored_revision(engine) != head_revision():
+def migrate_if_behind(engine: Engine, current: str | None) -> None:
+    """:func:`migrate` when ``current`` (:func:`stored_revision`, which the caller has read
+    already) is not the newest revision: what every command does at start, so a CLI call on a
+    current database costs one query, not Alembic's start-up (about as long as the rest of the
+    command)."""
+    if current != head_revision():
         migrate(engine)
 
 
