@@ -21,8 +21,7 @@ from typing import Annotated, Mapping
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from ca.errors import ConfigurationError
-from ca.durations import parse_duration
-from ca.validation import FieldError, InputModel, read_variables
+from ca.validation import DurationVariable, FieldError, InputModel, read_variables
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
@@ -99,17 +98,6 @@ def _fraction(value: object) -> object:
     return number
 
 
-def _duration(value: object) -> object:
-    """``180d`` -> timedelta; blank is unset (ca/durations.py's words for anything else)."""
-    value = _blank_is_unset(value)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise FieldError(str(exc)) from None
-    return value
-
-
 class Environment(InputModel):
     """The variables tincay reads; every other variable of the environment is ignored."""
 
@@ -121,8 +109,7 @@ class Environment(InputModel):
     pkcs11_token: Variable = Field(None, alias="TINCAY_PKCS11_TOKEN")
     public_url: Variable = Field(None, alias="TINCAY_PUBLIC_URL")
     profiles_dir: Variable = Field(None, alias="TINCAY_PROFILES_DIR")
-    ca_expiry_warning: Annotated[timedelta | None, BeforeValidator(_duration)] = Field(
-        None, alias="TINCAY_CA_EXPIRY_WARNING")
+    ca_expiry_warning: DurationVariable = Field(None, alias="TINCAY_CA_EXPIRY_WARNING")
     unit_renewal: Annotated[float | None, BeforeValidator(_fraction)] = Field(
         None, alias="TINCAY_UNIT_RENEWAL")
     softhsm2_conf: str | None = Field(None, alias="SOFTHSM2_CONF")  # set at all, even empty?

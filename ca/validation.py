@@ -21,15 +21,17 @@ import difflib
 import inspect
 import types
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from ca.durations import parse_duration
 from ca.errors import ConfigurationError, ProfileError
 
-__all__ = ["FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where", "format_loc", "hint",
-           "issues", "read_variables", "type_name"]
+__all__ = ["DurationVariable", "FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where",
+           "format_loc", "hint", "issues", "read_variables", "type_name", "variable_text"]
 
 Loc = tuple[str | int, ...]
 
@@ -245,6 +247,26 @@ class Where:
 
 
 # --- environment variables --------------------------------------------------------------------
+
+def variable_text(value: object) -> str | None:
+    """An environment variable as set: blank (or only spaces) counts as unset. An environment
+    holds strings only; anything else (a mapping an embedding program built) is named."""
+    if value is None or isinstance(value, str):
+        return (value or "").strip() or None
+    raise FieldError(f"expected a string, got {type_name(value)} {value!r}")
+
+
+def _variable_duration(value: object) -> timedelta | None:
+    text = variable_text(value)
+    try:
+        return None if text is None else parse_duration(text)
+    except ValueError as exc:
+        raise FieldError(str(exc)) from None
+
+
+DurationVariable = Annotated[timedelta | None, BeforeValidator(_variable_duration)]
+"""A duration variable (``180d``, ``1s``; ca/durations.py), unset when blank."""
+
 
 Variables = TypeVar("Variables", bound=BaseModel)
 

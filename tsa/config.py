@@ -5,46 +5,29 @@ naming the variable."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from typing import Annotated, Any, Mapping
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
-from ca.durations import parse_duration
 from ca.errors import ConfigurationError
 from ca.services import Authorities
-from ca.validation import FieldError, InputModel, read_variables, type_name
+from ca.validation import (DurationVariable, FieldError, InputModel, read_variables,
+                           variable_text)
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit
 
 _OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def _text(value: Any) -> str | None:
-    """A variable as set: blank counts as unset. An environment holds strings only; anything
-    else (a mapping an embedding program built) is named as such."""
-    if value is None or isinstance(value, str):
-        return (value or "").strip() or None
-    raise FieldError(f"expected a string, got {type_name(value)} {value!r}")
-
-
 def _listed(value: Any) -> Any:
     """``a, b,c`` -> ("a", "b", "c"); unset stays None (so "," is an empty list, not unset)."""
-    value = _text(value)
+    value = variable_text(value)
     return None if value is None else tuple(item.strip() for item in value.split(",")
                                             if item.strip())
 
 
-def _duration(value: Any) -> Any:
-    value = _text(value)
-    try:
-        return None if value is None else parse_duration(value)
-    except ValueError as exc:
-        raise FieldError(str(exc)) from None
-
-
 def _flag(value: Any) -> bool:
-    text = (_text(value) or "no").lower()
+    text = (variable_text(value) or "no").lower()
     if text not in _TRUE + _FALSE:
         raise FieldError(f"={value!r}: use yes or no")  # read_variables: NAME='maybe': ...
     return text in _TRUE
@@ -61,7 +44,7 @@ def _oid(value: str | None) -> str | None:
     return _oids((value,))[0] if value is not None else None  # type: ignore[index]
 
 
-Text = Annotated[str | None, BeforeValidator(_text)]
+Text = Annotated[str | None, BeforeValidator(variable_text)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Listed = Annotated[tuple[str, ...] | None, BeforeValidator(_listed)]
 
@@ -72,8 +55,7 @@ class TsaEnvironment(InputModel):
     model_config = ConfigDict(extra="ignore")
 
     unit: Text = Field(None, alias="TINCAY_TSA_UNIT")
-    accuracy: Annotated[timedelta | None, BeforeValidator(_duration)] = Field(
-        None, alias="TINCAY_TSA_ACCURACY")
+    accuracy: DurationVariable = Field(None, alias="TINCAY_TSA_ACCURACY")
     default_policy: Annotated[Text, AfterValidator(_oid)] = Field(
         None, alias="TINCAY_TSA_DEFAULT_POLICY")
     accepted_policies: Annotated[Listed, AfterValidator(_oids)] = Field(
