@@ -14,8 +14,10 @@ beside the same-run references:
   (``unshare -n``, loopback up), wrk inside with it, and a fresh one per run.
 
 Targets (issue 3 and 4, 2 cores): pre-produced answers >= 90% of the ceiling and >= OpenSSL's
-responder; P-256 nonce answers and P-256 TSA tokens >= 50% of the ceiling. wrk and the server
-share the machine, as a validator's load generator would not; the ratios are what compare.
+responder; P-256 nonce answers >= 50% of the ceiling. The TSA's target (issue 19, which retired
+issue 4's "50% of the ceiling" for durably logged tokens): the logged TSA at or above 0.6x the
+same server's unlogged one, measured in the same run. wrk and the server share the machine, as a
+validator's load generator would not; the ratios are what compare.
 
 The ceiling server runs beside tincay's, and every rate is measured ROUNDS times, each run
 paired with a ceiling run right before or after it: on this VM two runs of the same server
@@ -60,6 +62,9 @@ services:
 
 
 ROUNDS = 3  # each rate measured this many times, alternating with the ceiling
+LOGGED_TSA = "TSA token (signed, logged)"
+UNLOGGED_TSA = "  the same, log switched off"
+LOGGED_TSA_TARGET = 0.6  # issue 19: logged tokens/s at least this share of unlogged ones
 
 
 def run(quick: bool = False) -> None:
@@ -125,10 +130,10 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
             "pre-produced GET": (base + get_path, None, None),
             "pre-produced POST": (base + "/ocsp", plain, "application/ocsp-request"),
             "nonce POST (signed live)": (base + "/ocsp", nonced, "application/ocsp-request"),
-            "TSA token (signed, logged)": (base + "/tsa", tsq, "application/timestamp-query"),
+            LOGGED_TSA: (base + "/tsa", tsq, "application/timestamp-query"),
         }
         with _ceiling_server() as ceiling, _reference_server("bench.unlogged_tsa", env) as bare:
-            targets["  the same, log switched off"] = (bare + "/tsa", tsq,
+            targets[UNLOGGED_TSA] = (bare + "/tsa", tsq,
                                                      "application/timestamp-query")
             results = {name: _paired(ceiling, seconds, *target)
                        for name, target in targets.items()}
@@ -167,6 +172,11 @@ def _report(key: str, results: dict, peer: float | None) -> None:
         print(f"  {name:28} {rate:8,.0f} req/s = {ratio:5.0%} of the ceiling "
               f"({low:.0%}-{high:.0%}; ceiling {', '.join(f'{c:,.0f}' for c in ceilings)})"
               f"{versus}")
+    # each against the ceiling run beside it: the VM's drift between the two runs cancels out
+    logged, unlogged = (results["rates"][name][1] for name in (LOGGED_TSA, UNLOGGED_TSA))
+    share = logged / unlogged if unlogged else 0.0
+    print(f"  logged TSA / unlogged TSA: x{share:.2f} (target >= x{LOGGED_TSA_TARGET}: "
+          f"{'met' if share >= LOGGED_TSA_TARGET else 'MISSED'})")
     print(f"  tokens in the log after the run: {results['logged']:,} (every granted token)")
 
 
