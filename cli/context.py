@@ -40,8 +40,14 @@ class AppContext:
 
     @cached_property
     def engine(self):  # type: ignore[no-untyped-def]  # sqlalchemy stays behind ca.store
+        from ca.files import private_dir, restrict
         from ca.store.db import create_engine_for, migrate_if_behind, stored_revision
 
+        # TINCAY_HOME holds the database, the PIN files and the demo token: 0700 when tincay
+        # makes it (init, demo), and an older install's 0755 home tightened (ca.files).
+        if self._create:
+            private_dir(self.settings.home)
+        restrict(self.settings.home)
         engine = create_engine_for(self.settings.database_url)
         revision = stored_revision(engine)  # read once: both checks below need it
         if not self._create and revision is None:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from ca.errors import ConfigurationError
+from ca.files import private_dir, write_secret
 
 
 def write_config(home: Path) -> Path:
@@ -22,8 +23,7 @@ def write_config(home: Path) -> Path:
     SoftHSM wants an absolute token path, so the file is derived from ``home`` each time it
     is used and rewritten when it names another place: a TINCAY_HOME copied or moved keeps
     its keys beside its database, instead of writing them into the original's token."""
-    tokens = home.resolve() / "softhsm" / "tokens"
-    tokens.mkdir(parents=True, exist_ok=True)
+    tokens = private_dir(home.resolve() / "softhsm" / "tokens")
     conf = home / "softhsm" / "softhsm2.conf"
     text = (f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n")
@@ -107,19 +107,12 @@ def ensure_demo_token(home: Path, label: str, pin_file: Path, env: dict[str, str
     else:
         path = Path(env.get("TINCAY_PKCS11_PIN_FILE") or pin_file)
         if not path.exists():
-            _write_secret(path, secrets.token_hex(12))
+            write_secret(path, secrets.token_hex(12))
         pin = path.read_text(encoding="utf-8").splitlines()[0].strip()
         exports["TINCAY_PKCS11_PIN_FILE"] = str(path)
     if not token_exists(conf, label):
         so_pin_file = conf.parent / "so-pin"
         if not so_pin_file.exists():
-            _write_secret(so_pin_file, secrets.token_hex(12))
+            write_secret(so_pin_file, secrets.token_hex(12))
         init_token(conf, label, pin, so_pin_file.read_text(encoding="utf-8").strip())
     return exports
-
-
-def _write_secret(path: Path, value: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")

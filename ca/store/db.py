@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ca.errors import ConfigurationError, StoreError
+from ca.files import private_dir, restrict
 from ca.store.greenlets import gevent_patched
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -37,10 +38,12 @@ def create_engine_for(url: str) -> Engine:
     except ArgumentError:
         raise ConfigurationError(f"TINCAY_DATABASE_URL {url!r} is not a database URL") from None
     kwargs: dict[str, Any] = {}
+    database_file: Path | None = None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            database_file = Path(database)
+            private_dir(database_file.parent)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -51,6 +54,8 @@ def create_engine_for(url: str) -> Engine:
     except (ArgumentError, ImportError) as exc:
         raise ConfigurationError(f"TINCAY_DATABASE_URL: {exc}") from None
     if engine.dialect.name == "sqlite":
+        if database_file is not None:
+            event.listen(engine, "connect", _owner_only(database_file))
         event.listen(engine, "connect", _sqlite_pragmas)
     elif engine.dialect.driver == "psycopg2" and gevent_patched():
         _wait_for_postgres_cooperatively()
@@ -66,6 +71,23 @@ def _wait_for_postgres_cooperatively() -> None:
     import psycopg2.extras
 
     psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+
+
+def _owner_only(database: Path) -> Callable[[Any, Any], None]:
+    """A connect hook that keeps the database file and its -wal and -shm 0600 (ca.files).
+
+    It runs before the WAL pragma: SQLite gives the -wal and -shm files it creates later the
+    database file's mode, so a database tightened here never has readable companions. The
+    file SQLite has just created is empty (tightened silently); a loose file with data in it
+    is an older install's, tightened with a warning."""
+    def hook(_dbapi_connection: Any, _record: Any) -> None:
+        for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:  # -wal and -shm go when another process's last closes
+                continue
+            restrict(path, warn=size > 0)
+    return hook
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

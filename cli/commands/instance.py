@@ -69,8 +69,9 @@ def demo(as_json: bool) -> None:
         if app.service.publication.latest_crl(authority["name"]) is None:
             app.service.publication.publish_crl(authority["name"])
     preproducer().refresh()
-    public = app.settings.home / "public"
-    public.mkdir(parents=True, exist_ok=True)
+    from ca.files import private_dir
+
+    public = private_dir(app.settings.home / "public")
     for authority in app.service.listings.list_authorities():
         cert = app.service.authorities.authority_certificate(authority["name"])
         write_output(str(public / f"{authority['name']}.pem"), encode_certificates([cert], "pem"))
