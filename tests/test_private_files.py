@@ -86,3 +86,30 @@ def test_home_and_database_are_private_after_init_and_a_served_request(
     assert f"{home} was readable by other users (0755): now 0700" in listed.stderr
     again = _run(env, "ca", "list")
     assert "readable by other users" not in again.stderr  # said once, when it changed
+
+
+def test_demo_keeps_its_secrets_under_home_with_an_external_softhsm_conf(
+        tmp_path: Path) -> None:
+    """SOFTHSM2_CONF chosen by the operator, outside TINCAY_HOME: the demo's token goes where
+    that config says, but its SO PIN and PIN stay under TINCAY_HOME, 0600."""
+    from ca.keys import softhsm
+
+    outside = tmp_path / "etc"
+    conf = softhsm.write_config(outside)  # its token directory is outside/softhsm/tokens
+    before = {p for p in outside.rglob("*")}
+    env = {**_clean_env(tmp_path), "SOFTHSM2_CONF": str(conf)}
+    home = tmp_path / "home"
+    first = _run(env, "demo")
+    assert first.returncode == 0, first.stderr
+    written = {p for p in outside.rglob("*")} - before
+    tokens = outside / "softhsm" / "tokens"
+    assert written and all(tokens in p.parents for p in written), sorted(map(str, written))
+    so_pin, pin = home / "softhsm" / "so-pin", home / "pkcs11-pin"
+    assert mode(so_pin) == "0o600" and mode(pin) == "0o600"
+    assert mode(home) == "0o700" and mode(home / "softhsm") == "0o700"
+    assert mode(home / "public") == "0o700"
+    assert mode(home / "tincay.db") == "0o600"
+    for secret in (so_pin, pin):
+        assert secret.read_text().strip() not in first.stdout + first.stderr
+    again = _run(env, "demo")
+    assert again.returncode == 0 and "nothing to create" in again.stdout, again.stderr

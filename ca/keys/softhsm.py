@@ -94,9 +94,12 @@ def ensure_demo_token(home: Path, label: str, pin_file: Path, env: dict[str, str
     """Make a SoftHSM token under ``home`` ready, creating config, PINs and token as needed.
 
     For demos and local development only. A PIN is generated into ``pin_file`` (mode 0600) unless
-    the environment already provides one; the SO PIN goes beside it. Returns the environment
-    variables the caller must export (SOFTHSM2_CONF, and TINCAY_PKCS11_PIN_FILE when generated)
-    before the PKCS#11 module is loaded.
+    the environment already provides one; the SO PIN goes to ``home``/softhsm/so-pin (0600),
+    also when SOFTHSM2_CONF names a config elsewhere: the demo writes its secrets under
+    TINCAY_HOME only, never beside a file the operator keeps somewhere else (a shared
+    /etc/softhsm2.conf). Returns the environment variables the caller must export
+    (SOFTHSM2_CONF, and TINCAY_PKCS11_PIN_FILE when generated) before the PKCS#11 module is
+    loaded.
     """
     exports: dict[str, str] = {}
     conf_text = env.get("SOFTHSM2_CONF")
@@ -111,8 +114,13 @@ def ensure_demo_token(home: Path, label: str, pin_file: Path, env: dict[str, str
         pin = path.read_text(encoding="utf-8").splitlines()[0].strip()
         exports["TINCAY_PKCS11_PIN_FILE"] = str(path)
     if not token_exists(conf, label):
-        so_pin_file = conf.parent / "so-pin"
+        so_pin_file = so_pin_path(home)
         if not so_pin_file.exists():
             write_secret(so_pin_file, secrets.token_hex(12))
         init_token(conf, label, pin, so_pin_file.read_text(encoding="utf-8").strip())
     return exports
+
+
+def so_pin_path(home: Path) -> Path:
+    """Where the demo keeps its token's SO PIN: under TINCAY_HOME, whatever SOFTHSM2_CONF says."""
+    return home / "softhsm" / "so-pin"
