@@ -2,9 +2,10 @@
 
 The serial and the exact TBSCertificate are committed to the database *before* the key signs,
 and the signed certificate is recorded in a second transaction. A crash in between leaves a
-``pending`` row that names the serial (so it can still be revoked), never a signed certificate
-the database does not know. Every key generation and issuance is an audit event in the same
-transaction as the change it describes.
+``pending`` row that names the serial, never a signed certificate the database does not know:
+``tincay revoke`` and ``tincay reconcile`` revoke such a serial as never issued (ca.services.
+reconciliation), and a signature that arrives after that is refused. Every key generation and
+issuance is an audit event in the same transaction as the change it describes.
 """
 from __future__ import annotations
 
@@ -163,32 +164,51 @@ class Issuance:
                 ) -> tuple[x509.Certificate, Certificate]:
         """prepare -> commit the pending row (``record``) -> sign -> commit the certificate (or
         the failure)."""
-        context = self.context
+        prepared, row = self.persist(profile, subject, public_key, issuer, urls, now, until,
+                                     emails, dns_names, record, serial)
+        return self.complete(prepared, issuer, row)
+
+    def persist(self, profile: Profile, subject: x509.Name, public_key: PublicKey,
+                issuer: IssuerInfo, urls: core.Urls | None, now: datetime,
+                until: datetime | None, emails: tuple[str, ...], dns_names: tuple[str, ...],
+                record: Recorder, serial: int | None = None
+                ) -> tuple[PreparedCertificate, Certificate]:
+        """The first half of :meth:`certify`: the TBSCertificate prepared and its pending row
+        committed, nothing signed yet. What a crash before the signature leaves behind, and
+        what ``tincay reconcile`` resolves."""
         for attempt in range(_SERIAL_ATTEMPTS):
             request = CertificateRequest(profile, subject, public_key,
                                          serial=serial or core.new_serial(), not_before=now,
                                          not_after=until, emails=emails, dns_names=dns_names)
             prepared = core.prepare(request, issuer, urls)
             try:
-                with context.transaction() as session:
+                with self.context.transaction() as session:
                     row = record(session, prepared)
                 break
             except AlreadyExistsError:
                 if attempt == _SERIAL_ATTEMPTS - 1 or serial is not None:
                     raise
+        return prepared, row
+
+    def complete(self, prepared: PreparedCertificate, issuer: IssuerInfo,
+                 row: Certificate) -> tuple[x509.Certificate, Certificate]:
+        """The second half of :meth:`certify`: sign exactly what was prepared and record it,
+        unless the pending row was revoked as never issued meanwhile (then IssuanceError, and
+        the signed certificate is dropped: it never leaves this process)."""
+        context = self.context
         try:
             cert = core.sign(prepared, issuer)
         except TincayError as exc:
             self._mark_failed(row, exc)
             raise
         with context.transaction() as session:
-            row = session.merge(row)
-            queries.mark_issued(session, row, cert.public_bytes(serialization.Encoding.DER),
-                                context.clock.now())
+            row = queries.mark_issued(session, row.id,
+                                      cert.public_bytes(serialization.Encoding.DER),
+                                      context.clock.now())
             queries.record_event(session, at=context.clock.now(), action="certificate.issue",
                                  authority=issuer.name, serial_hex=row.serial_hex,
                                  subject=row.subject,
-                                 details=as_json({"profile": profile.name,
+                                 details=as_json({"profile": prepared.profile_name,
                                                   "fingerprint_sha256": row.fingerprint_sha256}))
         return cert, row
 

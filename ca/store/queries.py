@@ -10,20 +10,20 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import String, bindparam, exists, func, select
+from sqlalchemy import String, bindparam, exists, func, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca.crl import StoredRevocation
-from ca.errors import AlreadyExistsError, NotFoundError
+from ca.errors import AlreadyExistsError, IssuanceError, NotFoundError
 from ca.publication import PublicationSettings
 from ca.store.hot import HotInsert, HotQuery, stream_rows
 from ca.timestamps import TimestampRecord
-from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, REVOKED, AuditEvent,
-                             Authority, Certificate, CrlRecord, OcspResponse, ServiceUnit,
-                             TimestampToken, status_token)
+from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, PENDING, REVOKED,
+                             AuditEvent, Authority, Certificate, CrlRecord, OcspResponse,
+                             ServiceUnit, TimestampToken, status_token)
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -108,12 +108,34 @@ def add_pending_certificate(session: Session, *, issuer: Authority, serial_hex: 
     return row
 
 
-def mark_issued(session: Session, row: Certificate, der: bytes, at: datetime) -> None:
-    row.der = der
-    row.fingerprint_sha256 = hashlib.sha256(der).hexdigest()
-    row.status = ISSUED
-    row.issued_at = at
-    session.flush()
+def mark_issued(session: Session, certificate_id: int, der: bytes, at: datetime) -> Certificate:
+    """Record the signed certificate of a row that is still pending; the row as it is now.
+
+    One conditional UPDATE, so a row ``tincay reconcile`` (or ``tincay revoke``) revoked as
+    never issued meanwhile stays revoked: the signature is then refused, never recorded over
+    the revocation."""
+    done = session.execute(
+        update(Certificate).where(Certificate.id == certificate_id, Certificate.status == PENDING)
+        .values(der=der, fingerprint_sha256=hashlib.sha256(der).hexdigest(), status=ISSUED,
+                issued_at=at).execution_options(synchronize_session=False)).rowcount
+    row = session.get(Certificate, certificate_id, populate_existing=True)
+    if not done:
+        raise IssuanceError(f"certificate {row.serial_hex if row else certificate_id} is "
+                            f"{row.status if row else 'gone'}, no longer pending: its "
+                            "signature is not recorded")
+    assert row is not None
+    return row
+
+
+def revoke_pending(session: Session, row: Certificate, *, reason: str, at: datetime) -> bool:
+    """Revoke ``row`` as never issued if it is still pending (one conditional UPDATE: an
+    issuance finishing meanwhile wins, and its certificate is then not revoked by mistake)."""
+    done = session.execute(
+        update(Certificate).where(Certificate.id == row.id, Certificate.status == PENDING)
+        .values(status=REVOKED, revocation_reason=reason, revoked_at=at, status_changed_at=at)
+        .execution_options(synchronize_session=False)).rowcount
+    session.refresh(row)
+    return bool(done)
 
 
 def mark_failed(session: Session, row: Certificate, reason: str, at: datetime) -> None:
