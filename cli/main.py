@@ -4,7 +4,8 @@ This module holds only the root group, the entry point and the registration of t
 groups (cli/commands/, one module each); a service that brings commands adds one module there
 and one ``cli.add_command`` line here.
 
-Exit codes: 0 success, 1 an operator error (one line on stderr, no traceback), 2 a usage error.
+Exit codes: 0 success, 1 an operator error (one line on stderr, no traceback), 2 a usage error,
+3 ``tincay reconcile`` found something to resolve.
 PINs are never options: they come from TINCAY_PKCS11_PIN or TINCAY_PKCS11_PIN_FILE.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, Callable, Sequence
 import click
 
 from ca.errors import TincayError
-from cli.commands import (authorities, certificates, instance, ocsp, profiles, revocation,
-                          testing, tsa)
+from cli.commands import (authorities, certificates, instance, ocsp, profiles, reconciliation,
+                          revocation, testing, tsa)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +40,7 @@ cli.add_command(certificates.audit)
 cli.add_command(revocation.revoke)
 cli.add_command(revocation.release)
 cli.add_command(revocation.crl_command)
+cli.add_command(reconciliation.reconcile)
 cli.add_command(ocsp.ocsp_group)
 cli.add_command(ocsp.maintain)
 cli.add_command(tsa.tsa_group)
@@ -53,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(command: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name="tincay",
-                     standalone_mode=False)
+        result = command.main(args=list(argv) if argv is not None else None, prog_name="tincay",
+                              standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
@@ -66,7 +68,8 @@ def run(command: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     except TincayError as exc:
         click.echo(f"tincay: error: {exc}", err=True)
         return 1
-    return 0
+    # a command's click.exceptions.Exit(code) comes back as click's return value
+    return result if type(result) is int else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

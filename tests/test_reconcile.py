@@ -72,6 +72,89 @@ def _ocsp_status(app: Any, ca: str, serial: int) -> ocsp.OCSPResponse:
     return ocsp.load_der_ocsp_response(reply.data)
 
 
+def _mine(findings: Any, *keys: str) -> list[dict[str, Any]]:
+    """The findings about this test's rows and keys (the session's token is shared)."""
+    return [f for f in findings if f["key"] in keys or any(k in (f["key"] or "") for k in keys)]
+
+
+def test_reconcile_lists_then_resolves_a_pending_row_and_an_orphaned_key(
+        cli: Cli, tmp_path: Path, unique_label: str) -> None:
+    from ca.errors import IssuanceError
+
+    ca = f"{unique_label}-ca"
+    cli("init", "--hierarchy", str(write_spec(tmp_path / "spec.yaml", unique_label)))
+    app, prepared, issuer, row = _interrupted_issuance(ca)
+    pending_label = f"{ca}.{row.serial_hex}"
+    orphan = app.service.issuance.obtain_key(f"{ca}.orphan", prepared_spec(app), None, None,
+                                             authority=ca)
+    stranger = app.keys.generate(f"{unique_label}-stranger", prepared_spec(app))  # no event
+    assert {"pending"} == {r["status"] for r in cli.json("cert", "list", "--status", "pending")}
+
+    # fresh: another process could be issuing them right now, so they are only listed
+    fresh = _mine(cli.json("reconcile"), pending_label, f"{ca}.orphan", stranger.uri,
+                  f"{unique_label}-stranger")
+    assert sorted((f["kind"], f["action"]) for f in fresh) == [
+        ("orphaned-key", "wait"), ("pending-certificate", "wait"), ("unknown-key", "none")]
+    assert "--apply" not in cli.err
+    cli("reconcile", "--apply")  # exit 0: nothing is past the grace period
+    assert app.keys.exists(pending_label) and app.keys.exists(f"{ca}.orphan")
+
+    # past the grace period: listed with what --apply will do, exit 3
+    out = cli("reconcile", "--grace", "0s", "--json", code=3)
+    listed = {f["kind"]: f for f in _mine(json.loads(out), pending_label, f"{ca}.orphan",
+                                           f"{unique_label}-stranger")}
+    assert listed["pending-certificate"]["serial"] == row.serial_hex
+    assert listed["pending-certificate"]["action"] == "revoke + destroy key"
+    assert listed["pending-certificate"]["ca"] == ca
+    assert listed["orphaned-key"]["action"] == "destroy"
+    assert listed["orphaned-key"]["key"] == orphan.uri
+    assert listed["unknown-key"]["action"] == "none"
+    assert row.serial_hex in cli("reconcile", "--grace", "0s", code=3)  # the human table
+    assert "tincay reconcile --apply resolves" in cli.err
+
+    applied = {f["kind"]: f for f in _mine(cli.json("reconcile", "--grace", "0s", "--apply"),
+                                           pending_label, f"{ca}.orphan",
+                                           f"{unique_label}-stranger")}
+    assert applied["pending-certificate"]["done"] == "revoked, key destroyed"
+    assert applied["orphaned-key"]["done"] == "destroyed"
+    assert applied["unknown-key"]["done"] is None
+    assert not app.keys.exists(pending_label) and not app.keys.exists(f"{ca}.orphan")
+    assert app.keys.exists(f"{unique_label}-stranger")  # never destroyed by reconcile
+    assert _mine(cli.json("reconcile", "--grace", "0s"), pending_label, f"{ca}.orphan") == []
+
+    shown = cli.json("cert", "show", row.serial_hex, "--ca", ca)
+    assert (shown["status"], shown["revocation_reason"]) == ("revoked", "cessationOfOperation")
+    answer = _ocsp_status(app, ca, int(row.serial_hex, 16))
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert answer.revocation_reason == x509.ReasonFlags.cessation_of_operation
+    cli("crl", "--ca", ca, "--out", str(tmp_path / "ca.crl"))
+    crl = x509.load_der_x509_crl((tmp_path / "ca.crl").read_bytes())
+    entry = crl.get_revoked_certificate_by_serial_number(int(row.serial_hex, 16))
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.cessation_of_operation
+
+    events = cli.json("audit", "--ca", ca)
+    revoke = [e for e in events if e["action"] == "certificate.revoke"]
+    assert [(e["serial"], e["details"]["never_issued"], e["details"]["via"]) for e in revoke] \
+        == [(row.serial_hex, True, "reconcile")]
+    destroyed = sorted((e["details"]["key_uri"], e["details"]["reason"]) for e in events
+                       if e["action"] == "key.destroy")
+    assert destroyed == sorted([(row.key_uri, "never issued"), (orphan.uri, "orphaned")])
+
+    # the interrupted process, had it survived, may not record its signature now
+    with pytest.raises(IssuanceError, match="no longer pending"):
+        app.service.issuance.complete(prepared, issuer, row)
+    assert cli.json("cert", "show", row.serial_hex, "--ca", ca)["status"] == "revoked"
+    app.keys.destroy(stranger.uri)
+    app.close()
+
+
+def prepared_spec(app: Any) -> Any:
+    return app.profiles.get("clinician").key_algorithms[0]
+
+
 def test_tincay_revoke_takes_a_pending_serial(cli: Cli, tmp_path: Path,
                                               unique_label: str) -> None:
     """A pending serial is revoked as never issued (it was refused before, although the
@@ -95,4 +178,63 @@ def test_tincay_revoke_takes_a_pending_serial(cli: Cli, tmp_path: Path,
     with pytest.raises(IssuanceError, match="no longer pending"):  # the process, had it lived
         app.service.issuance.complete(prepared, issuer, row)
     assert cli.json("cert", "show", row.serial_hex, "--ca", ca)["status"] == "revoked"
+    app.close()
+
+
+def test_reconcile_after_a_real_sigkill_during_issuance(
+        softhsm_env: dict[str, str], tmp_path: Path, unique_label: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tincay issue --generate-key` killed with SIGKILL the moment its pending row is in
+    the database (watched from here through SQLite's WAL, which never blocks the writer),
+    retried a bounded number of times, then reconciled."""
+    from cli.main import main
+
+    database = tmp_path / "tincay.db"
+    env = {**os.environ, **softhsm_env, "TINCAY_HOME": str(tmp_path / "home"),
+           "TINCAY_DATABASE_URL": f"sqlite:///{database}"}
+    for name in ("TINCAY_HOME", "TINCAY_DATABASE_URL"):
+        monkeypatch.setenv(name, env[name])
+    ca = f"{unique_label}-ca"
+    assert main(["init", "--hierarchy", str(write_spec(tmp_path / "spec.yaml", unique_label))]) \
+        == 0
+    watcher = sqlite3.connect(database, timeout=30)
+    pending: list[tuple[str, str]] = []
+    for attempt in range(25):
+        process = subprocess.Popen(
+            [TINCAY, "issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+             "--generate-key", "--out", str(tmp_path / f"x{attempt}.pem")], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.nice(19))  # slower steps: a wider window to be killed in
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            rows = watcher.execute("SELECT serial_hex, key_uri FROM certificates "
+                                   "WHERE status = 'pending'").fetchall()
+            if rows:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        process.wait(timeout=30)
+        pending = watcher.execute("SELECT serial_hex, key_uri FROM certificates "
+                                  "WHERE status = 'pending'").fetchall()
+        if pending:
+            break
+    watcher.close()
+    if not pending:
+        pytest.skip("no SIGKILL landed between the pending row and the signature in 25 tries")
+    (serial, key_uri), = pending
+    assert process.returncode == -signal.SIGKILL
+    killed = subprocess.run([TINCAY, "reconcile", "--grace", "0s", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 3, killed.stderr
+    assert serial in killed.stdout and key_uri in killed.stdout
+    applied = subprocess.run([TINCAY, "reconcile", "--grace", "0s", "--apply"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert applied.returncode == 0, applied.stderr
+    shown = subprocess.run([TINCAY, "cert", "show", serial, "--ca", ca, "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert '"status": "revoked"' in shown.stdout
+    label = key_uri.rsplit("object=", 1)[1]
+    from cli.context import AppContext
+
+    app = AppContext()
+    assert not app.keys.exists(label)
     app.close()

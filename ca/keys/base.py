@@ -101,5 +101,13 @@ class KeyBackend(Protocol):
     def destroy(self, uri_or_label: str) -> bool:
         """Delete the key pair (a retired service-unit key); whether there was one."""
 
+    def labels(self) -> list[str]:
+        """The labels of every private key the backend holds, sorted: what ``tincay
+        reconcile`` compares with the keys the database knows (a token may hold others')."""
+
+    def label_of(self, uri_or_label: str) -> str | None:
+        """The label ``uri_or_label`` names on this backend; None when it names a key
+        elsewhere (another token), so a comparison by label never mixes two tokens."""
+
     def close(self) -> None:
         """Release sessions and handles."""

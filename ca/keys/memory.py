@@ -65,6 +65,15 @@ class MemoryBackend:
         with self._lock:
             return self._keys.pop(_label(uri_or_label), None) is not None
 
+    def labels(self) -> list[str]:
+        with self._lock:
+            return sorted(self._keys)
+
+    def label_of(self, uri_or_label: str) -> str | None:
+        if uri_or_label.startswith("pkcs11:"):
+            return None
+        return _label(uri_or_label)
+
     def close(self) -> None:
         pass
 

@@ -85,6 +85,20 @@ class Pkcs11Backend:
         label = self._label(uri_or_label)
         return self._session.run(lambda session: self._session.destroy(label), reads_token=True)
 
+    def labels(self) -> list[str]:
+        def find(session: Any) -> list[str]:
+            return sorted({obj.label for obj in session.get_objects(
+                {Attribute.CLASS: ObjectClass.PRIVATE_KEY}) if obj.label})
+        return self._session.run(find, reads_token=True)
+
+    def label_of(self, uri_or_label: str) -> str | None:
+        if uri_or_label.startswith("memory:"):
+            return None
+        try:
+            return self._label(uri_or_label)
+        except (KeyNotFoundError, ConfigurationError):  # another token's, or no object named
+            return None
+
     def generate(self, label: str, spec: KeySpec) -> SigningKey:
         def gen(session: Any) -> None:
             if any(True for _ in session.get_objects({Attribute.LABEL: label})):

@@ -8,6 +8,7 @@
 - ``token_log``     the time-stamp token log
 - ``listings``      read-only views for operators
 - ``renewal``       new keys and certificates for OCSP and TSA units before theirs end
+- ``reconciliation`` what a crash mid-issuance left (pending rows, orphaned keys), resolved
 
 Each service owns its transactions. :class:`CertificateAuthority` builds them all over one
 context for the composition roots (the CLI, the app factory, ca.testing); a consumer keeps
@@ -34,20 +35,23 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.listings import Listings
     from ca.services.ocsp_answers import OcspAnswers
     from ca.services.publication import Publication
+    from ca.services.reconciliation import Reconciliation
     from ca.services.renewal import Renewal
     from ca.services.revocation import Revocation
     from ca.services.token_log import TokenLog
 
 __all__ = ["Authorities", "CertificateAuthority", "CertificateStatus", "CrlInfo", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
-           "Publication", "Renewal", "Revocation", "ServiceContext", "ServiceUnitKey",
+           "Publication", "Reconciliation", "Renewal", "Revocation", "ServiceContext",
+           "ServiceUnitKey",
            "TokenLog"]
 
 # Each service's module is imported when first used: `tincay ca list` needs the listings, not
 # the issuance core, the CRL encoder or the hierarchy loader (bench/cli_startup.py).
 _MODULES = {"Authorities": "authorities", "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
-            "Renewal": "renewal", "Revocation": "revocation", "TokenLog": "token_log"}
+            "Reconciliation": "reconciliation", "Renewal": "renewal",
+            "Revocation": "revocation", "TokenLog": "token_log"}
 
 
 def __getattr__(name: str) -> Any:
@@ -90,6 +94,8 @@ class CertificateAuthority:
     token_log: TokenLog = _Service("TokenLog")  # type: ignore[assignment]
     listings: Listings = _Service("Listings")  # type: ignore[assignment]
     renewal: Renewal = _Service("Renewal", "issuance")  # type: ignore[assignment]
+    reconciliation: Reconciliation = _Service(  # type: ignore[assignment]
+        "Reconciliation", "revocation")
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,

@@ -1,0 +1,48 @@
+"""What the database knows of keys and unfinished issuances: the inventory ``tincay
+reconcile`` (ca.services.reconciliation) compares with the token after a crash.
+
+Query functions taking the caller's Session, like ca.store.queries; read-only.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from ca.store.models import PENDING, AuditEvent, Authority, Certificate, ServiceUnit
+
+
+def pending_certificates(session: Session) -> Sequence[Certificate]:
+    """Every pending row (persisted before signing, never recorded as signed), oldest first,
+    with its issuer loaded."""
+    return session.scalars(select(Certificate).options(joinedload(Certificate.issuer))
+                           .where(Certificate.status == PENDING)
+                           .order_by(Certificate.created_at, Certificate.id)).all()
+
+
+def key_uses(session: Session) -> list[tuple[str, str]]:
+    """(key URI, who uses it) for every key a row names: ``ca:NAME``, ``unit:NAME`` and
+    ``certificate:ID`` (a subscriber's key generated on the HSM, a unit's key, any status)."""
+    uses = [(uri, f"ca:{name}") for uri, name in
+            session.execute(select(Authority.key_uri, Authority.name))]
+    uses += [(uri, f"unit:{name}") for uri, name in
+             session.execute(select(ServiceUnit.key_uri, ServiceUnit.name))]
+    uses += [(uri, f"certificate:{cid}") for uri, cid in session.execute(
+        select(Certificate.key_uri, Certificate.id).where(Certificate.key_uri.is_not(None)))]
+    return uses
+
+
+def generated_keys(session: Session) -> list[tuple[str, datetime, str | None]]:
+    """(key URI, when, authority) of every ``key.generate`` event, oldest first: the keys
+    this CA made on its token."""
+    rows = session.execute(select(AuditEvent.details, AuditEvent.at, AuditEvent.authority)
+                           .where(AuditEvent.action == "key.generate").order_by(AuditEvent.id))
+    out = []
+    for details, at, authority in rows:
+        uri = json.loads(details or "{}").get("key_uri")
+        if uri:
+            out.append((uri, at, authority))
+    return out
