@@ -13,17 +13,25 @@ from datetime import datetime
 from ca.clock import ensure_utc
 
 __all__ = ["BOOLEAN", "INTEGER", "OCTET_STRING", "OID", "SEQUENCE", "header", "tlv", "integer",
-           "generalized_time", "time_from_digits", "read", "read_unsigned", "UNREADABLE"]
+           "generalized_time", "time_from_digits", "read", "read_unsigned", "nested_deeper",
+           "MAX_NESTING", "UNREADABLE"]
 
 # universal identifier octets the hot-path readers compare against
 BOOLEAN, INTEGER, OCTET_STRING, OID, SEQUENCE = 0x01, 0x02, 0x04, 0x06, 0x30
 
 # What asn1crypto raises on a client's bytes it cannot read, beside ValueError: TypeError,
-# KeyError, IndexError and OverflowError on malformed contents, and AttributeError for the
-# universal types it declares but cannot decode (a REAL or an ObjectDescriptor where an ANY or
-# an unknown field sits: ``'Real' object has no attribute 'native'``). The request readers turn
-# each into the protocol's own refusal, never a logged traceback.
-UNREADABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
+# KeyError, IndexError and OverflowError on malformed contents, AttributeError for the
+# universal types it declares but cannot decode (a REAL, an ObjectDescriptor or an EXTERNAL
+# where an ANY or an unknown field sits: ``'Real' object has no attribute 'native'``), and
+# RecursionError for elements nested a few hundred deep (asn1crypto parses and converts them
+# recursively; a few kilobytes of ``30 82 ...`` reach Python's limit). The request readers
+# turn each into the protocol's own refusal, never a logged traceback.
+UNREADABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError,
+              RecursionError)
+# How deep the general request readers let asn1crypto go: a TimeStampReq nests 4 deep, an OCSP
+# request with a signature and its certificates about 12. asn1crypto's cost grows with the
+# square of the depth (each level re-checks its subtree): 600 levels took 120 ms of CPU.
+MAX_NESTING = 32
 
 
 def header(tag: int, length: int) -> bytes:
@@ -104,3 +112,45 @@ def read_unsigned(contents: bytes) -> int | None:
             (len(contents) > 1 and contents[0] == 0 and not contents[1] & 0x80):
         return None
     return int.from_bytes(contents, "big")
+
+
+def nested_deeper(data: bytes, limit: int) -> bool:
+    """Whether ``data`` holds constructed elements nested more than ``limit`` deep, read as BER
+    framing (definite lengths in any form, indefinite ones); checked before asn1crypto reads a
+    client's bytes (MAX_NESTING). The contents of primitive elements are not looked into, and
+    framing that breaks off ends the scan (False): the parser words that fault itself."""
+    ends: list[int | None] = []  # where each open element ends; None: indefinite length
+    pos, size = 0, len(data)
+    while pos < size:
+        while ends and ends[-1] is not None and pos >= ends[-1]:  # type: ignore[operator]
+            ends.pop()
+        if data[pos] == 0 and pos + 1 < size and data[pos + 1] == 0 and ends and \
+                ends[-1] is None:  # end-of-contents of an indefinite length
+            ends.pop()
+            pos += 2
+            continue
+        tag = data[pos]
+        pos += 1
+        if tag & 0x1F == 0x1F:  # a multi-octet identifier
+            while pos < size and data[pos] & 0x80:
+                pos += 1
+            pos += 1
+        if pos >= size:
+            return False
+        first = data[pos]
+        pos += 1
+        length: int | None = first
+        if first == 0x80:
+            length = None
+        elif first & 0x80:
+            length = int.from_bytes(data[pos:pos + (first & 0x7F)], "big")
+            pos += first & 0x7F
+        if tag & 0x20:
+            ends.append(None if length is None else pos + length)
+            if len(ends) > limit:
+                return True
+        elif length is None:
+            return False
+        else:
+            pos += length
+    return False

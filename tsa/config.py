@@ -26,11 +26,14 @@ def _listed(value: Any) -> Any:
                                             if item.strip())
 
 
-def _flag(value: Any) -> bool:
-    text = (variable_text(value) or "no").lower()
-    if text not in _TRUE + _FALSE:
+def _flag(value: Any) -> bool | None:
+    """yes/no (and 1/0, true/false, on/off); None when unset or blank: TsaPolicy's default."""
+    text = variable_text(value)
+    if text is None:
+        return None
+    if text.lower() not in _TRUE + _FALSE:
         raise FieldError(f"={value!r}: use yes or no")  # read_variables: NAME='maybe': ...
-    return text in _TRUE
+    return text.lower() in _TRUE
 
 
 def _oids(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -45,7 +48,7 @@ def _oid(value: str | None) -> str | None:
 
 
 Text = Annotated[str | None, BeforeValidator(variable_text)]
-Flag = Annotated[bool, BeforeValidator(_flag)]
+Flag = Annotated[bool | None, BeforeValidator(_flag)]
 Listed = Annotated[tuple[str, ...] | None, BeforeValidator(_listed)]
 
 
@@ -61,8 +64,8 @@ class TsaEnvironment(InputModel):
     accepted_policies: Annotated[Listed, AfterValidator(_oids)] = Field(
         None, alias="TINCAY_TSA_POLICIES")
     hashes: Listed = Field(None, alias="TINCAY_TSA_HASHES")
-    include_chain: Flag = Field(False, alias="TINCAY_TSA_CHAIN")
-    tsa_name: Flag = Field(False, alias="TINCAY_TSA_NAME")
+    include_chain: Flag = Field(None, alias="TINCAY_TSA_CHAIN")
+    tsa_name: Flag = Field(None, alias="TINCAY_TSA_NAME")
 
 
 def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
@@ -76,15 +79,17 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
     - ``TINCAY_TSA_POLICIES``: further policy OIDs a request may ask for, comma-separated;
     - ``TINCAY_TSA_HASHES``: accepted imprint hashes (default ``sha256,sha384,sha512``; add
       ``sha1`` only for legacy clients);
-    - ``TINCAY_TSA_CHAIN`` (yes/no): put the TSA's issuing chain, without the root, in tokens
-      that ask for certificates; ``TINCAY_TSA_NAME`` (yes/no): name the TSA in TSTInfo.
+    - ``TINCAY_TSA_CHAIN`` (yes, the default, or no): tokens that ask for certificates carry
+      the TSA's issuing chain without the root, or (no) the TSA certificate only;
+      ``TINCAY_TSA_NAME`` (yes/no, default no): name the TSA in TSTInfo.
 
     ConfigurationError naming the variable for anything it cannot use.
     """
     variables = read_variables(TsaEnvironment, env)
-    fields: dict[str, Any] = {"accepted_policies": variables.accepted_policies or (),
-                              "include_chain": variables.include_chain,
-                              "tsa_name": variables.tsa_name}
+    fields: dict[str, Any] = {"accepted_policies": variables.accepted_policies or ()}
+    for key in ("include_chain", "tsa_name"):  # unset: TsaPolicy's default
+        if getattr(variables, key) is not None:
+            fields[key] = getattr(variables, key)
     if variables.default_policy is not None:
         fields["default_policy"] = variables.default_policy
     for name, key, value in (("TINCAY_TSA_ACCURACY", "accuracy", variables.accuracy),

@@ -52,13 +52,16 @@ FAIL_INFOS = {"badAlg": "bad_alg", "badRequest": "bad_request",
 class TsaPolicy:
     """How the TSA answers. ``default_policy`` None: the first certificatePolicies OID of the
     TSA certificate (what its CPS describes). Accuracy of 1 s or better; genTime carries
-    fractional seconds only as finely as the accuracy warrants."""
+    fractional seconds only as finely as the accuracy warrants. ``include_chain``: tokens
+    that ask for certificates carry the TSA certificate and its issuing CAs (not the root, a
+    verifier brings its own), as public TSAs do: jarsigner, osslsigncode and signify build the
+    path only from what the token carries."""
 
     default_policy: str | None = None
     accepted_policies: tuple[str, ...] = ()
     accuracy: timedelta = timedelta(seconds=1)
     hashes: tuple[str, ...] = ("sha256", "sha384", "sha512")
-    include_chain: bool = False
+    include_chain: bool = True
     tsa_name: bool = False
 
     def __post_init__(self) -> None:

@@ -24,7 +24,10 @@ __all__ = ["DIGEST_SIZES", "MAX_NONCE_OCTETS", "Rejected", "RequestReader", "Tsa
 
 # RFC 3161 imprint hashes by asn1crypto name, with their digest sizes
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-MAX_NONCE_OCTETS = 32  # far above the 64-bit nonces clients send; bounds what we echo
+# RFC 3161 sets no bound on the nonce; clients send 64 bits, signing tools up to 256 or 512
+# (with the sign octet, 33 or 65 octets). 1024 bits and its sign octet bounds what a token
+# (and the token log's nonce_hex column) carries.
+MAX_NONCE_OCTETS = 129
 _VERSION_1 = b"\x01"
 _TRUE = b"\xff"
 
@@ -116,13 +119,15 @@ class RequestReader:
 
     def _read_any_shape(self, data: bytes) -> TsaQuestion:
         """Any request asn1crypto can read, checked as RFC 3161 asks."""
+        if der.nested_deeper(data, der.MAX_NESTING):
+            raise Rejected("badDataFormat", f"nested deeper than {der.MAX_NESTING} levels")
         try:
             request = asn1_tsp.TimeStampReq.load(data, strict=True)
             request.native  # noqa: B018 - parse every field now, not lazily later
         except der.UNREADABLE as exc:
             raise Rejected("badDataFormat", f"not a DER TimeStampReq: {exc}") from None
         if request["version"].native != "v1":
-            raise Rejected("badRequest", f"version {request['version'].native} (only v1)")
+            raise Rejected("badRequest", f"version {_short(request['version'])} (only v1)")
         imprint = request["message_imprint"]
         algorithm = imprint["hash_algorithm"]["algorithm"].native
         if algorithm not in self.hashes:
@@ -134,15 +139,32 @@ class RequestReader:
         if len(digest) != DIGEST_SIZES[algorithm]:
             raise Rejected("badDataFormat", f"a {algorithm} imprint of {len(digest)} octets "
                                             f"(expected {DIGEST_SIZES[algorithm]})")
+        # TSTInfo copies the MessageImprint as sent, and asn1crypto reads more than DER: a
+        # NULL with contents (05 01 00), long-form lengths, a constructed OCTET STRING, an
+        # element trailing the digest. A token is signed DER only, so the imprint must be
+        # exactly one of the encodings the common shape takes (module docstring).
+        sent = imprint.dump()
+        algorithm_der = imprint["hash_algorithm"].dump()
+        if self._algorithms.get(algorithm_der) != algorithm or sent != der.tlv(
+                der.SEQUENCE, algorithm_der, der.tlv(der.OCTET_STRING, digest)):
+            raise Rejected("badDataFormat", "the MessageImprint is not DER")
         policy = request["req_policy"].native
         if policy is not None and policy not in self.policies:
             raise Rejected("unacceptedPolicy", f"policy {policy} not accepted")
         nonce = request["nonce"].native
         if nonce is not None and len(request["nonce"].contents) > MAX_NONCE_OCTETS:
-            raise Rejected("badRequest", f"nonce longer than {MAX_NONCE_OCTETS} octets")
+            raise Rejected("badRequest", f"nonce longer than {MAX_NONCE_OCTETS} octets "
+                                         f"({(MAX_NONCE_OCTETS - 1) * 8} bits)")
         for extension in request["extensions"] or ():
             if extension["critical"].native:
                 raise Rejected("unacceptedExtension",
                                f"critical extension {extension['extn_id'].dotted}")
         return TsaQuestion(imprint.dump(), algorithm, digest, policy, nonce,
                            bool(request["cert_req"].native))
+
+
+def _short(value: asn1_core.Integer) -> str:
+    """An INTEGER a client sent, for a rejection's text: its value if short, else its size
+    (Python refuses to print an int of more than 4,300 digits, and no one reads it)."""
+    contents = value.contents or b""
+    return str(value.native) if len(contents) <= 8 else f"of {len(contents)} octets"

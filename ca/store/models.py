@@ -162,7 +162,7 @@ class TimestampToken(Base):
     imprint_algorithm: Mapped[str] = mapped_column(String(16))
     imprint_hex: Mapped[str] = mapped_column(String(128))
     policy: Mapped[str] = mapped_column(String(128))
-    nonce_hex: Mapped[Optional[str]] = mapped_column(String(80))
+    nonce_hex: Mapped[Optional[str]] = mapped_column(String(260))  # 1,024 bits + sign octet
     requester: Mapped[Optional[str]] = mapped_column(String(64))
 
 
