@@ -156,21 +156,16 @@ def _check_nonce_length(length: int) -> None:
 
 def _read_any_shape(data: bytes) -> OcspQuestion:
     """Any request asn1crypto can read, checked as RFC 6960 and RFC 8954 ask."""
+    if der.nested_deeper(data, der.MAX_NESTING):
+        raise MalformedRequest(f"nested deeper than {der.MAX_NESTING} levels")
     try:
         request = asn1_ocsp.OCSPRequest.load(data, strict=True)
         tbs = request["tbs_request"]
         if tbs["version"].native != "v1":
-            raise MalformedRequest(f"version {tbs['version'].native}")
+            raise MalformedRequest("version is not v1")
         cert_ids = []
         for item in tbs["request_list"]:
-            cert_id = item["req_cert"]
-            serial = cert_id["serial_number"].native
-            if serial < 0:
-                raise MalformedRequest("negative serial number")
-            cert_ids.append(RequestedCert(cert_id["hash_algorithm"]["algorithm"].native,
-                                          cert_id["issuer_name_hash"].native,
-                                          cert_id["issuer_key_hash"].native, serial,
-                                          cert_id.dump()))
+            cert_ids.append(_checked_cert_id(item["req_cert"]))
             _check_extensions(item["single_request_extensions"])
         nonce = _check_extensions(tbs["request_extensions"])
         request["optional_signature"].native  # noqa: B018 - parsed, not required
@@ -181,6 +176,25 @@ def _read_any_shape(data: bytes) -> OcspQuestion:
     if not cert_ids:
         raise MalformedRequest("no request in requestList")
     return OcspQuestion(tuple(cert_ids), nonce)
+
+
+def _checked_cert_id(cert_id: asn1_ocsp.CertId) -> RequestedCert:
+    """A CertID asn1crypto read, if it is DER: answers echo it, and asn1crypto reads more
+    than DER (long-form lengths, constructed OCTET STRINGs, a NULL with contents, elements
+    after the serial), which cryptography and OpenSSL then refuse in the signed answer."""
+    serial = cert_id["serial_number"].native
+    if serial < 0:
+        raise MalformedRequest("negative serial number")
+    algorithm = cert_id["hash_algorithm"]
+    name_hash, key_hash = cert_id["issuer_name_hash"].native, cert_id["issuer_key_hash"].native
+    oid = asn1_core.ObjectIdentifier(algorithm["algorithm"].dotted).dump()
+    sent = cert_id.dump()
+    if sent not in {der.tlv(der.SEQUENCE, der.tlv(der.SEQUENCE, oid, null),
+                            der.tlv(der.OCTET_STRING, name_hash),
+                            der.tlv(der.OCTET_STRING, key_hash), der.integer(serial))
+                    for null in (b"", b"\x05\x00")}:
+        raise MalformedRequest("a CertID that is not DER (or hashed with parameters)")
+    return RequestedCert(algorithm["algorithm"].native, name_hash, key_hash, serial, sent)
 
 
 def _check_extensions(extensions: asn1_core.Asn1Value) -> bytes | None:
@@ -194,8 +208,11 @@ def _check_extensions(extensions: asn1_core.Asn1Value) -> bytes | None:
     for extension in extensions:
         name = extension["extn_id"].native
         if name == "nonce":
-            _check_nonce_length(len(extension["extn_value"].parsed.native))
+            octets = extension["extn_value"].parsed.native
+            _check_nonce_length(len(octets))
             nonce = extension["extn_value"].contents
+            if nonce != der.tlv(der.OCTET_STRING, octets):  # echoed: DER only
+                raise MalformedRequest("a nonce that is not DER")
         elif extension["critical"].native and name not in _IGNORED_EXTENSIONS:
             raise MalformedRequest(f"unsupported critical extension {name}")
     return nonce

@@ -91,3 +91,33 @@ def test_read_unsigned_at_the_octet_boundaries() -> None:
     for boundary in (0, 1, 127, 128, 255, 256, 2 ** 63):
         assert der.read_unsigned(der.integer(boundary)[2:]) == boundary
     assert der.read_unsigned(b"\x00\x7f") is None and der.read_unsigned(b"\x80") is None
+
+
+def _nested(depth: int, *, indefinite: bool = False, long_form: bool = False) -> bytes:
+    body = b"\x05\x00"
+    for _ in range(depth):
+        if indefinite:
+            body = b"\x30\x80" + body + b"\x00\x00"
+        elif long_form:
+            body = b"\x30\x82" + len(body).to_bytes(2, "big") + body
+        else:
+            body = der.tlv(0x30, body)
+    return body
+
+
+@pytest.mark.parametrize("framing", [{}, {"indefinite": True}, {"long_form": True}],
+                         ids=["der", "indefinite", "long-form"])
+def test_nested_deeper_counts_constructed_levels_in_any_ber_framing(framing: dict) -> None:
+    """The general request readers refuse what nests past MAX_NESTING before asn1crypto reads
+    it (its cost grows with the square of the depth; past Python's limit it raised
+    RecursionError): every BER framing of the same nesting counts alike, and siblings, an
+    OCTET STRING's contents and broken framing do not add depth."""
+    limit = der.MAX_NESTING
+    assert not der.nested_deeper(_nested(limit, **framing), limit)
+    assert der.nested_deeper(_nested(limit + 1, **framing), limit)
+    assert der.nested_deeper(b"\x30\x00" + _nested(limit + 1, **framing), limit)
+    siblings = der.tlv(0x30, *[_nested(limit - 1, **framing)] * 40)
+    assert not der.nested_deeper(siblings, limit)
+    assert not der.nested_deeper(der.tlv(0x04, _nested(limit + 5)), limit)
+    assert not der.nested_deeper(b"\x30\x85\xff\xff\xff\xff\xff", limit)
+    assert not der.nested_deeper(b"", limit) and not der.nested_deeper(b"\x30", limit)

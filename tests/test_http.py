@@ -2,6 +2,7 @@
 under gunicorn on loopback (the demo hierarchy `make run` serves)."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.client
 import json
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,6 +30,7 @@ from ca.services import CertificateAuthority
 from ca.store.db import create_engine_for, make_session_factory, migrate
 from web.app import create_app
 from tests.conftest import postgres_database
+from ca.der import tlv
 from tsa.core import TimeStampResp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -534,7 +537,8 @@ def _raw_http(base: str, message: bytes, half_close: bool = False) -> bytes:
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("served_demo", ["gevent_pywsgi", "gthread"], indirect=True)
-def test_bad_input_over_real_http(served_demo: tuple[str, Path, dict[str, str]]) -> None:
+def test_bad_input_over_real_http(served_demo: tuple[str, Path, dict[str, str]],
+                                  request: pytest.FixtureRequest) -> None:
     """The refusals tests/test_ocsp.py and tests/test_tsa.py check through Flask's client, here
     through each gunicorn worker class: HTTP errors where the message is not a request of the
     protocol, protocol errors where it is; no 500, no traceback in the log, and the server
@@ -564,6 +568,28 @@ def test_bad_input_over_real_http(served_demo: tuple[str, Path, dict[str, str]])
     rejected = TimeStampResp.load(body)["status"]
     assert status == 200 and rejected["status"].native == "rejection"
     assert rejected["fail_info"].native == {"bad_data_format"}
+
+    # Nested 1,000 deep in an AlgorithmIdentifier's parameters (optionalSignature's, a TSA
+    # request's imprint's): asn1crypto raised RecursionError, answered 500 with a traceback.
+    deep = b"\x05\x00"
+    for _ in range(1000):
+        deep = tlv(0x30, deep)
+    algorithm = tlv(0x30, b"\x06\x03\x2a\x03\x04", deep)  # 1.2.3.4, parameters ANY
+    cert_id = tlv(0x30, tlv(0x30, b"\x06\x05\x2b\x0e\x03\x02\x1a"), tlv(0x04, b"\x01" * 20),
+                  tlv(0x04, b"\x02" * 20), tlv(0x02, b"\x01"))
+    ocsp_deep = tlv(0x30, tlv(0x30, tlv(0x30, tlv(0x30, cert_id))),
+                    tlv(0xA0, tlv(0x30, algorithm, tlv(0x03, b"\x00"))))
+    assert post("/ocsp", ocsp_deep, ocsp_type) == (200, malformed)
+    encoded = urllib.parse.quote(base64.b64encode(ocsp_deep).decode(), safe="")
+    try:
+        with urllib.request.urlopen(f"{base}/ocsp/{encoded}", timeout=10) as reply:
+            assert reply.read() == malformed
+    except urllib.error.HTTPError as refused:  # gthread: gunicorn's 4,094-octet request line
+        assert refused.code in (400, 414) and "gthread" in request.node.name
+    status, body = post("/tsa", tlv(0x30, b"\x02\x01\x01", tlv(0x30, algorithm, tlv(
+        0x04, b"\x00" * 32))), tsa_type)
+    rejected = TimeStampResp.load(body)["status"]
+    assert status == 200 and rejected["fail_info"].native == {"bad_data_format"}
 
     for path, content_type in (("/ocsp", ocsp_type), ("/tsa", tsa_type)):
         head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n".encode()
