@@ -147,7 +147,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         env["TINCAY_HOME"] = str(folder / "home")
         env["HOME"] = str(folder / "user")  # where gunicorn would put its control socket
         env["TINCAY_PUBLIC_URL"] = url = f"http://127.0.0.1:{port}"
-        env["TINCAY_TSA_CHAIN"] = "yes"  # default after issue 19's TSA chain fix
         demo = run([TINCAY, "demo"], env=env)
         assert demo.returncode == 0, demo.stdout + demo.stderr
         server = _serve(folder, env, port)
