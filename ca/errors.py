@@ -79,3 +79,15 @@ class NotFoundError(StoreError):
 
 class AlreadyExistsError(StoreError):
     """An authority or record with that name already exists."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database cannot serve right now: a SQLite file moved away, a PostgreSQL server
+    stopped or out of reach. Callers answer in-protocol (OCSP tryLater, TSA systemFailure,
+    HTTP 503) and try again later; the store logs the outage once (ca.store.outage), so they
+    do not log it per request."""
+
+
+class DatabaseBusyError(StoreError):
+    """A write waited its bound for a lock another connection holds (a long transaction in
+    another process): refused now rather than keep the client waiting longer."""

@@ -29,7 +29,10 @@ class AppContext:
 
         self.settings = Settings.from_env(env)
         self.clock = clock or SystemClock()
-        self._migrate = migrate  # server workers skip it: `tincay serve` migrated before forking
+        # server workers skip it: `tincay serve` checked and migrated before forking, and a
+        # worker (re)started while the database is away must boot all the same and refuse
+        # requests in-protocol until it is back, so a worker does not even read the revision
+        self._migrate = migrate
         self._create = create_database  # only tincay init and tincay demo make a database
 
     @cached_property
@@ -48,7 +51,9 @@ class AppContext:
         if self._create:
             private_dir(self.settings.home)
         restrict(self.settings.home)
-        engine = create_engine_for(self.settings.database_url)
+        engine = create_engine_for(self.settings.database_url, create=self._create)
+        if not self._migrate:
+            return engine
         revision = stored_revision(engine)  # read once: both checks below need it
         if not self._create and revision is None:
             engine.dispose()
@@ -56,8 +61,7 @@ class AppContext:
                 f"no tincay database at {self._where()}: create one with tincay init "
                 "--hierarchy SPEC (or tincay demo), or set TINCAY_HOME or TINCAY_DATABASE_URL "
                 "to the CA's")
-        if self._migrate:
-            migrate_if_behind(engine, revision)
+        migrate_if_behind(engine, revision)
         return engine
 
     def _where(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ca.errors import TincayError
+from ca.errors import DatabaseUnavailableError, TincayError
 from ca.services import CrlInfo, Publication
 
 log = logging.getLogger("tincay.maintenance")
@@ -76,6 +76,8 @@ def run_forever(one_pass: Callable[[], MaintenanceReport], interval: timedelta,
                 if warning not in warned:  # once per process, and again as the days go by
                     log.warning("maintenance: %s", warning)
             warned = set(report.warnings)
+        except DatabaseUnavailableError as exc:  # the store logged the outage once
+            log.debug("maintenance pass failed, retrying in %s: %s", interval, exc)
         except (TincayError, SQLAlchemyError, OSError) as exc:
             log.error("maintenance pass failed, retrying in %s: %s", interval, exc)
         stop.wait(interval.total_seconds())

@@ -126,8 +126,9 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
 
 
 def _worker_ready(worker: Any) -> None:
-    """After "Booting worker": the app is loaded, its database open and its keys bound (found
-    on the token, or during an HSM outage bound to their certificates' public keys).
+    """After "Booting worker": the app is loaded and its keys bound (found on the token, or
+    during an HSM outage bound to their certificates' public keys); during a database outage
+    the worker boots too and reads what it lacks once the database answers (web/app.py).
 
     A worker ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and the
     arbiter answers it by sending each worker SIGQUIT; a gevent worker handed both quit twice,

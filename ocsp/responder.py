@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ca import der, signing
 from ca.clock import Clock
-from ca.errors import BackendUnavailableError, KeyBackendError, StoreError
+from ca.errors import (BackendUnavailableError, DatabaseUnavailableError, KeyBackendError,
+                       StoreError)
 from ca.keys.base import SigningKey
 from ocsp import answers as answers_der
 from ocsp.requests import MalformedRequest, OcspQuestion, RequestedCert, read_request
@@ -107,6 +108,12 @@ class ResponseCache(Protocol):
         still valid and still agrees with the certificate's status, or None."""
 
 
+def _deferred(exc: Exception) -> None:
+    """Log why an answer was tryLater: a database outage is not, the store logged it once."""
+    if not isinstance(exc, DatabaseUnavailableError):
+        log.warning("OCSP answer deferred: %s", exc)
+
+
 def _status_response(status: str) -> bytes:
     return asn1_ocsp.OCSPResponse({"response_status": status}).dump()
 
@@ -120,18 +127,21 @@ UNAUTHORIZED = _status_response("unauthorized")
 class Responder:
     """Answers OCSP requests for the CAs in ``keys`` from ``source``."""
 
-    def __init__(self, keys: Sequence[ResponderKey], source: StatusSource, clock: Clock, *,
+    def __init__(self, keys: Sequence[ResponderKey] | None, source: StatusSource, clock: Clock, *,
                  validity: timedelta = timedelta(hours=12), max_requests: int = 10,
                  extended_revoke: bool = False, cache: ResponseCache | None = None,
                  reload_keys: Callable[[], Sequence[ResponderKey]] | None = None,
                  reload_every: timedelta = timedelta(seconds=30)) -> None:
         if validity <= timedelta(0) or max_requests < 1:
             raise ValueError("validity must be positive and max_requests at least 1")
-        self.keys = tuple(keys)
+        self.keys = tuple(keys or ())
         # Keys change under a running server: a CA created, a responder certificate renewed
         # (ca.services.renewal). With ``reload_keys`` the responder reads them again at most
         # every ``reload_every`` (so questions about issuers it does not serve cannot make it
-        # reload per request): no restart.
+        # reload per request): no restart. ``keys=None``: not known yet (a worker started
+        # while the database was away): every question is answered tryLater, not
+        # unauthorized, and the keys are read again every second until they are known.
+        self.keys_known = keys is not None
         self.reload_keys = reload_keys
         self.reload_every = reload_every.total_seconds()
         self._reloaded_at = -float("inf")
@@ -163,7 +173,7 @@ class Responder:
                 if hit is not None:
                     return hit
         except (BackendUnavailableError, StoreError) as exc:
-            log.warning("OCSP answer deferred: %s", exc)
+            _deferred(exc)
             return TRY_LATER
         try:
             parsed = self.parse(request_der)
@@ -173,7 +183,7 @@ class Responder:
         try:
             key = self.match(parsed.cert_ids)
             if key is None:
-                return UNAUTHORIZED
+                return UNAUTHORIZED if self.keys_known else TRY_LATER
             if route is None and self.cache is not None and parsed.nonce is None and \
                     len(parsed.cert_ids) == 1:
                 cert_id = parsed.cert_ids[0]
@@ -189,7 +199,7 @@ class Responder:
                        for cert_id in parsed.cert_ids]
             return self.sign(key, answers, parsed.nonce, self.clock.now())
         except (KeyBackendError, StoreError) as exc:  # the HSM (its key) or the database
-            log.warning("OCSP answer deferred: %s", exc)
+            _deferred(exc)
             return TRY_LATER
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
             log.exception("OCSP responder failed")
@@ -199,11 +209,15 @@ class Responder:
         """Read the served CAs' keys again when the last reload is older than
         ``reload_every``; an unreachable HSM or database keeps the keys we have."""
         now = time.monotonic()
-        if now - self._reloaded_at < self.reload_every:
+        if now - self._reloaded_at < (self.reload_every if self.keys_known
+                                      else min(self.reload_every, 1.0)):
             return
         self._reloaded_at = now
         try:
             self.keys = tuple(self.reload_keys())  # type: ignore[misc]
+            self.keys_known = True
+        except DatabaseUnavailableError:
+            pass  # logged once per outage by the store
         except (KeyBackendError, StoreError) as exc:
             log.warning("OCSP responder keys not reloaded: %s", exc)
 

@@ -31,7 +31,7 @@ def test_group_commit_batches_greenlets() -> None:
         import gevent
         from ca.store.group_commit import GroupCommitter
         batches = []
-        committer = GroupCommitter(lambda items: batches.append(list(items)))
+        committer = GroupCommitter(lambda items, deadline: batches.append(list(items)))
         def request(i):
             for _ in range(i % 5):
                 gevent.sleep(0)
@@ -50,7 +50,7 @@ def test_group_commit_gathers_for_a_bounded_time() -> None:
         import time
         import gevent
         from ca.store.group_commit import GroupCommitter
-        committer = GroupCommitter(lambda items: None, gather=0.05)
+        committer = GroupCommitter(lambda items, deadline: None, gather=0.05)
         end = time.monotonic() + 5
         def spin():
             while time.monotonic() < end:

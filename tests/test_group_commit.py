@@ -20,7 +20,7 @@ class Log:
         self.entered = threading.Event()
         self.refuse: int | None = None
 
-    def __call__(self, items: list[int]) -> None:
+    def __call__(self, items: list[int], deadline: float | None = None) -> None:
         self.entered.set()
         assert self.hold.wait(10)
         if self.refuse in items:
@@ -95,7 +95,7 @@ def test_a_leader_interrupted_mid_transaction_leaves_no_caller_believing_it_comm
     unfinished; the callers whose records were in it get a StoreError, not a silent return."""
     log = Log()
 
-    def transaction(items: list[int]) -> None:
+    def transaction(items: list[int], deadline: float) -> None:
         log(items)
         if len(log.batches) == 2:  # the second transaction: 1 and 2 together
             raise KeyboardInterrupt
@@ -114,7 +114,7 @@ def test_an_interrupted_retry_leaves_the_records_after_it_unrecorded() -> None:
     log = Log()
     log.refuse = 2
 
-    def transaction(items: list[int]) -> None:
+    def transaction(items: list[int], deadline: float) -> None:
         log(items)
         if items == [1]:
             raise SystemExit

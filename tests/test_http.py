@@ -40,7 +40,7 @@ TINCAY = str(Path(sys.executable).parent / "tincay")
 
 @pytest.fixture
 def client(tmp_path: Path):
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}", create=True)
     migrate(engine)
     profiles = load_profiles(ROOT / "profiles")
     service = CertificateAuthority(make_session_factory(engine), MemoryBackend(), profiles,

@@ -4,6 +4,12 @@ repository, /healthz), over the CA services of one process.
 The caller composes the services (cli.serve for gunicorn workers, after the fork, so each
 worker opens its own database pool and its own PKCS#11 session: DESIGN.md section 5;
 ca.testing for throwaway hierarchies); this module only wires the HTTP adapters to them.
+
+The app is built without the database if need be: a worker that gunicorn restarts while the
+database is away must boot (a worker that fails to boot makes gunicorn stop the whole server,
+the healthy workers too). It then serves what it holds and refuses the rest in-protocol
+(OCSP tryLater, TSA systemFailure, HTTP 503) until the database answers, and reads the OCSP
+keys and the TSA unit it could not read as soon as it does.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import os
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from ca.errors import DatabaseBusyError, DatabaseUnavailableError
 from ca.services import CertificateAuthority
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
@@ -31,17 +38,25 @@ def create_app(service: CertificateAuthority) -> Flask:
     app.extensions["tincay.service"] = service
 
     source = StoreSource(service.revocation, service.ocsp_answers)
+    try:
+        keys = responder_keys(service)
+    except DatabaseUnavailableError:  # read once the database answers
+        keys = None
     app.extensions["tincay.ocsp"] = Responder(
-        responder_keys(service), source, service.clock, cache=source,
+        keys, source, service.clock, cache=source,
         reload_keys=lambda: responder_keys(service))  # a CA created while serving
     app.register_blueprint(repository)
     app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask
 
     unit, policy = tsa_settings(os.environ)
-    app.extensions["tincay.tsa"] = timestamp_authority(service.authorities, unit, policy)
+    try:
+        authority, known = timestamp_authority(service.authorities, unit, policy), True
+    except DatabaseUnavailableError:  # read once the database answers
+        authority, known = None, False
+    app.extensions["tincay.tsa"] = authority
     app.wsgi_app = TsaEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app, app.extensions["tincay.tsa"], service.token_log,  # /tsa
+        app.wsgi_app, authority, service.token_log, known=known,  # /tsa
         refresh=lambda current: refreshed_authority(service.authorities, current, unit, policy))
 
     @app.get("/healthz")
@@ -51,6 +66,13 @@ def create_app(service: CertificateAuthority) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         return Response(f"{exc.code} {exc.name}\n", status=exc.code, mimetype="text/plain")
+
+    @app.errorhandler(DatabaseUnavailableError)
+    @app.errorhandler(DatabaseBusyError)
+    def database_away(exc: Exception) -> Response:  # an outage is logged once, by the store
+        what = "busy" if isinstance(exc, DatabaseBusyError) else "unreachable"
+        return Response(f"503 the database is {what}, try later\n", status=503,
+                        mimetype="text/plain", headers={"Retry-After": "30"})
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:  # a bug: logged, never a traceback to clients

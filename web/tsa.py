@@ -6,6 +6,11 @@ size, hands the body to the pure core, and records every granted token durably *
 reply leaves (the store batches concurrent records into shared commits). A token that could
 not be recorded is never sent: the client gets a systemFailure rejection instead, so no client
 holds a token the operator cannot account for.
+
+A worker started while the database is away does not know its unit yet: it answers
+systemFailure ("the database is unreachable") and asks again every second until it does. The
+token log waits a bounded time for a lock another process holds (ca.services.token_log), then
+the client gets systemFailure "the token log is busy, try later".
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ca.errors import TincayError
+from ca.errors import DatabaseBusyError, DatabaseUnavailableError, TincayError
 from ca.services import TokenLog
 from tsa.core import TimeStampAuthority, rejection
 from web.protocol import Answer, ProtocolEndpoint, plain, read_protocol_body
@@ -30,16 +35,18 @@ log = logging.getLogger("tincay.tsa")
 class TsaEndpoint(ProtocolEndpoint):
     """POST ``/tsa`` (or ``/tsa/``) answered here, in front of the Flask app
     (web.protocol.ProtocolEndpoint): 415 for another Content-Type, 413 past MAX_REQUEST_BYTES, 405
-    for other methods, 404 when no TSA unit is configured."""
+    for other methods, 404 when no TSA unit is configured. ``known=False``: the unit could not
+    be read yet (the database was unreachable), so ``refresh`` is asked every second."""
 
     log = log
 
     def __init__(self, app: Callable, authority: TimeStampAuthority | None,
                  token_log: TokenLog, *,
                  refresh: Callable[[TimeStampAuthority | None], TimeStampAuthority | None]
-                 | None = None, refresh_every: float = 30.0) -> None:
+                 | None = None, refresh_every: float = 30.0, known: bool = True) -> None:
         super().__init__(app)
         self.authority = authority
+        self.known = known
         self.token_log = token_log
         # A renewed TSA unit (ca.services.renewal) is taken up without a restart: every
         # ``refresh_every`` seconds ``refresh`` gets the current authority and returns it, or
@@ -49,11 +56,15 @@ class TsaEndpoint(ProtocolEndpoint):
         self._refreshed_at = time.monotonic()
 
     def _refresh(self) -> None:
-        if self.refresh is None or time.monotonic() - self._refreshed_at < self.refresh_every:
+        every = self.refresh_every if self.known else min(self.refresh_every, 1.0)
+        if self.refresh is None or time.monotonic() - self._refreshed_at < every:
             return
         self._refreshed_at = time.monotonic()
         try:
             self.authority = self.refresh(self.authority)
+            self.known = True
+        except DatabaseUnavailableError:  # logged once by the store; keep the unit we have
+            pass
         except (TincayError, SQLAlchemyError) as exc:  # keep the unit we have
             log.warning("TSA unit not refreshed: %s", exc)
 
@@ -64,17 +75,27 @@ class TsaEndpoint(ProtocolEndpoint):
         if environ.get("REQUEST_METHOD") != "POST":
             return plain(405, "Method Not Allowed", ("Allow", "POST"))
         self._refresh()
-        if self.authority is None:
+        if self.authority is None and self.known:
             return plain(404, "no time-stamp unit is configured here")
         body = read_protocol_body(environ, TIMESTAMP_QUERY, MAX_REQUEST_BYTES,
                                   "time-stamp requests")
         if isinstance(body, tuple):
             return plain(*body)
+        if self.authority is None:
+            return "200 OK", _REPLY_HEADERS, rejection(
+                "systemFailure", "the database is unreachable, try later")
         result = self.authority.respond(body, environ.get("REMOTE_ADDR"))
         if result.granted is not None:
             token = result.granted
             try:
                 self.token_log.record(token)
+            except DatabaseBusyError as exc:
+                log.warning("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
+                return "200 OK", _REPLY_HEADERS, rejection("systemFailure",
+                                                           "the token log is busy, try later")
+            except DatabaseUnavailableError:  # logged once by the store, not per request
+                return "200 OK", _REPLY_HEADERS, rejection(
+                    "systemFailure", "the token log's database is unreachable, try later")
             except (TincayError, SQLAlchemyError) as exc:
                 log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
                 return "200 OK", _REPLY_HEADERS, rejection("systemFailure",

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from cryptography import x509
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ca.clock import Clock
@@ -21,6 +22,7 @@ from ca.errors import IssuanceError
 from ca.keys.base import KeyBackend
 from ca.store.hot import HotInsert, HotQuery
 from ca.store.models import Authority
+from ca.store.outage import DatabaseOutage
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: listings need neither at run time
     from ca import issuance
@@ -53,12 +55,30 @@ class ServiceContext:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed when the block ends, rolled back if it raises."""
-        with self.sessions() as session, session.begin():
+        with self._reaching(), self.sessions() as session, session.begin():
             yield session
 
-    def read(self) -> Session:
-        """A session for read-only callers (listings); the caller closes it."""
-        return self.sessions()
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for read-only callers (listings), closed when the block ends."""
+        with self._reaching(), self.sessions() as session:
+            yield session
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """The database's own failures as the store's errors: DatabaseUnavailableError while
+        it cannot be reached (logged once per outage), DatabaseBusyError for a lock held
+        elsewhere, so every service fails with a StoreError the protocols answer in-protocol."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            raise self.outage.error(exc.orig or exc) from None
+
+    @cached_property
+    def outage(self) -> DatabaseOutage:
+        """Whether this process reaches its database (ca.store.outage), shared with the hot
+        paths."""
+        return DatabaseOutage(self.engine)
 
     @cached_property
     def engine(self) -> Any:
@@ -67,13 +87,15 @@ class ServiceContext:
 
     def hot_query(self, statement: Any) -> HotQuery:
         """A hot-path read (ca.store.hot: no ORM session per call), closed with the context."""
-        hot = HotQuery(self.engine, statement)
+        hot = HotQuery(self.engine, statement, outage=self.outage)
         self._hot.append(hot)
         return hot
 
-    def hot_insert(self, table: Any, columns: Sequence[str]) -> HotInsert:
-        """A hot-path insert (ca.store.hot), closed with the context."""
-        hot = HotInsert(self.engine, table, columns)
+    def hot_insert(self, table: Any, columns: Sequence[str], *,
+                   busy_wait: float = 5.0) -> HotInsert:
+        """A hot-path insert (ca.store.hot) that waits at most ``busy_wait`` seconds for a
+        lock held elsewhere, closed with the context."""
+        hot = HotInsert(self.engine, table, columns, busy_wait=busy_wait, outage=self.outage)
         self._hot.append(hot)
         return hot
 

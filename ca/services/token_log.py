@@ -14,6 +14,12 @@ from ca.store.models import TimestampToken
 from ca.timestamps import TimestampRecord
 
 
+# How long a time-stamp request waits for the log at most (a lock another process holds, a
+# commit that does not come): well under a client's timeout, so it gets a systemFailure it can
+# act on rather than a dropped connection.
+TOKEN_LOG_WAIT = 5.0
+
+
 class TokenLog:
     """Records tokens durably (concurrent callers share commits) and lists them."""
 
@@ -24,7 +30,9 @@ class TokenLog:
         """Record a granted time-stamp token durably; returns once it is committed.
 
         Concurrent callers share commits (ca.store.group_commit), so durability costs one
-        commit per batch rather than per token.
+        commit per batch rather than per token. Waits at most TOKEN_LOG_WAIT seconds:
+        DatabaseBusyError then (a lock held elsewhere), DatabaseUnavailableError at once while
+        the database cannot be reached.
         """
         self._committer.submit(token)
 
@@ -40,8 +48,10 @@ class TokenLog:
 
     @cached_property
     def _committer(self) -> GroupCommitter[TimestampRecord]:
-        return GroupCommitter(partial(queries.add_timestamp_tokens, self._insert))
+        return GroupCommitter(partial(queries.add_timestamp_tokens, self._insert),
+                              timeout=TOKEN_LOG_WAIT)
 
     @cached_property
     def _insert(self) -> HotInsert:
-        return self.context.hot_insert(TimestampToken.__table__, queries.TOKEN_COLUMNS)
+        return self.context.hot_insert(TimestampToken.__table__, queries.TOKEN_COLUMNS,
+                                       busy_wait=TOKEN_LOG_WAIT)

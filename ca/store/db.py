@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -20,12 +21,17 @@ from ca.files import private_dir, restrict
 from ca.store.greenlets import gevent_patched
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_MS = 30000  # how long a SQLite statement waits for another process's lock
 
 
-def create_engine_for(url: str) -> Engine:
+def create_engine_for(url: str, *, create: bool = False) -> Engine:
     """An engine for ``url`` with the settings each backend needs.
 
-    SQLite: the parent directory is created, WAL journaling (readers never block the writer)
+    SQLite: a file that does not exist is not created (opened with ``mode=rw``: a worker or
+    command whose database was moved away gets "unable to open database file", not a new
+    empty database that answers "no such table" and then stands in the CA's place) unless
+    ``create`` (tincay init and demo, test fixtures), which also creates the parent
+    directory; WAL journaling (readers never block the writer)
     with ``synchronous=FULL`` (each commit fsyncs the WAL, so a committed certificate or
     time-stamp record survives a power loss or an OS crash, not only a process crash as with
     NORMAL; the TSA's group commit shares one fsync among a batch of tokens), foreign keys
@@ -43,7 +49,8 @@ def create_engine_for(url: str) -> Engine:
         database = parsed.database
         if database and database != ":memory:":
             database_file = Path(database)
-            private_dir(database_file.parent)
+            if create:
+                private_dir(database_file.parent)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -57,6 +64,9 @@ def create_engine_for(url: str) -> Engine:
         if database_file is not None:
             event.listen(engine, "connect", _owner_only(database_file))
         event.listen(engine, "connect", _sqlite_pragmas)
+        if not create and parsed.database not in (None, "", ":memory:") and \
+                "uri" not in parsed.query:  # a file: URI chooses its own mode
+            event.listen(engine, "do_connect", _open_existing_only)
     elif engine.dialect.driver == "psycopg2" and gevent_patched():
         _wait_for_postgres_cooperatively()
     return engine
@@ -90,10 +100,16 @@ def _owner_only(database: Path) -> Callable[[Any, Any], None]:
     return hook
 
 
+def _open_existing_only(_dialect: Any, _record: Any, cargs: list, cparams: dict) -> None:
+    """Open the SQLite file as a ``file:`` URI with ``mode=rw``: never create it."""
+    cargs[0] = f"file:{quote(str(cargs[0]))}?mode=rw"
+    cparams["uri"] = True
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()

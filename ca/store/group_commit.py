@@ -37,18 +37,21 @@ import threading
 import time
 from typing import Callable, Generic, TypeVar
 
-from ca.errors import StoreError
+from ca.errors import DatabaseBusyError, DatabaseUnavailableError, StoreError
 from ca.store.greenlets import wait_for_other_greenlets
 
 T = TypeVar("T")
-Transaction = Callable[[list[T]], None]
+# ``transaction(items, deadline)``: commit the items, waiting for a lock held elsewhere no
+# later than ``deadline`` (time.monotonic()), when the batch's oldest caller gives up
+Transaction = Callable[[list[T], float], None]
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("item", "done", "error")
+    __slots__ = ("item", "deadline", "done", "error")
 
-    def __init__(self, item: T) -> None:
+    def __init__(self, item: T, deadline: float) -> None:
         self.item = item
+        self.deadline = deadline
         self.done = False
         self.error: BaseException | None = None
 
@@ -57,9 +60,13 @@ class GroupCommitter(Generic[T]):
     """``submit(item)`` returns once ``transaction([..., item, ...])`` has committed.
 
     ``max_batch`` bounds one transaction. A failing batch is retried item by item, so one bad
-    record (a duplicate serial) fails only its own caller. A caller that waited ``timeout``
-    seconds for others' transactions gets a StoreError (its record may still be committed
-    later: a recorded token nobody received is harmless, the converse is what must not happen).
+    record (a duplicate serial) fails only its own caller; a batch the database could not
+    take at all (unreachable, or a lock held elsewhere: DatabaseUnavailableError,
+    DatabaseBusyError) fails every caller in it at once, since retrying each alone would only
+    wait again. No caller waits more than ``timeout`` seconds: the transaction is given the
+    batch's oldest caller's deadline, and a caller that waited that long for others'
+    transactions gets a DatabaseBusyError (its record may still be committed later: a
+    recorded token nobody received is harmless, the converse is what must not happen).
     """
 
     def __init__(self, transaction: Transaction[T], *, max_batch: int = 256,
@@ -74,8 +81,8 @@ class GroupCommitter(Generic[T]):
         self.commits = 0  # transactions committed, for tests and benchmarks
 
     def submit(self, item: T) -> None:
-        entry = _Entry(item)
         deadline = time.monotonic() + self._timeout
+        entry = _Entry(item, deadline)
         with self._changed:
             self._pending.append(entry)
         while not entry.done:
@@ -101,7 +108,8 @@ class GroupCommitter(Generic[T]):
                 if not self._changed.wait(deadline - time.monotonic()):
                     if entry in self._pending:  # not taken by a leader: withdraw it
                         self._pending.remove(entry)
-                    raise StoreError(f"the database did not commit within {self._timeout} s")
+                    raise DatabaseBusyError(f"the database did not commit within "
+                                            f"{self._timeout:g} s")
             if entry.done:
                 return False
             self._leading = True
@@ -115,13 +123,14 @@ class GroupCommitter(Generic[T]):
         for entry in batch:
             entry.error = StoreError("the transaction was interrupted")
         try:
-            self._transaction([entry.item for entry in batch])
+            self._transaction([entry.item for entry in batch], batch[0].deadline)
             self.commits += 1
             for entry in batch:
                 entry.error = None
         except Exception as exc:  # noqa: BLE001 - not hidden: handed to the waiting caller
-            if len(batch) == 1:
-                batch[0].error = exc
+            if len(batch) == 1 or isinstance(exc, (DatabaseBusyError, DatabaseUnavailableError)):
+                for entry in batch:
+                    entry.error = exc
             else:
                 for entry in batch:  # isolate the failing record: the others still commit
                     self._commit([entry])

@@ -15,20 +15,31 @@ rows in one transaction and commits before it returns.
 
 A failed statement invalidates its connection and the kept ones (a server restart takes them
 all); the caller gets :class:`StoreError` (the OCSP responder answers tryLater, the TSA
-systemFailure) and the next statement connects afresh. An integrity error (a duplicate key)
-only rolls back: it is the caller's to explain.
+systemFailure) and the next statement connects afresh; a database that cannot be reached is a
+DatabaseUnavailableError, logged once per outage (ca.store.outage). An integrity error (a
+duplicate key) only rolls back: it is the caller's to explain.
+
+A write that meets a lock another connection holds (a long transaction in another process)
+waits at most ``busy_wait`` seconds, and never inside the driver: SQLite's busy handler sleeps
+in C, which under gevent stops every request of the worker for the whole wait, so the insert's
+connection has no busy timeout and retries after cooperative sleeps (``time.sleep``, which
+gevent patched); PostgreSQL waits on the server (psycopg2 waits cooperatively), bounded by the
+connection's lock_timeout and statement_timeout. Then DatabaseBusyError.
 """
 from __future__ import annotations
 
 import itertools
 import os
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, Select, Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ca.errors import StoreError
+from ca.errors import DatabaseBusyError
+from ca.store.db import SQLITE_BUSY_MS
+from ca.store.outage import DatabaseOutage, is_busy
 
 __all__ = ["HotInsert", "HotQuery", "stream_rows"]
 
@@ -38,10 +49,14 @@ _STREAMS = itertools.count()  # names of PostgreSQL server-side cursors
 class _KeptConnections:
     """Pool connections kept checked out for one statement, never across a fork."""
 
-    def __init__(self, engine: Engine, *, autocommit: bool, keep: int) -> None:
+    def __init__(self, engine: Engine, *, autocommit: bool, keep: int,
+                 outage: DatabaseOutage | None = None,
+                 setup: Sequence[str] = (), teardown: Sequence[str] = ()) -> None:
         self.engine = engine
         self._autocommit = autocommit
         self._keep = keep
+        self.outage = outage or DatabaseOutage(engine)
+        self._setup, self._teardown = setup, teardown  # run on a connection kept, and returned
         self._idle: list[Any] = []  # checked-out pool connections; list pop/append are atomic
         self._pid = os.getpid()
         dbapi_error = getattr(engine.dialect.dbapi, "Error", None)
@@ -58,11 +73,28 @@ class _KeptConnections:
             pass
         try:
             fairy = self.engine.raw_connection()
-        except DBAPIError as exc:
-            raise StoreError(f"database unreachable: {exc.orig}") from None
-        if self._autocommit and self.engine.dialect.name != "sqlite":
-            fairy.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+        except self.errors as exc:  # the pool hands the driver's own error on unwrapped
+            raise self.outage.unreachable(exc) from None
+        try:
+            if self._autocommit and self.engine.dialect.name != "sqlite":
+                fairy.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            self._run(fairy, self._setup)
+        except self.errors as exc:
+            _invalidate(fairy)
+            raise self.outage.error(exc, "connection set-up") from None
         return fairy
+
+    def _run(self, fairy: Any, statements: Sequence[str]) -> None:
+        if not statements:
+            return
+        cursor = fairy.dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
+        if not self._autocommit and self.engine.dialect.name != "sqlite":
+            fairy.dbapi_connection.commit()  # PostgreSQL's SET opened a transaction
 
     def checkin(self, fairy: Any) -> None:
         if len(self._idle) < self._keep:
@@ -79,15 +111,15 @@ class _KeptConnections:
         fairy = self.checkout()
         try:
             yield fairy.dbapi_connection
-        except IntegrityError:
-            self.checkin(fairy)
+        except (IntegrityError, DatabaseBusyError):
+            self.checkin(fairy)  # the caller rolled back
             raise
         except self.errors as exc:
             _invalidate(fairy)
             stale, self._idle = self._idle, []
             for other in stale:
                 _invalidate(other)
-            raise StoreError(f"database {what} failed: {exc}") from None
+            raise self.outage.error(exc, what) from None
         except BaseException:
             _invalidate(fairy)
             raise
@@ -99,6 +131,11 @@ class _KeptConnections:
             self._to_pool(self._idle.pop())
 
     def _to_pool(self, fairy: Any) -> None:
+        try:
+            self._run(fairy, self._teardown)
+        except self.errors:
+            _invalidate(fairy)
+            return
         if self._autocommit and self.engine.dialect.name != "sqlite":
             fairy.dbapi_connection.autocommit = False  # type: ignore[union-attr]
         fairy.close()
@@ -107,7 +144,8 @@ class _KeptConnections:
 class HotQuery:
     """``HotQuery(engine, statement).first(params)``: the first row, processed, or None."""
 
-    def __init__(self, engine: Engine, statement: Select, *, keep: int = 8) -> None:
+    def __init__(self, engine: Engine, statement: Select, *, keep: int = 8,
+                 outage: DatabaseOutage | None = None) -> None:
         dialect = engine.dialect
         compiled = statement.compile(dialect=dialect)
         self._sql = compiled.string
@@ -115,7 +153,7 @@ class HotQuery:
         self._processors: tuple[Callable[[Any], Any] | None, ...] = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in statement.selected_columns)
-        self._connections = _KeptConnections(engine, autocommit=True, keep=keep)
+        self._connections = _KeptConnections(engine, autocommit=True, keep=keep, outage=outage)
 
     def first(self, params: Mapping[str, Any]) -> tuple | None:
         bound = tuple(params[name] for name in self._order) if self._order is not None \
@@ -139,12 +177,16 @@ class HotQuery:
 class HotInsert:
     """``HotInsert(engine, table, columns).insert(rows)``: the rows (mappings of column name
     to value) inserted in one transaction, committed on return. A duplicate key rolls back
-    and raises SQLAlchemy's IntegrityError (as a Session would); any other failure is a
-    StoreError."""
+    and raises SQLAlchemy's IntegrityError (as a Session would); a lock held elsewhere for
+    ``busy_wait`` seconds (or until the caller's deadline) DatabaseBusyError; any other failure
+    is a StoreError."""
 
     def __init__(self, engine: Engine, table: Table, columns: Sequence[str], *,
-                 keep: int = 1) -> None:
+                 keep: int = 1, busy_wait: float = 5.0,
+                 outage: DatabaseOutage | None = None) -> None:
         dialect = engine.dialect
+        self.busy_wait = busy_wait
+        self._retry_busy = dialect.name == "sqlite"  # PostgreSQL waits on the server
         compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
         self._sql = compiled.string
         processors = {name: table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -153,18 +195,59 @@ class HotInsert:
         # positional parameters (SQLite): each in its place with its processor, looked up once
         self._positions = tuple((name, processors.get(name)) for name in compiled.positiontup
                                 or ()) if compiled.positional else None
-        self._connections = _KeptConnections(engine, autocommit=False, keep=keep)
+        milliseconds = max(1, int(busy_wait * 1000))
+        setup, teardown = {  # the write connection's own waits; the pool's defaults restored
+            "sqlite": (("PRAGMA busy_timeout=0",), (f"PRAGMA busy_timeout={SQLITE_BUSY_MS}",)),
+            "postgresql": ((f"SET lock_timeout = {milliseconds}",
+                            f"SET statement_timeout = {milliseconds}"),
+                           ("RESET lock_timeout", "RESET statement_timeout")),
+        }.get(dialect.name, ((), ()))
+        self._connections = _KeptConnections(engine, autocommit=False, keep=keep,
+                                             outage=outage, setup=setup, teardown=teardown)
 
-    def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def insert(self, rows: Sequence[Mapping[str, Any]], *,
+               deadline: float | None = None) -> None:
+        """Insert and commit ``rows``; a lock held elsewhere is waited for until ``deadline``
+        (``time.monotonic()``) or ``busy_wait`` seconds from now, whichever comes first."""
         processed = [self._bind(row) for row in rows]
+        give_up = time.monotonic() + self.busy_wait
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        started, pause = time.monotonic(), 0.001
+        while True:
+            try:
+                return self._insert(processed, give_up)
+            except DatabaseBusyError as exc:
+                left = give_up - time.monotonic()
+                if not self._retry_busy or left <= 0:
+                    raise DatabaseBusyError(
+                        f"the write waited {time.monotonic() - started:.1f} s for a lock "
+                        f"another connection holds ({exc})") from None
+            time.sleep(min(pause, left))  # cooperative under gevent: the worker serves on
+            pause = min(pause * 2, 0.05)
+
+    def _insert(self, processed: list[Any], give_up: float) -> None:
         with self._connections.use("write") as connection:
             cursor = connection.cursor()
             try:
+                left = give_up - time.monotonic()
+                if not self._retry_busy and left < self.busy_wait - 0.25:
+                    # the caller has waited already (behind a batch that met the lock): the
+                    # server's wait, in this transaction only, ends at the caller's deadline.
+                    # Never on a normal commit: a batch's deadline is then busy_wait away.
+                    milliseconds = max(1, int(left * 1000))
+                    cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+                    cursor.execute(f"SET LOCAL statement_timeout = {milliseconds}")
                 cursor.executemany(self._sql, processed)
                 connection.commit()
             except self._connections.integrity_errors as exc:
                 connection.rollback()
                 raise IntegrityError(self._sql, None, exc) from None
+            except self._connections.errors as exc:
+                if not is_busy(exc):
+                    raise
+                connection.rollback()
+                raise DatabaseBusyError(str(exc)) from None
             finally:
                 cursor.close()
 

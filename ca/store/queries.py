@@ -397,16 +397,18 @@ TOKEN_COLUMNS = ("unit", "serial_hex", "gen_time", "imprint_algorithm", "imprint
                  "nonce_hex", "requester")  # what a HotInsert of the token log writes
 
 
-def add_timestamp_tokens(token_insert: HotInsert, tokens: Sequence[TimestampRecord]) -> None:
+def add_timestamp_tokens(token_insert: HotInsert, tokens: Sequence[TimestampRecord],
+                         deadline: float | None = None) -> None:
     """Record granted tokens in one transaction (the TSA's reply waits on it: ``token_insert``
-    is a :class:`HotInsert` of :data:`TOKEN_COLUMNS` into the token table); a duplicate serial
-    is an AlreadyExistsError naming it when the batch holds one token."""
+    is a :class:`HotInsert` of :data:`TOKEN_COLUMNS` into the token table), waiting for a lock
+    held elsewhere until ``deadline`` at most; a duplicate serial is an AlreadyExistsError
+    naming it when the batch holds one token."""
     rows = [{"unit": t.unit, "serial_hex": format(t.serial, "x"), "gen_time": t.gen_time,
              "imprint_algorithm": t.imprint_algorithm, "imprint_hex": t.imprint.hex(),
              "policy": t.policy, "nonce_hex": format(t.nonce, "x") if t.nonce is not None else None,
              "requester": t.requester} for t in tokens]
     try:
-        token_insert.insert(rows)
+        token_insert.insert(rows, deadline=deadline)
     except IntegrityError as exc:
         if not _is_unique_violation(exc):
             raise

@@ -104,7 +104,7 @@ class Hierarchy:
             profile_set = load_profiles(Path(profiles) if profiles else REPO_ROOT / "profiles")
         parsed = load_hierarchy(spec if isinstance(spec, Mapping) else Path(spec), profile_set)
         clock = FrozenClock((at or SystemClock().now()).replace(microsecond=0))
-        engine = create_engine_for(database_url)
+        engine = create_engine_for(database_url, create=True)
         url = make_url(database_url)
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             create_throwaway_schema(engine)  # dies with the process: no migration chain
