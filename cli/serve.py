@@ -21,6 +21,9 @@ queued on a worker's socket when that worker exits (a reload, a crash) are reset
 kernel migrates them, so production hosts set ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14+).
 SO_REUSEPORT would also let a second server join a port in use, so :func:`serve` first checks
 that the port is free.
+
+Slow clients and ambiguous framings are bounded and refused by cli/http_limits.py (the limits,
+TINCAY_HTTP_*) and cli/pywsgi_worker.py (gevent's handler under them).
 """
 from __future__ import annotations
 
@@ -36,7 +39,12 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from ca.errors import ConfigurationError
+from cli.http_limits import HttpLimits, raise_open_files
 from cli.params import WORKER_CLASSES
+
+# what each --worker-class name runs: gunicorn's workers under tincay's deadlines
+WORKERS = {"gevent_pywsgi": "cli.pywsgi_worker.TincayPyWSGIWorker",
+           "gthread": "gthread"}
 
 
 class _Log(Logger):
@@ -54,9 +62,11 @@ class TincayServer(BaseApplication):
     """gunicorn configured from arguments instead of a config file or argv."""
 
     def __init__(self, options: dict[str, Any],
-                 app_factory: Callable[[], Any] | None = None) -> None:
+                 app_factory: Callable[[], Any] | None = None,
+                 limits: HttpLimits | None = None) -> None:
         self.options = options
         self.app_factory = app_factory
+        self.limits = limits or HttpLimits()  # read by cli.pywsgi_worker in each worker
         super().__init__()
 
     def load_config(self) -> None:
@@ -85,9 +95,17 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         raise ConfigurationError(f"worker class {worker_class!r} is not one of "
                                  f"{', '.join(WORKER_CLASSES)}")
     check_free(host, port)
+    limits = HttpLimits.from_env(os.environ)
+    files_before, files, files_needed = raise_open_files(limits.connections)
     children: list[subprocess.Popen] = []
 
     def when_ready(server: Any) -> None:
+        server.log.info("Open files per process: %s (was %s); %s connections per worker",
+                        files, files_before, limits.connections)
+        if files < files_needed:
+            server.log.warning("Open-file limit %s is below the %s that %s connections per "
+                               "worker need: raise ulimit -n (hard) or lower "
+                               "TINCAY_HTTP_CONNECTIONS", files, files_needed, limits.connections)
         if maintenance is not None:
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "maintain", "--interval",
@@ -104,9 +122,10 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
     TincayServer({
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers or os.cpu_count() or 1,
-        "worker_class": worker_class,
+        "worker_class": WORKERS[worker_class],
         "threads": threads,
-        "keepalive": 5,
+        "keepalive": max(1, round(limits.keepalive)),  # gthread closes idle connections then
+        "worker_connections": limits.connections,  # gevent: its greenlet pool; gthread: too
         "reuse_port": True,  # one socket per worker: the kernel balances connections
         "timeout": 30,
         "graceful_timeout": 10,
@@ -122,7 +141,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "post_worker_init": _worker_ready,
         "logger_class": _Log,
         "on_exit": on_exit,
-    }, app_factory).run()
+    }, app_factory, limits).run()
 
 
 def _worker_ready(worker: Any) -> None:

@@ -154,7 +154,7 @@ def test_tincay_serve_under_gunicorn(served_demo: tuple[str, Path, dict[str, str
     assert second.returncode != 0 and f"cannot serve on 127.0.0.1:{port}" in second.stderr
     urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
     log = (home.parent / "serve.log").read_text()
-    assert "Using worker: gevent_pywsgi" in log  # the default
+    assert "Using worker: cli.pywsgi_worker.TincayPyWSGIWorker" in log  # the default
     assert f"Listening at: http://127.0.0.1:{port} (a SO_REUSEPORT socket in each worker)" in log
     # Ctrl-C reaches the whole process group: a worker leaves SIGINT to the arbiter (which
     # sends it SIGQUIT), so it neither quits twice (a SystemExit traceback) nor alone

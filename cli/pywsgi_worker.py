@@ -1,0 +1,168 @@
+"""gunicorn's ``gevent_pywsgi`` worker with the bounds of cli/http_limits.py: `tincay serve`'s
+default worker (cli/serve.py says why pywsgi).
+
+gevent's WSGI handler waits for a request line, headers and body for as long as a client takes
+to send them, and keeps an idle connection open forever (gunicorn's keepalive setting does not
+reach pywsgi). Here each phase runs under a total deadline (one gevent.Timeout, not a socket
+timeout, which a byte every few seconds would renew):
+
+- request line and headers: ``header_timeout`` from the connection's accept, or from the first
+  byte of a kept-alive connection's next request; expired, the client gets 408 (if it reads)
+  and the connection is closed;
+- between two requests on one connection: ``keepalive`` for the next request's first byte;
+- the body: ``body_timeout`` for all of it; expired, a read of ``wsgi.input`` fails (the
+  protocol endpoints answer 400 with ``Connection: close``, web/protocol.py) and the connection
+  is closed after the response.
+
+The headers are also checked for an ambiguous framing (cli.http_limits.framing_refusal) before
+gevent reads a body by them: refused with 400 or 501, the connection closed.
+"""
+from __future__ import annotations
+
+from time import monotonic
+from typing import Any, Callable, ClassVar, Iterator
+
+import gevent
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+from cli.http_limits import HttpLimits, framing_refusal
+
+__all__ = ["TincayPyWSGIWorker"]
+
+
+class _Expired(OSError):
+    """A deadline passed: raised into the reading greenlet by gevent.Timeout. An OSError, so
+    gevent's handler treats it as the connection failing (closes it, no traceback)."""
+
+
+class _Refused(ValueError):
+    """A request refused before the app sees it; gevent answers a ValueError from
+    read_request through _handle_client_error, which we extend to send our status."""
+
+    def __init__(self, status: int, reason: str, log: bool = True) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.log = status, reason, log
+
+
+_PHRASES = {400: "Bad Request", 408: "Request Timeout", 501: "Not Implemented"}
+
+
+class _BoundedInput:
+    """``wsgi.input`` whose reads together end by ``deadline`` (monotonic seconds); after it,
+    every read fails and :attr:`expired` tells the handler to close the connection."""
+
+    __slots__ = ("_input", "_deadline", "expired")
+
+    def __init__(self, body: Any, deadline: float) -> None:
+        self._input, self._deadline, self.expired = body, deadline, False
+
+    def _bounded(self, read: Callable[..., Any], *args: Any) -> Any:
+        remaining = self._deadline - monotonic()
+        if remaining > 0:
+            try:
+                with gevent.Timeout(remaining, _Expired):
+                    return read(*args)
+            except _Expired:
+                pass
+        self.expired = True
+        raise _Expired("the request body did not arrive in time")
+
+    def read(self, length: int | None = None) -> bytes:
+        return self._bounded(self._input.read, length)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._bounded(self._input.readline, size)
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        return self._bounded(self._input.readlines, hint)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def _discard(self) -> None:  # gevent reads what the app left, to reach the next request
+        self._bounded(self._input._discard)
+
+
+class BoundedHandler(PyWSGIHandler):
+    """gunicorn's pywsgi handler (access log, environ) with deadlines and framing checks."""
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+    _timer: gevent.Timeout | None = None
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except _Expired:  # a deadline hit while gevent wrote an error answer: nothing to do
+            pass
+        finally:
+            self._stop_timer()
+
+    def read_requestline(self) -> str:
+        if self.requestline is not None:  # a kept-alive connection: its next request
+            with gevent.Timeout(self.limits.keepalive, _Expired):
+                self.rfile.peek(1)  # at once when the client pipelined it
+        self._timer = gevent.Timeout.start_new(self.limits.header_timeout, _Expired)
+        line = super().read_requestline()
+        if not line.endswith("\n"):  # end of stream, or too long: gevent closes, no headers
+            self._stop_timer()
+        return line
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return super().read_request(raw_requestline)
+        except _Expired:
+            raise _Refused(408, "the request headers did not arrive in time", log=False) from None
+        finally:
+            self._stop_timer()
+
+    def MessageClass(self, *args: Any) -> Any:  # noqa: N802 - gevent's name
+        """The headers, refused before gevent frames a body by them (gevent drops
+        Content-Length when chunked, and takes the first of two Content-Lengths)."""
+        headers = super().MessageClass(*args)
+        if headers.defects:  # a line without a colon ("Transfer-Encoding : chunked"), ...
+            raise _Refused(400, "malformed header line")
+        refusal = framing_refusal(self.request_version, headers.items())
+        if refusal is not None:
+            raise _Refused(*refusal)
+        return headers
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        body = self.wsgi_input
+        if environ["wsgi.input"] is body and (body.content_length or body.chunked_input):
+            environ["wsgi.input"] = self.wsgi_input = _BoundedInput(
+                body, monotonic() + self.limits.body_timeout)
+        return environ
+
+    def handle_one_response(self) -> None:
+        super().handle_one_response()
+        if getattr(self.wsgi_input, "expired", False):
+            self.close_connection = True  # the body's rest is still coming: no next request
+
+    def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
+        if not isinstance(ex, _Refused):
+            return super()._handle_client_error(ex)
+        if ex.log:
+            self.log_error("(from %s) refused: %s", self.client_address, ex.reason)
+        self.close_connection = True
+        text = f"{ex.status} {ex.reason}\n".encode()
+        return str(ex.status), (
+            f"HTTP/1.1 {ex.status} {_PHRASES[ex.status]}\r\nConnection: close\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(text)}\r\n\r\n"
+        ).encode() + text
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+
+class TincayPyWSGIWorker(GeventPyWSGIWorker):
+    """gunicorn's pywsgi worker serving through :class:`BoundedHandler`, with the limits the
+    arbiter read (cli.serve: ``app.limits``); gunicorn's ``worker_connections`` and
+    ``keepalive`` settings carry the connection cap and the keep-alive bound."""
+
+    def init_process(self) -> None:
+        limits = getattr(self.app, "limits", None) or HttpLimits()
+        self.wsgi_handler = type("BoundedHandler", (BoundedHandler,), {"limits": limits})
+        super().init_process()
