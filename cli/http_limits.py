@@ -7,7 +7,7 @@ as the server lets it. gevent's WSGI server has no deadline of its own, and guni
 gevent worker at 1,000 connections: about 2,100 such clients against 2 workers stopped every
 other client. The bounds here are total deadlines (a byte now and then does not renew them),
 and the connection cap is set so high that sockets held until their deadline are not what
-runs out (cli/pywsgi_worker.py applies them).
+runs out (cli/pywsgi_worker.py and cli/gthread_worker.py apply them).
 
 Framing (RFC 9112 section 6): a body's length is taken from exactly one Content-Length or from
 ``Transfer-Encoding: chunked``, never from both; a proxy in front that reads the other header

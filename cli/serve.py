@@ -23,7 +23,8 @@ SO_REUSEPORT would also let a second server join a port in use, so :func:`serve`
 that the port is free.
 
 Slow clients and ambiguous framings are bounded and refused by cli/http_limits.py (the limits,
-TINCAY_HTTP_*) and cli/pywsgi_worker.py (gevent's handler under them).
+TINCAY_HTTP_*), cli/pywsgi_worker.py (gevent's handler under them) and cli/gthread_worker.py
+(gthread's main loop gathers each request before a thread serves it).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from cli.params import WORKER_CLASSES
 
 # what each --worker-class name runs: gunicorn's workers under tincay's deadlines
 WORKERS = {"gevent_pywsgi": "cli.pywsgi_worker.TincayPyWSGIWorker",
-           "gthread": "gthread"}
+           "gthread": "cli.gthread_worker.TincayThreadWorker"}
 
 
 class _Log(Logger):
@@ -81,7 +82,8 @@ class TincayServer(BaseApplication):
 
 def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
           maintenance: timedelta | None = None, worker_class: str = WORKER_CLASSES[0],
-          app_factory: Callable[[], Any] | None = None) -> None:
+          app_factory: Callable[[], Any] | None = None,
+          limits: HttpLimits | None = None) -> None:
     """Serve until interrupted; workers default to the CPU count, ``threads`` counts for
     gthread workers only.
 
@@ -95,7 +97,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         raise ConfigurationError(f"worker class {worker_class!r} is not one of "
                                  f"{', '.join(WORKER_CLASSES)}")
     check_free(host, port)
-    limits = HttpLimits.from_env(os.environ)
+    limits = limits or HttpLimits.from_env(os.environ)  # TINCAY_HTTP_*
     files_before, files, files_needed = raise_open_files(limits.connections)
     children: list[subprocess.Popen] = []
 

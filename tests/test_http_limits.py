@@ -146,6 +146,7 @@ BOTH_WORKERS = pytest.mark.parametrize("served_demo", ["gevent_pywsgi", "gthread
 
 
 @pytest.mark.softhsm
+@BOTH_WORKERS
 def test_slow_clients_do_not_stop_other_clients(
         served_demo: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
     """2,100 connections against 2 workers, half trickling a header byte every 3 s and half
@@ -206,6 +207,7 @@ def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]
 
 
 @pytest.mark.softhsm
+@BOTH_WORKERS
 def test_idle_keepalive_and_slow_bodies_are_closed(
         served_demo: tuple[str, Path, dict[str, str]], request: pytest.FixtureRequest) -> None:
     """A kept-alive connection left idle after its answers (two pipelined requests) is closed
@@ -276,3 +278,4 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(
         assert received.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 501 ")), (name, received)
         assert b"ok\n" not in received, (name, received)
     assert "Traceback" not in (home.parent / "serve.log").read_text()
+
