@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
 import resource
 import selectors
 import socket
@@ -279,3 +280,14 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(
         assert b"ok\n" not in received, (name, received)
     assert "Traceback" not in (home.parent / "serve.log").read_text()
 
+
+def test_a_bad_limit_stops_serve_before_it_starts(tmp_path: Path) -> None:
+    """A mistyped TINCAY_HTTP_* variable is one error line naming it, before anything runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINCAY_")}
+    env.update(TINCAY_HOME=str(tmp_path / "home"), TINCAY_HTTP_HEADER_TIMEOUT="soon")
+    served = subprocess.run([TINCAY, "serve", "--port", "1"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert served.returncode == 1, served.stdout + served.stderr
+    assert "TINCAY_HTTP_HEADER_TIMEOUT: 'soon' is not a duration" in served.stderr
+    assert "serving on" not in served.stdout + served.stderr
+    assert not (tmp_path / "home").exists()  # no database created either

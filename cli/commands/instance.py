@@ -99,9 +99,11 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
           maintenance_interval: timedelta, no_maintenance: bool) -> None:
     """Serve OCSP, CRLs and CA certificates over HTTP under gunicorn, with a maintenance
     process that keeps CRLs and pre-produced OCSP answers fresh."""
+    from cli.http_limits import HttpLimits
     from cli.serve import check_free
     from cli.serve import serve as run_server
 
+    limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
     app.close()
@@ -109,4 +111,4 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
     progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
     run_server(host, port, workers, threads,
                maintenance=None if no_maintenance else maintenance_interval,
-               worker_class=worker_class)
+               worker_class=worker_class, limits=limits)
