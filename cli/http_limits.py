@@ -23,7 +23,7 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Iterable, Mapping
+from typing import Annotated, Mapping
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
@@ -106,25 +106,24 @@ def raise_open_files(connections: int) -> tuple[int, int, int]:
 Refusal = tuple[int, str]  # HTTP status, reason
 
 
-def framing_refusal(version: str, headers: Iterable[tuple[str, str]]) -> Refusal | None:
-    """Why a request's headers cannot frame its body unambiguously, or None.
+def framing_refusal(version: str, lengths: list[str] | None,
+                    encodings: list[str] | None) -> Refusal | None:
+    """Why a request cannot frame its body unambiguously, or None, from the values of its
+    Content-Length headers and of its Transfer-Encoding headers (None when there are none,
+    as email.message's get_all gives them).
 
     Refused with 400: two Content-Length headers (even equal ones) or one that is not digits
     (``+5``, ``5, 5``, ``0x5``: int() would take some of them); Content-Length together with
     Transfer-Encoding; Transfer-Encoding in HTTP/1.0 or whose last coding is not chunked
-    (``xchunked``, ``chunked, gzip``); a header value folded over lines. 501 for a coding
+    (``xchunked``, ``chunked, gzip``); either header folded over lines. 501 for a coding
     before chunked (``gzip, chunked``), which we do not decode.
     """
-    lengths: list[str] = []
-    codings: list[str] = []
-    for name, value in headers:
-        if "\n" in value or "\r" in value:
-            return 400, f"header {name} is folded over lines"
-        lowered = name.lower()
-        if lowered == "content-length":
-            lengths.append(value.strip())
-        elif lowered == "transfer-encoding":
-            codings.extend(coding.strip().lower() for coding in value.split(","))
+    if not lengths and not encodings:  # most requests: a GET
+        return None
+    if any("\n" in value or "\r" in value for value in (*(lengths or ()), *(encodings or ()))):
+        return 400, "Content-Length or Transfer-Encoding folded over lines"
+    lengths = [value.strip() for value in lengths or ()]
+    codings = [coding.strip().lower() for value in encodings or () for coding in value.split(",")]
     if len(lengths) > 1:
         return 400, "more than one Content-Length"
     if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):

@@ -48,24 +48,41 @@ _PHRASES = {400: "Bad Request", 408: "Request Timeout", 501: "Not Implemented"}
 
 
 class _BoundedInput:
-    """``wsgi.input`` whose reads together end by ``deadline`` (monotonic seconds); after it,
-    every read fails and :attr:`expired` tells the handler to close the connection."""
+    """``wsgi.input`` whose reads must be done by the handler's body deadline: ``timer``, one
+    gevent.Timeout per connection, runs from the first read until the body is complete (a
+    Content-Length body: no timer left running into the app); a chunked body, whose end shows
+    only at its last chunk, gets a timer per read for what is left of the deadline. After the
+    deadline every read fails and :attr:`expired` tells the handler to close the connection."""
 
-    __slots__ = ("_input", "_deadline", "expired")
+    __slots__ = ("_input", "_timer", "_deadline", "expired")
 
-    def __init__(self, body: Any, deadline: float) -> None:
-        self._input, self._deadline, self.expired = body, deadline, False
+    def __init__(self, body: Any, timer: gevent.Timeout, seconds: float) -> None:
+        self._input, self._timer, self.expired = body, timer, False
+        self._deadline = monotonic() + seconds
 
     def _bounded(self, read: Callable[..., Any], *args: Any) -> Any:
-        remaining = self._deadline - monotonic()
-        if remaining > 0:
-            try:
+        body = self._input
+        try:
+            if self.expired:
+                raise _Expired
+            if body.chunked_input:
+                remaining = self._deadline - monotonic()
+                if remaining <= 0:
+                    raise _Expired
                 with gevent.Timeout(remaining, _Expired):
                     return read(*args)
-            except _Expired:
-                pass
-        self.expired = True
-        raise _Expired("the request body did not arrive in time")
+            if body.position >= body.content_length:  # all read: nothing blocks
+                return read(*args)
+            if not self._timer.pending:
+                self._timer.start()
+            data = read(*args)
+            if body.position >= body.content_length:
+                self._timer.cancel()
+            return data
+        except _Expired:
+            self.expired = True
+            self._timer.cancel()
+            raise _Expired("the request body did not arrive in time") from None
 
     def read(self, length: int | None = None) -> bytes:
         return self._bounded(self._input.read, length)
@@ -81,30 +98,45 @@ class _BoundedInput:
 
     def _discard(self) -> None:  # gevent reads what the app left, to reach the next request
         self._bounded(self._input._discard)
+        self._timer.cancel()
 
 
 class BoundedHandler(PyWSGIHandler):
-    """gunicorn's pywsgi handler (access log, environ) with deadlines and framing checks."""
+    """gunicorn's pywsgi handler (access log, environ) with deadlines and framing checks.
+
+    Each deadline is one gevent.Timeout made once per connection and started and cancelled
+    per request (making one costs twice as much as starting it), so a request pays about
+    3 microseconds for its bounds."""
 
     limits: ClassVar[HttpLimits] = HttpLimits()
-    _timer: gevent.Timeout | None = None
+    _head: gevent.Timeout  # request line and headers
+    _idle: gevent.Timeout | None = None  # between two requests, made at the first reuse
+    _body: gevent.Timeout | None = None  # made at the first body
 
     def handle(self) -> None:
+        self._head = gevent.Timeout(self.limits.header_timeout, _Expired)
         try:
             super().handle()
         except _Expired:  # a deadline hit while gevent wrote an error answer: nothing to do
             pass
         finally:
-            self._stop_timer()
+            for timer in (self._head, self._idle, self._body):
+                if timer is not None:
+                    timer.close()
 
     def read_requestline(self) -> str:
         if self.requestline is not None:  # a kept-alive connection: its next request
-            with gevent.Timeout(self.limits.keepalive, _Expired):
+            if self._idle is None:
+                self._idle = gevent.Timeout(self.limits.keepalive, _Expired)
+            self._idle.start()
+            try:
                 self.rfile.peek(1)  # at once when the client pipelined it
-        self._timer = gevent.Timeout.start_new(self.limits.header_timeout, _Expired)
+            finally:
+                self._idle.cancel()
+        self._head.start()
         line = super().read_requestline()
         if not line.endswith("\n"):  # end of stream, or too long: gevent closes, no headers
-            self._stop_timer()
+            self._head.cancel()
         return line
 
     def read_request(self, raw_requestline: str) -> bool:
@@ -113,7 +145,7 @@ class BoundedHandler(PyWSGIHandler):
         except _Expired:
             raise _Refused(408, "the request headers did not arrive in time", log=False) from None
         finally:
-            self._stop_timer()
+            self._head.cancel()
 
     def MessageClass(self, *args: Any) -> Any:  # noqa: N802 - gevent's name
         """The headers, refused before gevent frames a body by them (gevent drops
@@ -121,7 +153,8 @@ class BoundedHandler(PyWSGIHandler):
         headers = super().MessageClass(*args)
         if headers.defects:  # a line without a colon ("Transfer-Encoding : chunked"), ...
             raise _Refused(400, "malformed header line")
-        refusal = framing_refusal(self.request_version, headers.items())
+        refusal = framing_refusal(self.request_version, headers.get_all("content-length"),
+                                  headers.get_all("transfer-encoding"))
         if refusal is not None:
             raise _Refused(*refusal)
         return headers
@@ -130,8 +163,10 @@ class BoundedHandler(PyWSGIHandler):
         environ = super().get_environ()
         body = self.wsgi_input
         if environ["wsgi.input"] is body and (body.content_length or body.chunked_input):
+            if self._body is None:
+                self._body = gevent.Timeout(self.limits.body_timeout, _Expired)
             environ["wsgi.input"] = self.wsgi_input = _BoundedInput(
-                body, monotonic() + self.limits.body_timeout)
+                body, self._body, self.limits.body_timeout)
         return environ
 
     def handle_one_response(self) -> None:
@@ -150,11 +185,6 @@ class BoundedHandler(PyWSGIHandler):
             f"HTTP/1.1 {ex.status} {_PHRASES[ex.status]}\r\nConnection: close\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(text)}\r\n\r\n"
         ).encode() + text
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
 
 
 class TincayPyWSGIWorker(GeventPyWSGIWorker):
