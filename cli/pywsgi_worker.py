@@ -7,10 +7,11 @@ reach pywsgi). Here each phase runs under a total deadline (one gevent.Timeout, 
 timeout, which a byte every few seconds would renew):
 
 - request line and headers: ``header_timeout`` from the connection's accept, or from the first
-  byte of a kept-alive connection's next request; expired, the client gets 408 (if it reads)
-  and the connection is closed;
+  byte of a kept-alive connection's next request; expired, the connection is closed (after
+  a 408 if the request line was in);
 - between two requests on one connection: ``keepalive`` for the next request's first byte;
-- the body: ``body_timeout`` for all of it; expired, a read of ``wsgi.input`` fails (the
+- the body: ``body_timeout`` for all of it, from its first read (the protocol endpoints read
+  it at once, gevent reads what an app leaves); expired, a read of ``wsgi.input`` fails (the
   protocol endpoints answer 400 with ``Connection: close``, web/protocol.py) and the connection
   is closed after the response.
 
