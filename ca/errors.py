@@ -91,3 +91,29 @@ class DatabaseUnavailableError(StoreError):
 class DatabaseBusyError(StoreError):
     """A write waited its bound for a lock another connection holds (a long transaction in
     another process): refused now rather than keep the client waiting longer."""
+
+
+# --- the platform's clients (OAuth 2.0 client credentials, RFC 6749) ------------------------
+
+class ClientAuthError(TincayError):
+    """A relying application could not be authenticated. ``error`` is the OAuth 2.0 / CSC
+    error code an HTTP adapter answers with."""
+
+    error = "invalid_client"
+
+
+class InvalidClientError(ClientAuthError):
+    """Unknown client id, wrong secret or a disabled client: one message for all three, so a
+    caller learns nothing about which it was."""
+
+
+class InvalidTokenError(ClientAuthError):
+    """The bearer token is unknown, revoked, or its client was disabled."""
+
+    error = "invalid_token"
+
+
+class ExpiredTokenError(InvalidTokenError):
+    """The bearer token was valid and has expired: the client asks for a new one."""
+
+    error = "expired_token"

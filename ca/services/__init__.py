@@ -9,6 +9,7 @@
 - ``listings``      read-only views for operators
 - ``renewal``       new keys and certificates for OCSP and TSA units before theirs end
 - ``reconciliation`` what a crash mid-issuance left (pending rows, orphaned keys), resolved
+- ``clients``       the platform's registered clients and their bearer tokens
 
 Each service owns its transactions. :class:`CertificateAuthority` builds them all over one
 context for the composition roots (the CLI, the app factory, ca.testing); a consumer keeps
@@ -31,6 +32,7 @@ from ca.services.results import (CertificateStatus, CrlInfo, IssuedCertificate, 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.profiles import ProfileSet
     from ca.services.authorities import Authorities
+    from ca.services.clients import Clients
     from ca.services.issuance import Issuance
     from ca.services.listings import Listings
     from ca.services.ocsp_answers import OcspAnswers
@@ -40,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.revocation import Revocation
     from ca.services.token_log import TokenLog
 
-__all__ = ["Authorities", "CertificateAuthority", "CertificateStatus", "CrlInfo", "Issuance",
+__all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
            "Publication", "Reconciliation", "Renewal", "Revocation", "ServiceContext",
            "ServiceUnitKey",
@@ -48,7 +50,7 @@ __all__ = ["Authorities", "CertificateAuthority", "CertificateStatus", "CrlInfo"
 
 # Each service's module is imported when first used: `tincay ca list` needs the listings, not
 # the issuance core, the CRL encoder or the hierarchy loader (bench/cli_startup.py).
-_MODULES = {"Authorities": "authorities", "Issuance": "issuance", "Listings": "listings",
+_MODULES = {"Authorities": "authorities", "Clients": "clients", "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
             "Reconciliation": "reconciliation", "Renewal": "renewal",
             "Revocation": "revocation", "TokenLog": "token_log"}
@@ -96,6 +98,7 @@ class CertificateAuthority:
     renewal: Renewal = _Service("Renewal", "issuance")  # type: ignore[assignment]
     reconciliation: Reconciliation = _Service(  # type: ignore[assignment]
         "Reconciliation", "revocation")
+    clients: Clients = _Service("Clients")  # type: ignore[assignment]
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,

@@ -205,3 +205,130 @@ class AuditEvent(Base):
     serial_hex: Mapped[Optional[str]] = mapped_column(String(40))
     subject: Mapped[Optional[str]] = mapped_column(Text)
     details: Mapped[Optional[str]] = mapped_column(Text)
+
+
+# --- the platform's registered clients (remote signing, registration API) ------------------
+
+class ApiClient(Base):
+    """A relying application (a hospital's EMR, a school platform) registered by the operator.
+
+    Its secret is stored only as a SHA-256 hash: it is 256 random bits, so a fast hash is as
+    strong as a slow one (a PIN, short and chosen by a person, gets a memory-hard KDF instead).
+    ``role``, ``cas`` and ``profiles`` scope what the registration API lets it do."""
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | disabled
+    role: Mapped[Optional[str]] = mapped_column(String(32))
+    cas: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    profiles: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    disabled_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
+
+
+class AccessToken(Base):
+    """A short-lived bearer token a client obtained; kept as a hash so a database reader holds
+    nothing a client could present. Every worker on every host checks tokens here."""
+
+    __tablename__ = "access_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_pk: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    issued_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
+
+    client: Mapped[ApiClient] = relationship()
+
+
+# --- remote signing (CSC API): credentials, their activations and the signature log --------
+
+class SigningCredential(Base):
+    """A certificate whose key is on the HSM, bound to its holder (``user_id``, e.g.
+    ``CCCD:079073009568``) and to the clients that may drive it. The PIN is a memory-hard KDF
+    hash; the TOTP seed is sealed under an HSM key (it must be read back to check a code)."""
+
+    __tablename__ = "signing_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    credential_id: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | disabled
+    pin_hash: Mapped[str] = mapped_column(String(256))
+    otp_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    otp_last_step: Mapped[int] = mapped_column(Integer, default=0)  # a used code never again
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
+    multisign: Mapped[int] = mapped_column(Integer, default=1)  # hashes one SAD may cover
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+    certificate: Mapped[Certificate] = relationship()
+    clients: Mapped[list[ApiClient]] = relationship(secondary="credential_clients")
+
+
+class CredentialClient(Base):
+    """Which clients may list, authorise and sign with a credential."""
+
+    __tablename__ = "credential_clients"
+
+    credential_pk: Mapped[int] = mapped_column(ForeignKey("signing_credentials.id"),
+                                               primary_key=True)
+    client_pk: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), primary_key=True)
+
+
+class SignatureActivation(Base):
+    """A SAD (signature activation data, CSC credentials/authorize): bound to one credential,
+    one client and the exact hashes it covers, for ``num_signatures`` uses until
+    ``expires_at``. Only its hash is kept; ``status`` is ready for out-of-band approval."""
+
+    __tablename__ = "signature_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sad_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    credential_pk: Mapped[int] = mapped_column(ForeignKey("signing_credentials.id"), index=True)
+    client_pk: Mapped[int] = mapped_column(ForeignKey("api_clients.id"))
+    status: Mapped[str] = mapped_column(String(16), default="authorized")
+    hash_algorithm_oid: Mapped[str] = mapped_column(String(64))
+    num_signatures: Mapped[int] = mapped_column(Integer)
+    signatures_used: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
+
+
+class ActivationHash(Base):
+    """One hash a SAD covers; ``used_at`` is set by the one UPDATE that signs it, so a hash is
+    signed at most once even when two workers race."""
+
+    __tablename__ = "activation_hashes"
+    __table_args__ = (UniqueConstraint("activation_pk", "hash_hex", name="uq_activation_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    activation_pk: Mapped[int] = mapped_column(ForeignKey("signature_activations.id"))
+    hash_hex: Mapped[str] = mapped_column(String(128))
+    used_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
+
+
+class SignatureRecord(Base):
+    """Every signature the remote-signing service made, recorded durably before it is returned
+    (like the TSA's tokens). Names, not foreign keys: the record outlives what it names."""
+
+    __tablename__ = "signature_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    credential_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    client: Mapped[str] = mapped_column(String(64))
+    authority: Mapped[str] = mapped_column(String(64))
+    serial_hex: Mapped[str] = mapped_column(String(40))
+    hash_hex: Mapped[str] = mapped_column(String(128))
+    hash_algorithm_oid: Mapped[str] = mapped_column(String(64))
+    sign_algorithm_oid: Mapped[str] = mapped_column(String(64))
+    activation_pk: Mapped[int] = mapped_column(Integer)

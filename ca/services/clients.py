@@ -1,0 +1,192 @@
+"""The platform's registered clients and their short-lived bearer tokens.
+
+One registry for every HTTP API tincay serves (remote signing now, the registration API next):
+the operator registers an application (`tincay client add`), which gets a client id and a
+secret shown once; it trades them for bearer tokens (OAuth 2.0 client credentials, RFC 6749
+4.4) and presents those. Secrets and tokens are 256 random bits kept only as SHA-256 hashes,
+and tokens live in the database so every worker on every host honours (and revokes) them.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Sequence
+
+from sqlalchemy import select
+
+from ca.errors import (AlreadyExistsError, ExpiredTokenError, InvalidClientError,
+                       InvalidTokenError, NotFoundError)
+from ca.services.context import ServiceContext, as_json
+from ca.store import queries
+from ca.store.models import AccessToken, ApiClient
+
+DEFAULT_TOKEN_LIFETIME = timedelta(minutes=10)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TOKEN_PREFIX = "tct_"
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """A registered client as services and HTTP adapters see it (never its secret)."""
+
+    client_id: str
+    name: str
+    status: str
+    role: str | None
+    cas: tuple[str, ...]
+    profiles: tuple[str, ...]
+    created_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True)
+class RegisteredClient:
+    """What `tincay client add` prints once: the secret exists nowhere else afterwards."""
+
+    client: ClientInfo
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """An OAuth 2.0 token response (RFC 6749 5.1)."""
+
+    access_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _info(row: ApiClient) -> ClientInfo:
+    return ClientInfo(row.client_id, row.name, row.status, row.role, tuple(row.cas or ()),
+                      tuple(row.profiles or ()), row.created_at)
+
+
+class Clients:
+    """Register, list and disable clients; authenticate them; issue and check their tokens."""
+
+    def __init__(self, context: ServiceContext,
+                 token_lifetime: timedelta = DEFAULT_TOKEN_LIFETIME) -> None:
+        self.context = context
+        self.token_lifetime = token_lifetime
+
+    # --- the registry (operator commands) ------------------------------------------------
+
+    def add(self, name: str, *, role: str | None = None, cas: Sequence[str] = (),
+            profiles: Sequence[str] = ()) -> RegisteredClient:
+        """Register ``name``; the returned secret is the only copy there will ever be."""
+        if not _NAME.match(name):
+            raise ValueError(f"client name {name!r}: letters, digits, '.', '_' or '-', "
+                             "at most 64, starting with a letter or digit")
+        secret = secrets.token_urlsafe(32)
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            if session.scalar(select(ApiClient.id).where(ApiClient.name == name)) is not None:
+                raise AlreadyExistsError(f"client {name} already exists")
+            row = ApiClient(client_id=secrets.token_hex(16), name=name,
+                            secret_hash=_digest(secret), status="active", role=role,
+                            cas=list(cas) or None, profiles=list(profiles) or None,
+                            created_at=now)
+            session.add(row)
+            session.flush()
+            queries.record_event(session, at=now, action="client.add", details=as_json(
+                {"client": name, "client_id": row.client_id, "role": role,
+                 "cas": list(cas), "profiles": list(profiles)}))
+            return RegisteredClient(_info(row), secret)
+
+    def list(self) -> list[ClientInfo]:
+        with self.context.transaction() as session:
+            return [_info(row) for row in
+                    session.scalars(select(ApiClient).order_by(ApiClient.name))]
+
+    def get(self, name_or_id: str) -> ClientInfo:
+        with self.context.transaction() as session:
+            return _info(self._row(session, name_or_id))
+
+    def disable(self, name_or_id: str) -> ClientInfo:
+        """Refuse the client from now on: its secret and every token it holds stop working."""
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = self._row(session, name_or_id)
+            if row.status != "disabled":
+                row.status, row.disabled_at = "disabled", now
+                queries.record_event(session, at=now, action="client.disable",
+                                     details=as_json({"client": row.name,
+                                                      "client_id": row.client_id}))
+            return _info(row)
+
+    @staticmethod
+    def _row(session: object, name_or_id: str) -> ApiClient:
+        row = session.scalar(select(ApiClient).where(  # type: ignore[attr-defined]
+            (ApiClient.name == name_or_id) | (ApiClient.client_id == name_or_id)))
+        if row is None:
+            raise NotFoundError(f"no client named {name_or_id}")
+        return row
+
+    # --- authentication (the HTTP adapters) -----------------------------------------------
+
+    def authenticate(self, client_id: str, client_secret: str) -> ClientInfo:
+        """The active client these credentials name, or InvalidClientError (one message
+        whether the id is unknown, the secret wrong or the client disabled)."""
+        with self.context.transaction() as session:
+            row = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
+            stored = row.secret_hash if row is not None else _digest("")
+            matches = hmac.compare_digest(stored, _digest(client_secret))
+            if row is None or not matches or row.status != "active":
+                raise InvalidClientError("client authentication failed")
+            return _info(row)
+
+    def grant(self, client_id: str, client_secret: str) -> AccessGrant:
+        """The client-credentials grant: a new bearer token for an authenticated client."""
+        client = self.authenticate(client_id, client_secret)
+        token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = session.scalar(select(ApiClient).where(ApiClient.client_id == client.client_id))
+            session.add(AccessToken(token_hash=_digest(token), client_pk=row.id, issued_at=now,
+                                    expires_at=now + self.token_lifetime))
+        return AccessGrant(token, int(self.token_lifetime.total_seconds()))
+
+    def verify(self, token: str) -> ClientInfo:
+        """The active client holding ``token``; InvalidTokenError, or ExpiredTokenError when
+        it was good and has run out."""
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = session.scalar(select(AccessToken).where(
+                AccessToken.token_hash == _digest(token)))
+            if row is None or row.revoked_at is not None or row.client.status != "active":
+                raise InvalidTokenError("the access token is not valid")
+            if row.expires_at <= now:
+                raise ExpiredTokenError("the access token has expired")
+            return _info(row.client)
+
+    def revoke(self, token: str) -> bool:
+        """End ``token`` now (CSC auth/revoke, RFC 7009); whether it was a live token."""
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = session.scalar(select(AccessToken).where(
+                AccessToken.token_hash == _digest(token)))
+            if row is None or row.revoked_at is not None:
+                return False
+            row.revoked_at = now
+            return True
+
+    def purge_expired(self, before: datetime) -> int:
+        """Delete tokens that ended by ``before`` (a maintenance pass keeps the table small)."""
+        with self.context.transaction() as session:
+            rows = session.scalars(select(AccessToken).where(AccessToken.expires_at <= before))
+            count = 0
+            for row in rows:
+                session.delete(row)
+                count += 1
+            return count
