@@ -30,7 +30,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 from ca.durations import parse_duration
 from ca.errors import ConfigurationError, ProfileError
 
-__all__ = ["DurationVariable", "FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where",
+__all__ = ["DurationVariable", "PositiveDurationVariable", "FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where",
            "format_loc", "hint", "issues", "read_variables", "type_name", "variable_text"]
 
 Loc = tuple[str | int, ...]
@@ -266,6 +266,19 @@ def _variable_duration(value: object) -> timedelta | None:
 
 DurationVariable = Annotated[timedelta | None, BeforeValidator(_variable_duration)]
 """A duration variable (``180d``, ``1s``; ca/durations.py), unset when blank."""
+
+
+def _positive_variable_duration(value: object) -> timedelta | None:
+    duration = _variable_duration(value)
+    if duration is not None and duration <= timedelta(0):
+        raise FieldError("must be longer than 0s")
+    return duration
+
+
+PositiveDurationVariable = Annotated[timedelta | None,
+                                     BeforeValidator(_positive_variable_duration)]
+"""A duration variable that must be longer than zero (a timeout of 0s would close every
+connection before its request), unset when blank."""
 
 
 Variables = TypeVar("Variables", bound=BaseModel)

@@ -27,8 +27,8 @@ from typing import Annotated, Mapping
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
-from ca.errors import ConfigurationError
-from ca.validation import DurationVariable, FieldError, InputModel, read_variables, variable_text
+from ca.validation import (FieldError, InputModel, PositiveDurationVariable, read_variables,
+                           variable_text)
 
 HEADER_TIMEOUT = timedelta(seconds=10)  # request line and headers, from accept or first byte
 BODY_TIMEOUT = timedelta(seconds=10)  # the whole body, from the end of the headers
@@ -51,9 +51,9 @@ class HttpEnvironment(InputModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    header_timeout: DurationVariable = Field(None, alias="TINCAY_HTTP_HEADER_TIMEOUT")
-    body_timeout: DurationVariable = Field(None, alias="TINCAY_HTTP_BODY_TIMEOUT")
-    keepalive: DurationVariable = Field(None, alias="TINCAY_HTTP_KEEPALIVE")
+    header_timeout: PositiveDurationVariable = Field(None, alias="TINCAY_HTTP_HEADER_TIMEOUT")
+    body_timeout: PositiveDurationVariable = Field(None, alias="TINCAY_HTTP_BODY_TIMEOUT")
+    keepalive: PositiveDurationVariable = Field(None, alias="TINCAY_HTTP_KEEPALIVE")
     connections: Annotated[int | None, BeforeValidator(_count)] = Field(
         None, alias="TINCAY_HTTP_CONNECTIONS")
 
@@ -72,13 +72,10 @@ class HttpLimits:
         """ConfigurationError naming the variable for a bad value; a zero duration too (it
         would close every connection before its request)."""
         variables = read_variables(HttpEnvironment, env)
-        seconds = {}
+        seconds: dict[str, float | int] = {}
         for name in ("header_timeout", "body_timeout", "keepalive"):
             value = getattr(variables, name)
             if value is not None:
-                if value <= timedelta(0):
-                    alias = HttpEnvironment.model_fields[name].alias
-                    raise ConfigurationError(f"{alias}: must be longer than 0s")
                 seconds[name] = value.total_seconds()
         if variables.connections is not None:
             seconds["connections"] = variables.connections

@@ -8,7 +8,10 @@ import click
 
 from ca.durations import parse_duration
 
-WORKER_CLASSES = ("gevent_pywsgi", "gthread")  # the gunicorn workers cli/serve.py runs
+# what each --worker-class name runs (cli/serve.py): gunicorn's workers under tincay's deadlines
+WORKERS = {"gevent_pywsgi": "cli.pywsgi_worker.TincayPyWSGIWorker",
+           "gthread": "cli.gthread_worker.TincayThreadWorker"}
+WORKER_CLASSES = tuple(WORKERS)
 
 
 class DurationType(click.ParamType):

@@ -41,11 +41,7 @@ from gunicorn.glogging import Logger
 
 from ca.errors import ConfigurationError
 from cli.http_limits import HttpLimits, raise_open_files
-from cli.params import WORKER_CLASSES
-
-# what each --worker-class name runs: gunicorn's workers under tincay's deadlines
-WORKERS = {"gevent_pywsgi": "cli.pywsgi_worker.TincayPyWSGIWorker",
-           "gthread": "cli.gthread_worker.TincayThreadWorker"}
+from cli.params import WORKER_CLASSES, WORKERS
 
 
 class _Log(Logger):

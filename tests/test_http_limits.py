@@ -68,6 +68,8 @@ def test_limits_from_the_environment() -> None:
                         ("TINCAY_HTTP_CONNECTIONS", "lots"), ("TINCAY_HTTP_CONNECTIONS", "0")):
         with pytest.raises(ConfigurationError, match=name):
             HttpLimits.from_env({name: value})
+    with pytest.raises(ConfigurationError, match="^TINCAY_HTTP_BODY_TIMEOUT: must be longer than 0s$"):
+        HttpLimits.from_env({"TINCAY_HTTP_BODY_TIMEOUT": "0s"})
 
 
 def _raise_own_files_limit(needed: int) -> None:
