@@ -54,6 +54,37 @@ def test_no_engine_creates_a_missing_sqlite_database(tmp_path: Path) -> None:
     assert missing.exists()
 
 
+def test_a_postgres_server_that_never_answers_is_given_up_on_in_seconds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL address that accepts the TCP connection and then says nothing (a stalled
+    server, a firewall half-open): the engine gives up after its connect timeout instead of
+    holding the command or worker for the kernel's minutes; a URL's own connect_timeout wins."""
+    import socket
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from ca.store import db
+
+    pytest.importorskip("psycopg2")
+    monkeypatch.setattr(db, "POSTGRES_CONNECT_TIMEOUT", 2)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        for url, bound in ((f"postgresql+psycopg2://tincay@127.0.0.1:{port}/ca", 2),
+                           (f"postgresql+psycopg2://tincay@127.0.0.1:{port}/ca?connect_timeout=3",
+                            3)):
+            engine = db.create_engine_for(url)
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="timeout"):
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+            waited = time.monotonic() - started
+            engine.dispose()
+            assert bound - 0.5 <= waited < bound + 3, waited
+
+
 def _questions(home: Path, tmp_path: Path) -> tuple[bytes, str]:
     """A nonce OCSP request (signed live) and the RFC 5019 GET path of a nonce-less one (the
     pre-produced answer), both for the issuing CA's certificate under the root."""

@@ -24,6 +24,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_MS = 30000  # how long a SQLite statement waits for another process's lock
 
 
+POSTGRES_CONNECT_TIMEOUT = 5  # seconds
+
+
 def create_engine_for(url: str, *, create: bool = False) -> Engine:
     """An engine for ``url`` with the settings each backend needs.
 
@@ -37,7 +40,9 @@ def create_engine_for(url: str, *, create: bool = False) -> Engine:
     NORMAL; the TSA's group commit shares one fsync among a batch of tokens), foreign keys
     enforced, a busy timeout so concurrent CLI and server processes wait instead of
     failing; ``sqlite://`` (in-memory) shares one connection so every session sees the same data.
-    PostgreSQL: pre-ping, so a worker survives a database restart.
+    PostgreSQL: pre-ping, so a worker survives a database restart; a connect timeout of
+    POSTGRES_CONNECT_TIMEOUT seconds unless the URL sets ``connect_timeout`` (a server behind a
+    firewall that drops packets would otherwise hold a command for the kernel's two minutes).
     """
     try:
         parsed = make_url(url)
@@ -56,6 +61,8 @@ def create_engine_for(url: str, *, create: bool = False) -> Engine:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
         kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT}
     try:
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
