@@ -188,7 +188,7 @@ def test_the_otp_seed_is_sealed_and_the_pin_is_scrypt(both: Setup) -> None:
     seed = base64.b32decode(totp.secret)
     assert len(seed) == 20 and seed not in row.otp_sealed and totp.secret.encode() not in \
         row.otp_sealed
-    assert row.pin_hash.startswith("scrypt$n=32768,r=8,p=1$") and PIN not in row.pin_hash
+    assert row.pin_hash.startswith("scrypt$n=16384,r=8,p=1$") and PIN not in row.pin_hash
     assert totp.issuer == "tincay" and totp.name == USER
     # the sealed seed is bound to its credential: copied to another row it does not open
     from ca.services import credential_common as common
@@ -475,3 +475,103 @@ def test_two_threads_racing_for_one_hash_one_signature(mem: Setup) -> None:
     assert len(wins) == 1 and len(losses) == 1, results
     assert isinstance(losses[0], InvalidSadError)
     assert len(mem.rows(SignatureRecord)) == 1
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+@pytest.mark.softhsm
+def test_cli_create_list_and_the_signature_log(softhsm_env: dict[str, str], database_url: str,
+                                               tmp_path: Any, unique_label: str,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cli.context import AppContext
+    from cli.main import main
+    from tests.test_cli import write_spec
+
+    monkeypatch.setenv("TINCAY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TINCAY_DATABASE_URL", database_url)
+    monkeypatch.setenv("TINCAY_PUBLIC_URL", "http://127.0.0.1:8080")
+
+    def tincay(*args: str, code: int = 0) -> str:
+        capsys.readouterr()
+        assert main(list(args)) == code, capsys.readouterr()
+        out, err = capsys.readouterr()
+        tincay.err = err  # type: ignore[attr-defined]
+        return out
+
+    tincay("init", "--hierarchy", str(write_spec(tmp_path / "spec.yaml", unique_label)))
+    ca = f"{unique_label}-ca"
+    issued = json.loads(tincay("issue", "--ca", ca, "--profile", "citizen", "--subject",
+                               f"C=VN, CN=Bùi Sĩ Tuấn, UID={USER}", "--generate-key",
+                               "--key-type", "ec-p256", "--out", str(tmp_path / "c.pem"),
+                               "--json"))
+    app = AppContext()
+    client = app.service.clients.add("emr-q11").client
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(PIN + "\n")
+    created = json.loads(tincay("credential", "create", "--cert", issued["serial"], "--ca", ca,
+                                "--user", USER, "--client", "emr-q11", "--pin-file",
+                                str(pin_file), "--json"))
+    assert created["otpauth_uri"].startswith("otpauth://totp/tincay:")
+    assert created["status"] == "active" and created["clients"] == ["emr-q11"]
+    credential_id = created["credential_id"]
+    human = tincay("credential", "list")
+    assert credential_id in human and created["otpauth_uri"] not in human
+    [listed] = json.loads(tincay("credential", "list", "--user", USER, "--json"))
+    assert listed["credential_id"] == credential_id
+
+    digest = hashlib.sha256("hồ sơ".encode()).digest()
+    totp = pyotp.parse_uri(created["otpauth_uri"])
+    sad = app.service.credentials.authorize(client, credential_id, pin=PIN, otp=totp.now(),
+                                            hashes=[digest], hash_algorithm_oid=SHA256,
+                                            num_signatures=1).sad
+    app.service.credentials.sign_hashes(client, credential_id, sad, [digest], SHA256, ECDSA)
+    app.close()
+    [entry] = json.loads(tincay("csc", "log", "--since", "1h", "--json"))
+    assert (entry["credential_id"], entry["client"], entry["hash_hex"]) == \
+        (credential_id, "emr-q11", digest.hex())
+    assert json.loads(tincay("csc", "log", "--since", "2000-01-01", "--user", "CCCD:1",
+                             "--json")) == []
+    assert "disabled" in tincay("credential", "disable", credential_id)
+
+    # operator mistakes: one line, exit 1, no traceback
+    short = tmp_path / "short"
+    short.write_text("123")
+    tincay("credential", "create", "--cert", issued["serial"], "--user", USER, "--client",
+           "emr-q11", "--pin-file", str(short), code=1)
+    assert "at least 6" in tincay.err and "Traceback" not in tincay.err  # type: ignore
+    tincay("credential", "show", "nope", code=1)
+    assert "no credential nope" in tincay.err  # type: ignore[attr-defined]
+    tincay("csc", "log", "--since", "yesterday", code=2)
+
+
+def test_pin_hashes_keep_their_own_parameters() -> None:
+    from ca.services import credential_common as common
+
+    salt = b"\x01" * 16
+    older = hashlib.scrypt(PIN.encode(), salt=salt, n=2 ** 12, r=8, p=1, dklen=32)
+    stored = f"scrypt$n=4096,r=8,p=1${base64.b64encode(salt).decode()}$" \
+             f"{base64.b64encode(older).decode()}"
+    assert common.pin_matches(stored, PIN) and not common.pin_matches(stored, "492732")
+    assert not common.pin_matches("garbage", PIN) and not common.pin_matches(stored, None)
+    assert common.hash_pin(PIN) != common.hash_pin(PIN)  # a fresh salt each time
+
+
+def test_a_signing_failure_after_the_log_is_recorded_as_such(mem: Setup) -> None:
+    """The log row is committed before the key signs; when signing fails, an audit event
+    names the rows that got no signature, and the hash stays used."""
+    info, totp = mem.enrol()
+    digest = _digest("a")
+    sad = mem.authorize(info, totp, [digest])
+    with mem.world.service.context.read() as session:
+        key_uri = session.scalar(select(SigningCredential)).certificate.key_uri
+    mem.world.keys.destroy(key_uri)
+    with pytest.raises(Exception, match="no key"):
+        mem.creds.sign_hashes(mem.client, info.credential_id, sad, [digest], SHA256, RSA)
+    [record] = mem.rows(SignatureRecord)
+    [failed] = [e for e in mem.rows(AuditEvent) if e.action == "credential.sign_failed"]
+    assert f"[{record.id}]" in failed.details and "KeyNotFoundError" in failed.details
+    with pytest.raises(InvalidSadError):
+        mem.creds.sign_hashes(mem.client, info.credential_id, sad, [digest], SHA256, RSA)
