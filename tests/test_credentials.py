@@ -575,3 +575,20 @@ def test_a_signing_failure_after_the_log_is_recorded_as_such(mem: Setup) -> None
     assert f"[{record.id}]" in failed.details and "KeyNotFoundError" in failed.details
     with pytest.raises(InvalidSadError):
         mem.creds.sign_hashes(mem.client, info.credential_id, sad, [digest], SHA256, RSA)
+
+
+def test_odd_factor_and_sad_values_are_refusals_not_crashes(mem: Setup) -> None:
+    info, totp = mem.enrol()
+    kw = dict(hashes=[_digest("a")], hash_algorithm_oid=SHA256, num_signatures=1)
+    for otp in ("١٢٣٤٥٦", "12345", "1234567", "abcdef"):
+        with pytest.raises(InvalidOtpError):
+            mem.creds.authorize(mem.client, info.credential_id, pin=PIN, otp=otp, **kw)
+    with pytest.raises(InvalidPinError):
+        mem.creds.authorize(mem.client, info.credential_id, pin="\udcff" * 6,
+                            otp=mem.otp(totp), **kw)
+    assert mem.creds.show(info.credential_id).status == "locked"  # five failures, all counted
+    mem.creds.unlock(info.credential_id)
+    for sad in ("", "x" * 5000, None):
+        with pytest.raises(InvalidSadError):
+            mem.creds.sign_hashes(mem.client, info.credential_id, sad,  # type: ignore[arg-type]
+                                  [_digest("a")], SHA256, RSA)

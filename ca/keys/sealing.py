@@ -14,7 +14,6 @@ The blob is ``version (1 byte) || nonce (12 bytes) || ciphertext || tag (16 byte
 from __future__ import annotations
 
 import secrets
-import threading
 from typing import Any, Protocol
 
 from ca.errors import ConfigurationError, KeyBackendError
@@ -80,7 +79,6 @@ class Pkcs11Sealer:
     def __init__(self, session: Any, label: str = SEAL_KEY_LABEL) -> None:
         self._session = session
         self._label = label
-        self._lock = threading.Lock()
 
     def seal(self, data: bytes, associated_data: bytes) -> bytes:
         from pkcs11 import Mechanism

@@ -95,7 +95,7 @@ def hash_pin(pin: str) -> str:
     """``scrypt$n=..,r=..,p=..$salt$hash`` (base64), a fresh 16-byte salt per PIN."""
     check_pin_rules(pin)
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(pin.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+    digest = hashlib.scrypt(pin.encode("utf-8", "surrogatepass"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
                             maxmem=_SCRYPT_MAXMEM, dklen=32)
     return f"scrypt$n={SCRYPT_N},r={SCRYPT_R},p={SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
@@ -110,7 +110,7 @@ def pin_matches(stored: str, pin: str | None) -> bool:
         salt, digest = base64.b64decode(salt_text), base64.b64decode(digest_text)
     except (ValueError, KeyError):
         return False
-    if scheme != "scrypt" or pin is None:
+    if scheme != "scrypt" or not isinstance(pin, str):
         return False
     candidate = hashlib.scrypt(pin.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r, p=p,
                                maxmem=max(_SCRYPT_MAXMEM, 256 * r * n), dklen=len(digest))
@@ -145,7 +145,8 @@ def otp_step(seed: bytes, otp: str | None, now: datetime, last_step: int) -> int
     ``otp`` and that is later than ``last_step`` (a code is good once); None otherwise."""
     import pyotp
 
-    if not otp or not isinstance(otp, str) or len(otp) != TOTP_DIGITS or not otp.isdigit():
+    if (not isinstance(otp, str) or len(otp) != TOTP_DIGITS or not otp.isascii()
+            or not otp.isdigit()):
         return None
     totp = pyotp.TOTP(base64.b32encode(seed).decode("ascii"), digits=TOTP_DIGITS,
                       interval=TOTP_STEP)
@@ -231,4 +232,5 @@ def describe(row: SigningCredential, now: datetime) -> CredentialInfo:
 
 
 def sad_digest(sad: str) -> str:
-    return hashlib.sha256(sad.encode("utf-8", "surrogatepass")).hexdigest()
+    text = sad if isinstance(sad, str) else ""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -146,7 +146,7 @@ class RemoteSigning:
                     now: datetime) -> SignatureActivation:
         """The live SAD of this client for this credential; one refusal for every other."""
         activation = session.scalar(select(SignatureActivation).where(
-            SignatureActivation.sad_hash == common.sad_digest(sad or "")))
+            SignatureActivation.sad_hash == common.sad_digest(sad)))
         if (activation is None or activation.client_pk != api.id
                 or activation.credential_pk != row.id or activation.revoked_at is not None
                 or activation.status != "authorized"):
