@@ -536,6 +536,19 @@ def test_cli_create_list_and_the_signature_log(softhsm_env: dict[str, str], data
                              "--json")) == []
     assert "disabled" in tincay("credential", "disable", credential_id)
 
+    # the human output: the id, the URI once and a QR code; reset with a new seed shows a new one
+    second = json.loads(tincay("issue", "--ca", ca, "--profile", "citizen", "--subject",
+                               f"C=VN, CN=Bùi Sĩ Tuấn, UID={USER}", "--generate-key",
+                               "--key-type", "rsa-2048", "--out", str(tmp_path / "d.pem"),
+                               "--json"))
+    out = tincay("credential", "create", "--cert", second["serial"], "--user", USER,
+                 "--client", "emr-q11", "--pin-file", str(pin_file))
+    assert "otpauth://totp/tincay:" in out and "\u2588" in out  # the QR code's blocks
+    new_id = out.split()[1]
+    assert json.loads(tincay("credential", "show", new_id, "--json"))["status"] == "active"
+    reset = tincay("credential", "reset", new_id, "--new-otp")
+    assert "new OTP seed" in reset and "new PIN" not in reset and "otpauth://" in reset
+
     # operator mistakes: one line, exit 1, no traceback
     short = tmp_path / "short"
     short.write_text("123")

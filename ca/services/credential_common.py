@@ -193,14 +193,13 @@ def client_row(session: Session, client: ClientInfo) -> ApiClient:
     return row
 
 
-def granted(session: Session, client: ApiClient, credential_id: str,
-            lock: bool = False) -> SigningCredential:
+def granted(session: Session, client: ApiClient, credential_id: str) -> SigningCredential:
     """The credential ``credential_id`` if granted to ``client``; one error otherwise."""
     query = (select(SigningCredential)
              .join(CredentialClient, CredentialClient.credential_pk == SigningCredential.id)
              .where(SigningCredential.credential_id == credential_id,
                     CredentialClient.client_pk == client.id))
-    row = session.scalar(query.with_for_update() if lock else query)
+    row = session.scalar(query)
     if row is None:
         raise CredentialNotFoundError("unknown credential")
     return row

@@ -8,6 +8,7 @@ authenticator app, and exists nowhere else afterwards.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +59,9 @@ def _show_uri(uri: str) -> None:
     click.echo(f"otpauth URI (shown once): {uri}")
     code = qrcode.QRCode(border=2)
     code.add_data(uri)
-    code.print_ascii(out=click.get_text_stream("stdout"), invert=True)
+    drawing = io.StringIO()
+    code.print_ascii(out=drawing, invert=True)  # dark modules blank: right on dark terminals
+    click.echo(drawing.getvalue(), nl=False)
 
 
 def _operator_error(action: Any) -> Any:
