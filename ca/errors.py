@@ -117,3 +117,55 @@ class ExpiredTokenError(InvalidTokenError):
     """The bearer token was valid and has expired: the client asks for a new one."""
 
     error = "expired_token"
+
+
+# --- remote-signing credentials (CSC API) ---------------------------------------------------
+
+class CredentialError(TincayError):
+    """A remote-signing request the service refuses. ``error`` is the CSC error code and
+    ``status`` the HTTP status an adapter answers with; every subclass sets both."""
+
+    error = "invalid_request"
+    status = 400
+
+
+class CredentialNotFoundError(CredentialError):
+    """Unknown credential, or one not granted to the calling client: one message for both, so
+    a client learns nothing of other clients' credentials."""
+
+
+class InvalidPinError(CredentialError):
+    """The PIN is missing or wrong."""
+
+    error = "invalid_pin"
+
+
+class InvalidOtpError(CredentialError):
+    """The one-time password is missing, wrong, or was already used."""
+
+    error = "invalid_otp"
+
+
+class CredentialLockedError(CredentialError):
+    """Five failed authentications in a row: only an operator unlocks it."""
+
+    error = "access_denied"
+    status = 403
+
+
+class CredentialDisabledError(CredentialError):
+    """The credential was disabled, or its certificate is revoked, on hold, expired or was
+    never issued."""
+
+    error = "access_denied"
+    status = 403
+
+
+class InvalidSadError(CredentialError):
+    """The SAD is unknown, another client's or another credential's, expired, used up, or
+    does not cover the hash."""
+
+
+class UnsupportedAlgorithmError(CredentialError):
+    """A hash or signature algorithm the credential does not sign with, or a hash of the
+    wrong length for its algorithm."""

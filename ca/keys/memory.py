@@ -77,6 +77,17 @@ class MemoryBackend:
     def close(self) -> None:
         pass
 
+    @property
+    def sealer(self) -> "MemorySealer":  # noqa: F821 - imported when first used
+        """Seals small secrets under a key held by this process (ca/keys/sealing.py)."""
+        from ca.keys.sealing import MemorySealer
+
+        with self._lock:
+            sealer = self.__dict__.get("_sealer")
+            if sealer is None:
+                sealer = self.__dict__["_sealer"] = MemorySealer()
+            return sealer
+
 
 def _label(uri_or_label: str) -> str:
     if uri_or_label.startswith("memory:"):

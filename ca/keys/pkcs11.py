@@ -168,6 +168,16 @@ class Pkcs11Backend:
     def close(self) -> None:
         self._session.close()
 
+    @property
+    def sealer(self) -> Any:
+        """Seals small secrets (TOTP seeds) under the token's AES key (ca/keys/sealing.py)."""
+        from ca.keys.sealing import Pkcs11Sealer
+
+        sealer = self.__dict__.get("_sealer")
+        if sealer is None:
+            sealer = self.__dict__["_sealer"] = Pkcs11Sealer(self._session)
+        return sealer
+
 
 def _hsm_sign(session: TokenSession, label: str, data: bytes, mechanism: Mechanism,
               param: Any = None) -> bytes:

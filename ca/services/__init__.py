@@ -10,6 +10,8 @@
 - ``renewal``       new keys and certificates for OCSP and TSA units before theirs end
 - ``reconciliation`` what a crash mid-issuance left (pending rows, orphaned keys), resolved
 - ``clients``       the platform's registered clients and their bearer tokens
+- ``credentials``   remote-signing credentials: sole control (PIN + TOTP), SADs, signing, the
+                    signature log
 
 Each service owns its transactions. :class:`CertificateAuthority` builds them all over one
 context for the composition roots (the CLI, the app factory, ca.testing); a consumer keeps
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.profiles import ProfileSet
     from ca.services.authorities import Authorities
     from ca.services.clients import Clients
+    from ca.services.credentials import Credentials
     from ca.services.issuance import Issuance
     from ca.services.listings import Listings
     from ca.services.ocsp_answers import OcspAnswers
@@ -42,7 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.revocation import Revocation
     from ca.services.token_log import TokenLog
 
-__all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo", "Issuance",
+__all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
+           "Credentials", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
            "Publication", "Reconciliation", "Renewal", "Revocation", "ServiceContext",
            "ServiceUnitKey",
@@ -50,7 +54,8 @@ __all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus"
 
 # Each service's module is imported when first used: `tincay ca list` needs the listings, not
 # the issuance core, the CRL encoder or the hierarchy loader (bench/cli_startup.py).
-_MODULES = {"Authorities": "authorities", "Clients": "clients", "Issuance": "issuance", "Listings": "listings",
+_MODULES = {"Authorities": "authorities", "Clients": "clients", "Credentials": "credentials",
+            "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
             "Reconciliation": "reconciliation", "Renewal": "renewal",
             "Revocation": "revocation", "TokenLog": "token_log"}
@@ -99,6 +104,7 @@ class CertificateAuthority:
     reconciliation: Reconciliation = _Service(  # type: ignore[assignment]
         "Reconciliation", "revocation")
     clients: Clients = _Service("Clients")  # type: ignore[assignment]
+    credentials: Credentials = _Service("Credentials")  # type: ignore[assignment]
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,
