@@ -232,9 +232,9 @@ def test_reconcile_after_a_real_sigkill_during_issuance(
     shown = subprocess.run([TINCAY, "cert", "show", serial, "--ca", ca, "--json"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert '"status": "revoked"' in shown.stdout
-    label = key_uri.rsplit("object=", 1)[1]
+    assert key_uri.startswith("tincay:subscriber-key:")  # wrapped under the KEK, in a row
     from cli.context import AppContext
 
     app = AppContext()
-    assert not app.keys.exists(label)
+    assert not app.service.subscriber_keys.exists(key_uri)  # its row deleted with the serial
     app.close()
