@@ -246,6 +246,21 @@ def test_tincay_issue_generate_key_stores_a_wrapped_key(cli: Cli, tmp_path: Path
         assert not app.keys.exists(f"{ca}.{record['serial'].lower()}")  # no token object
     finally:
         app.close()
+    # --key-storage token: a token object of its own, which signer() loads as before
+    token = cli.json("issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR,
+                     "--generate-key", "--key-storage", "token", "--out",
+                     str(tmp_path / "token.pem"))
+    assert token["key_uri"].startswith("pkcs11:token=tincay-test;object=")
+    on_token = x509.load_pem_x509_certificate((tmp_path / "token.pem").read_bytes())
+    app = AppContext()
+    try:
+        key = app.service.subscriber_keys.signer(token["key_uri"], on_token.public_key())
+        _verify(on_token.public_key(), key.private_key)
+    finally:
+        app.close()
+    assert "--key-storage goes with --generate-key" in cli(
+        "issue", "--ca", ca, "--profile", "clinician", "--subject", DOCTOR, "--csr",
+        str(tmp_path / "token.pem"), "--key-storage", "token", "--out", "-", code=2) + cli.err
     (generated,) = [e["details"] for e in cli.json("audit", "--ca", ca)
                     if e["action"] == "key.generate"
                     and (e["details"] or {}).get("key_uri") == record["key_uri"]]
