@@ -9,12 +9,19 @@ process on a fresh SoftHSM token and SQLite database:
 - the issuance rate (key generated, wrapped, stored; certificate persisted, signed by the
   CA's token key, recorded) over the first and the last 10% of the N issuances, and their
   ratio (flat means about 1.0);
+- the same per second of the process's CPU time (SoftHSM runs in it), which the other
+  processes of a shared machine disturb less than wall time;
 - the token's object count before and after (it must not grow);
 - the peak RSS of the process;
 - the latency of ``SubscriberKeys.signer(uri)`` plus one ECDSA signature for a key picked at
   random, when few keys exist (after the first 10%) and when all N exist: cold (a fresh
   service: the row read and the key unwrapped) and warm (the same keys again, cached), median
   of 200 each, and the ratio of the two phases.
+
+The baseline, in the same run and on the same token: N/10 issuances (at most 1,000;
+``BENCH_SUBSCRIBER_KEYS_BASELINE``) with a token object per key (``--key-storage token``), the
+way subscriber keys were kept before; its first and last 10%, and the wrapped keys' rate
+over their last 10% against the baseline's.
 
 N: 100,000 (``--quick``: 10,000); ``BENCH_SUBSCRIBER_KEYS=2000`` for a smaller run.
 """
@@ -59,6 +66,19 @@ def _latency(service: Any, uris: list[str], rng: random.Random) -> tuple[float, 
     return timings[0], timings[1]
 
 
+def _rates(service: Any, n: int, source: Any, subject: Any) -> tuple[float, float, list[str]]:
+    """Issue ``n`` certificates; the rates over the first and the last 10%, and the key URIs."""
+    tenth = max(1, n // 10)
+    uris: list[str] = []
+    marks = [time.perf_counter()]
+    for i in range(n):
+        uris.append(service.issuance.issue("ca", "clinician", subject, source, days=30).key_uri
+                    or "")
+        if i + 1 in (tenth, n - tenth, n):
+            marks.append(time.perf_counter())
+    return tenth / (marks[1] - marks[0]), tenth / (marks[-1] - marks[-2]), uris
+
+
 def run(quick: bool = False) -> None:
     n = int(os.environ.get("BENCH_SUBSCRIBER_KEYS") or (10_000 if quick else 100_000))
     with tempfile.TemporaryDirectory(prefix="tincay-bench-keys-") as tmp:
@@ -69,10 +89,11 @@ def run(quick: bool = False) -> None:
         os.environ["SOFTHSM2_CONF"] = str(conf)  # read when the SoftHSM library loads
         pin = secrets.token_hex(8)
         softhsm.init_token(conf, "bench-keys", pin, secrets.token_hex(8))
-        _run(n, home, pin)
+        baseline = int(os.environ.get("BENCH_SUBSCRIBER_KEYS_BASELINE") or min(n // 10, 1000))
+        _run(n, baseline, home, pin)
 
 
-def _run(n: int, home: Path, pin: str) -> None:
+def _run(n: int, baseline: int, home: Path, pin: str) -> None:
     from pkcs11 import Attribute
 
     from ca.clock import SystemClock
@@ -112,21 +133,33 @@ def _run(n: int, home: Path, pin: str) -> None:
     service.subscriber_keys.generate(KeySpec.parse("ec-p256"), authority="ca")  # the KEK
     objects_before = token_objects()
     uris: list[str] = []
-    marks = [time.perf_counter()]
+    marks: list[float] = []
+    cpu: list[float] = []
+
+    def mark() -> None:
+        marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+
     few: tuple[float, float] | None = None
+    mark()
     for i in range(n):
         issued = service.issuance.issue("ca", "clinician", subject, source, days=30)
         uris.append(issued.key_uri or "")
         if i + 1 == tenth or i + 1 == n - tenth:
-            marks.append(time.perf_counter())
+            mark()
             if i + 1 == tenth:
                 few = _latency(service, uris, rng)
-                marks.append(time.perf_counter())
-    marks.append(time.perf_counter())
+                mark()
+    mark()
     objects_after = token_objects()
     many = _latency(service, uris, rng)
+    on_token = KeySource(generate=KeySpec.parse("ec-p256"), token_object=True)
+    token_first, token_last, _ = _rates(service, baseline, on_token, subject) if baseline >= 10 \
+        else (0.0, 0.0, [])
     first_rate = tenth / (marks[1] - marks[0])
     last_rate = tenth / (marks[-1] - marks[-2])
+    # CPU time (SoftHSM runs in this process): what two shared cores do to wall time aside
+    first_cpu, last_cpu = tenth / (cpu[1] - cpu[0]), tenth / (cpu[-1] - cpu[-2])
     total = (marks[-1] - marks[0]) - (marks[2] - marks[1])  # the first latency probe left out
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert few is not None
@@ -134,12 +167,19 @@ def _run(n: int, home: Path, pin: str) -> None:
           f"{n / total:.0f}/s")
     print(f"  rate, first 10%: {first_rate:.0f}/s; last 10%: {last_rate:.0f}/s; "
           f"last/first {last_rate / first_rate:.2f}")
+    print(f"  per CPU second, first 10%: {first_cpu:.0f}/s; last 10%: {last_cpu:.0f}/s; "
+          f"last/first {last_cpu / first_cpu:.2f}")
     print(f"  token objects: {objects_before} before, {objects_after} after")
     print(f"  peak RSS: {peak_mb:.0f} MB")
     print(f"  signer(uri) + sign, median over {SAMPLES} distinct random keys: "
           f"{tenth} keys: cold {few[0] * 1e3:.2f} ms, warm {few[1] * 1e3:.2f} ms; "
           f"{n} keys: cold {many[0] * 1e3:.2f} ms, warm {many[1] * 1e3:.2f} ms; "
           f"ratio cold {many[0] / few[0]:.2f}, warm {many[1] / few[1]:.2f}")
+    if token_first:
+        print(f"  baseline, a token object per key: {baseline} issuances: first 10% "
+              f"{token_first:.0f}/s, last 10% {token_last:.0f}/s, last/first "
+              f"{token_last / token_first:.2f}; wrapped (last 10%) / token (last 10%) "
+              f"{last_rate / token_last:.2f}")
     service.close()
     keys.close()
     engine.dispose()

@@ -11,6 +11,10 @@ Keys are generated sensitive and non-extractable (the templates in
 :meth:`Pkcs11Backend.generate`), and the private-key objects here refuse every export,
 decryption and key agreement. Signing through ``_HsmEcKey.sign`` is on the OCSP and TSA hot
 path: one digest, one call into the session, nothing in between.
+
+The same private-key classes sign with a subscriber's key unwrapped into a session object
+(ca.keys.wrapping): given a :class:`KeyObjectSource` instead of a label, they hand it each
+signature, and it finds (or unwraps again) its own object.
 """
 from __future__ import annotations
 
