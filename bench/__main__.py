@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("crl_build", "hierarchy", "cli_startup", "http_load")
+BENCHMARKS = ("crl_build", "hierarchy", "cli_startup", "http_load", "subscriber_keys")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from ca.validation import DurationVariable, FieldError, InputModel, read_variabl
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
 UNIT_RENEWAL = 2 / 3  # TINCAY_UNIT_RENEWAL: when OCSP and TSA unit certificates are renewed
+KEY_CACHE = 1000  # TINCAY_KEY_CACHE: unwrapped subscriber keys a process keeps (ca.keys.wrapping)
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -114,6 +115,32 @@ class Environment(InputModel):
         None, alias="TINCAY_UNIT_RENEWAL")
     softhsm2_conf: str | None = Field(None, alias="SOFTHSM2_CONF")  # set at all, even empty?
 
+
+
+def _count(value: object) -> object:
+    """``1000`` -> 1000, at least 1 (a cache bound)."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    if not value.strip().isdigit() or int(value) < 1:
+        raise FieldError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
+class KeyCacheVariables(InputModel):
+    """TINCAY_KEY_CACHE alone: read by the subscriber-key service of each process, which is
+    built over a context and not from :class:`Settings`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key_cache: Annotated[int | None, BeforeValidator(_count)] = Field(
+        None, alias="TINCAY_KEY_CACHE")
+
+
+def key_cache_size(env: Mapping[str, str] | None = None) -> int:
+    """How many unwrapped subscriber keys a process keeps (TINCAY_KEY_CACHE, default 1000)."""
+    variables = read_variables(KeyCacheVariables, dict(os.environ if env is None else env))
+    return variables.key_cache or KEY_CACHE
 
 
 @dataclass(frozen=True)

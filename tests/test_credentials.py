@@ -23,7 +23,7 @@ from sqlalchemy import select
 from ca.clock import FrozenClock
 from ca.errors import (CredentialDisabledError, CredentialError, CredentialLockedError,
                        CredentialNotFoundError, InvalidOtpError, InvalidPinError,
-                       InvalidSadError, UnsupportedAlgorithmError)
+                       InvalidSadError, KeyNotFoundError, UnsupportedAlgorithmError)
 from ca.hierarchy import load_hierarchy
 from ca.keys.base import KeySpec
 from ca.keys.memory import MemoryBackend
@@ -580,8 +580,8 @@ def test_a_signing_failure_after_the_log_is_recorded_as_such(mem: Setup) -> None
     sad = mem.authorize(info, totp, [digest])
     with mem.world.service.context.read() as session:
         key_uri = session.scalar(select(SigningCredential)).certificate.key_uri
-    mem.world.keys.destroy(key_uri)
-    with pytest.raises(Exception, match="no key"):
+    assert mem.world.service.subscriber_keys.destroy(key_uri)  # the wrapped key is gone
+    with pytest.raises(KeyNotFoundError, match="no subscriber key"):
         mem.creds.sign_hashes(mem.client, info.credential_id, sad, [digest], SHA256, RSA)
     [record] = mem.rows(SignatureRecord)
     [failed] = [e for e in mem.rows(AuditEvent) if e.action == "credential.sign_failed"]

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.softhsm
 TINCAY = str(Path(sys.executable).parent / "tincay")
 
 
-def _interrupted_issuance(ca: str) -> tuple[Any, Any, Any, Any]:
+def _interrupted_issuance(ca: str, wrapped: bool = False) -> tuple[Any, Any, Any, Any]:
     """What `tincay issue --generate-key` leaves when killed after its pending row was
     committed and before the signature was: the key (with its key.generate event) and the
     pending row naming it. Returns the app, the prepared TBS, the issuer and the row."""
@@ -41,8 +41,11 @@ def _interrupted_issuance(ca: str) -> tuple[Any, Any, Any, Any]:
     with context.read() as session:
         issuer = context.issuer_info(queries.get_authority(session, ca))
     serial = core.new_serial()
-    key = service.issuance.obtain_key(f"{ca}.{serial:x}", profile.key_algorithms[0], None, None,
-                                      authority=ca)
+    if wrapped:  # what `tincay issue --generate-key` makes: a wrapped key's row
+        key = service.subscriber_keys.generate(profile.key_algorithms[0], authority=ca)
+    else:  # --key-storage token: a token object
+        key = service.issuance.obtain_key(f"{ca}.{serial:x}", profile.key_algorithms[0], None,
+                                          None, authority=ca)
 
     def record(session: Any, prepared: Any) -> Any:
         return service.issuance.record_pending(session, queries.get_authority(session, ca),
@@ -151,6 +154,28 @@ def test_reconcile_lists_then_resolves_a_pending_row_and_an_orphaned_key(
     app.close()
 
 
+def test_reconcile_deletes_the_wrapped_key_of_a_pending_row(cli: Cli, tmp_path: Path,
+                                                             unique_label: str) -> None:
+    """A crash between the pending row and the signature with a wrapped key: the serial is
+    revoked as never issued and the key's row deleted (nothing else names it), audited."""
+    ca = f"{unique_label}-ca"
+    cli("init", "--hierarchy", str(write_spec(tmp_path / "spec.yaml", unique_label)))
+    app, _, _, row = _interrupted_issuance(ca, wrapped=True)
+    assert row.key_uri.startswith("tincay:subscriber-key:")
+    (fresh,) = _mine(cli.json("reconcile"), row.key_uri)
+    assert (fresh["kind"], fresh["action"]) == ("pending-certificate", "wait")
+    (listed,) = _mine(json.loads(cli("reconcile", "--grace", "0s", "--json", code=3)),
+                      row.key_uri)
+    assert listed["action"] == "revoke + destroy key"
+    (applied,) = _mine(cli.json("reconcile", "--grace", "0s", "--apply"), row.key_uri)
+    assert applied["done"] == "revoked, key destroyed"
+    assert not app.service.subscriber_keys.exists(row.key_uri)
+    destroyed = [e["details"] for e in cli.json("audit", "--ca", ca)
+                 if e["action"] == "key.destroy"]
+    assert [(d["key_uri"], d["reason"]) for d in destroyed] == [(row.key_uri, "never issued")]
+    app.close()
+
+
 def prepared_spec(app: Any) -> Any:
     return app.profiles.get("clinician").key_algorithms[0]
 
@@ -232,9 +257,9 @@ def test_reconcile_after_a_real_sigkill_during_issuance(
     shown = subprocess.run([TINCAY, "cert", "show", serial, "--ca", ca, "--json"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert '"status": "revoked"' in shown.stdout
-    label = key_uri.rsplit("object=", 1)[1]
+    assert key_uri.startswith("tincay:subscriber-key:")  # wrapped under the KEK, in a row
     from cli.context import AppContext
 
     app = AppContext()
-    assert not app.keys.exists(label)
+    assert not app.service.subscriber_keys.exists(key_uri)  # its row deleted with the serial
     app.close()

@@ -506,7 +506,7 @@ def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: Profile
     w.service.authorities.init_hierarchy(spec)
     issued = w.service.issuance.issue(f"{unique_label}-ca", "clinician", DOCTOR,
                              KeySource(generate=KeySpec.parse("rsa-2048")))
-    assert issued.key_uri == f"pkcs11:token=tincay-test;object={unique_label}-ca.{issued.serial_hex}"
+    assert issued.key_uri.startswith("tincay:subscriber-key:")  # wrapped under the KEK
     with pytest.raises(Exception, match="non-extractable"):
         issued.private_key.private_bytes(serialization.Encoding.PEM,  # type: ignore[union-attr]
                                          serialization.PrivateFormat.PKCS8,
@@ -516,6 +516,13 @@ def test_hierarchy_and_subscriber_keys_on_softhsm(hsm_backend, profiles: Profile
                                         hashes.SHA256())
     issued.certificate.public_key().verify(signature, b"medical record",  # type: ignore
                                            padding.PKCS1v15(), hashes.SHA256())
+    # a subscriber key of its own on the token, for a PKCS#11 signing application
+    on_token = w.service.issuance.issue(f"{unique_label}-ca", "clinician", DOCTOR,
+                                        KeySource(generate=KeySpec.parse("ec-p256"),
+                                                  token_object=True))
+    assert on_token.key_uri == \
+        f"pkcs11:token=tincay-test;object={unique_label}-ca.{on_token.serial_hex}"
+    assert hsm_backend.exists(f"{unique_label}-ca.{on_token.serial_hex}")
     issuing, root = w.service.authorities.chain(f"{unique_label}-ca")
     result = hx.openssl_verify(hx.write_pem(tmp_path / "leaf.pem", issued.certificate),
                                hx.write_pem(tmp_path / "root.pem", root),

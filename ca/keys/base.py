@@ -111,3 +111,25 @@ class KeyBackend(Protocol):
 
     def close(self) -> None:
         """Release sessions and handles."""
+
+
+class KeyWrapping(Protocol):
+    """Subscriber keys kept wrapped under a key-encryption key (KEK) instead of one token object
+    each (ca.keys.wrapping: the HSM's; ca.keys.memory: the in-memory one). A key is generated,
+    wrapped at once and handed out as a blob the database stores; to sign, the blob is
+    unwrapped again where the KEK lives (an HSM session object), so the key is never in the
+    clear outside it."""
+
+    kek_label: str
+
+    def generate(self, spec: KeySpec) -> tuple[PublicKey, bytes]:
+        """A new key pair: its public key and its private key wrapped under the KEK."""
+
+    def unwrap(self, blob: bytes, spec: KeySpec, public: PublicKey, *,
+               now: bool = True) -> PrivateKey:
+        """A signer for the wrapped key ``blob`` (KeyBackendError when it does not unwrap, or
+        is not the key of ``public``); ``now=False`` lets a backend unwrap at the first
+        signature instead."""
+
+    def close(self) -> None:
+        """Destroy what unwrapping left (the HSM's session objects)."""

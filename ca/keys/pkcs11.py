@@ -11,11 +11,15 @@ Keys are generated sensitive and non-extractable (the templates in
 :meth:`Pkcs11Backend.generate`), and the private-key objects here refuse every export,
 decryption and key agreement. Signing through ``_HsmEcKey.sign`` is on the OCSP and TSA hot
 path: one digest, one call into the session, nothing in between.
+
+The same private-key classes sign with a subscriber's key unwrapped into a session object
+(ca.keys.wrapping): given a :class:`KeyObjectSource` instead of a label, they hand it each
+signature, and it finds (or unwraps again) its own object.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 import pkcs11
 from asn1crypto import algos as asn1_algos
@@ -91,8 +95,13 @@ class Pkcs11Backend:
                 {Attribute.CLASS: ObjectClass.PRIVATE_KEY}) if obj.label})
         return self._session.run(find, reads_token=True)
 
+    @property
+    def session(self) -> TokenSession:
+        """The process's one session on the token (ca.keys.wrapping signs through it too)."""
+        return self._session
+
     def label_of(self, uri_or_label: str) -> str | None:
-        if uri_or_label.startswith("memory:"):
+        if uri_or_label.startswith(("memory:", "tincay:")):  # tincay: a wrapped key's row
             return None
         try:
             return self._label(uri_or_label)
@@ -162,7 +171,7 @@ class Pkcs11Backend:
             if expected is not None and public_key_der(public) != public_key_der(expected):
                 raise not_the_certificates(label, self.token_label)
         spec = KeySpec.of_public_key(public)
-        signer = _make_signer(self._session, label, public)
+        signer = make_signer(self._session, label, public)
         return SigningKey(self.uri(label), spec, signer, public)
 
     def close(self) -> None:
@@ -179,8 +188,20 @@ class Pkcs11Backend:
         return sealer
 
 
-def _hsm_sign(session: TokenSession, label: str, data: bytes, mechanism: Mechanism,
-              param: Any = None) -> bytes:
+class KeyObjectSource(Protocol):
+    """A private-key object that is not a labelled token object (a subscriber's key unwrapped
+    into a session object, ca.keys.wrapping): it signs through the session itself, finding or
+    re-making its object as needed."""
+
+    def sign(self, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        """Sign ``data`` with ``mechanism`` through the process's session."""
+
+
+def _hsm_sign(session: TokenSession, label: str | KeyObjectSource, data: bytes,
+              mechanism: Mechanism, param: Any = None) -> bytes:
+    if not isinstance(label, str):
+        return label.sign(data, mechanism, param)
+
     def sign(s: Any) -> bytes:
         try:
             try:
@@ -193,9 +214,13 @@ def _hsm_sign(session: TokenSession, label: str, data: bytes, mechanism: Mechani
         except p11.NoSuchKey:
             raise KeyNotFoundError(f"key {label!r} vanished from the token") from None
         except (p11.MechanismInvalid, p11.MechanismParamInvalid) as exc:
-            raise UnsupportedKeyError(
-                f"token cannot sign with {mechanism.name}: {type(exc).__name__}") from None
+            raise unsupported_mechanism(mechanism, exc) from None
     return session.run(sign)
+
+
+def unsupported_mechanism(mechanism: Mechanism, exc: Exception) -> UnsupportedKeyError:
+    """The error for a signature mechanism the token refuses."""
+    return UnsupportedKeyError(f"token cannot sign with {mechanism.name}: {type(exc).__name__}")
 
 
 def _digest(data: bytes, algorithm: Any) -> tuple[bytes, hashes.HashAlgorithm]:
@@ -211,7 +236,8 @@ def _no_export(*_: Any, **__: Any) -> Any:
 
 
 class _HsmRsaKey(rsa.RSAPrivateKey):
-    def __init__(self, session: TokenSession, label: str, public: rsa.RSAPublicKey) -> None:
+    def __init__(self, session: TokenSession, label: str | KeyObjectSource,
+                 public: rsa.RSAPublicKey) -> None:
         self._session, self._label, self._public = session, label, public
 
     def sign(self, data: bytes, padding_: padding.AsymmetricPadding, algorithm: Any) -> bytes:
@@ -252,7 +278,7 @@ class _HsmRsaKey(rsa.RSAPrivateKey):
 
 
 class _HsmEcKey(ec.EllipticCurvePrivateKey):
-    def __init__(self, session: TokenSession, label: str,
+    def __init__(self, session: TokenSession, label: str | KeyObjectSource,
                  public: ec.EllipticCurvePublicKey) -> None:
         self._session, self._label, self._public = session, label, public
 
@@ -286,7 +312,7 @@ class _HsmEcKey(ec.EllipticCurvePrivateKey):
 
 
 class _HsmEd25519Key(ed25519.Ed25519PrivateKey):
-    def __init__(self, session: TokenSession, label: str,
+    def __init__(self, session: TokenSession, label: str | KeyObjectSource,
                  public: ed25519.Ed25519PublicKey) -> None:
         self._session, self._label, self._public = session, label, public
 
@@ -305,7 +331,9 @@ class _HsmEd25519Key(ed25519.Ed25519PrivateKey):
         return self
 
 
-def _make_signer(session: TokenSession, label: str, public: PublicKey) -> Any:
+def make_signer(session: TokenSession, label: str | KeyObjectSource, public: PublicKey) -> Any:
+    """The cryptography private-key object that signs with the token's key ``label`` (a
+    labelled token object) or through ``label``'s own object (a :class:`KeyObjectSource`)."""
     if isinstance(public, rsa.RSAPublicKey):
         return _HsmRsaKey(session, label, public)
     if isinstance(public, ec.EllipticCurvePublicKey):

@@ -2,6 +2,10 @@
 
 Only the path attributes tincay uses are understood; ``pin-value`` is rejected outright so a PIN
 can never be smuggled into a database row or a config file through a URI.
+
+A subscriber's key wrapped under the HSM's key-encryption key (ca.keys.wrapping) is no token
+object and has no PKCS#11 URI: certificates name it ``tincay:subscriber-key:<id>``, the id
+of its ``subscriber_keys`` row (:func:`wrapped_uri`, :func:`wrapped_key_id`).
 """
 from __future__ import annotations
 
@@ -46,3 +50,21 @@ class Pkcs11Uri:
         if self.type is not None:
             parts.append(f"type={self.type}")
         return "pkcs11:" + ";".join(parts)
+
+
+WRAPPED_URI_PREFIX = "tincay:subscriber-key:"
+
+
+def wrapped_uri(key_id: int) -> str:
+    """The key URI a certificate row names its wrapped subscriber key by."""
+    return f"{WRAPPED_URI_PREFIX}{key_id}"
+
+
+def wrapped_key_id(uri: str) -> int | None:
+    """The row id a wrapped-key URI names; None for any other URI (pkcs11:, memory:)."""
+    if not uri.startswith(WRAPPED_URI_PREFIX):
+        return None
+    text = uri[len(WRAPPED_URI_PREFIX):]
+    if not text.isdigit():
+        raise ConfigurationError(f"key URI {uri!r}: expected {WRAPPED_URI_PREFIX}<id>")
+    return int(text)

@@ -12,6 +12,7 @@
 - ``clients``       the platform's registered clients and their bearer tokens
 - ``credentials``   remote-signing credentials: sole control (PIN + TOTP), SADs, signing, the
                     signature log
+- ``subscriber_keys`` subscribers' keys wrapped under the HSM's KEK, and signers for them
 
 Each service owns its transactions. :class:`CertificateAuthority` builds them all over one
 context for the composition roots (the CLI, the app factory, ca.testing); a consumer keeps
@@ -43,13 +44,14 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.reconciliation import Reconciliation
     from ca.services.renewal import Renewal
     from ca.services.revocation import Revocation
+    from ca.services.subscriber_keys import SubscriberKeys
     from ca.services.token_log import TokenLog
 
 __all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
            "Credentials", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
            "Publication", "Reconciliation", "Renewal", "Revocation", "ServiceContext",
-           "ServiceUnitKey",
+           "ServiceUnitKey", "SubscriberKeys",
            "TokenLog"]
 
 # Each service's module is imported when first used: `tincay ca list` needs the listings, not
@@ -58,7 +60,8 @@ _MODULES = {"Authorities": "authorities", "Clients": "clients", "Credentials": "
             "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
             "Reconciliation": "reconciliation", "Renewal": "renewal",
-            "Revocation": "revocation", "TokenLog": "token_log"}
+            "Revocation": "revocation", "SubscriberKeys": "subscriber_keys",
+            "TokenLog": "token_log"}
 
 
 def __getattr__(name: str) -> Any:
@@ -93,7 +96,8 @@ class CertificateAuthority:
     """Every CA service over one context: what a composition root builds once per process.
     Each service is made on first use and then kept, so every consumer shares it."""
 
-    issuance: Issuance = _Service("Issuance")  # type: ignore[assignment]
+    subscriber_keys: SubscriberKeys = _Service("SubscriberKeys")  # type: ignore[assignment]
+    issuance: Issuance = _Service("Issuance", "subscriber_keys")  # type: ignore[assignment]
     authorities: Authorities = _Service("Authorities", "issuance")  # type: ignore[assignment]
     revocation: Revocation = _Service("Revocation")  # type: ignore[assignment]
     publication: Publication = _Service("Publication")  # type: ignore[assignment]
@@ -102,9 +106,10 @@ class CertificateAuthority:
     listings: Listings = _Service("Listings")  # type: ignore[assignment]
     renewal: Renewal = _Service("Renewal", "issuance")  # type: ignore[assignment]
     reconciliation: Reconciliation = _Service(  # type: ignore[assignment]
-        "Reconciliation", "revocation")
+        "Reconciliation", "revocation", "subscriber_keys")
     clients: Clients = _Service("Clients")  # type: ignore[assignment]
-    credentials: Credentials = _Service("Credentials")  # type: ignore[assignment]
+    credentials: Credentials = _Service(  # type: ignore[assignment]
+        "Credentials", "subscriber_keys")
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,
@@ -129,5 +134,9 @@ class CertificateAuthority:
 
     def close(self) -> None:
         """Hand the hot paths' connections back to the engine's pool (before it is disposed);
-        the key backend and the engine belong to the composition root, which closes them."""
+        the key backend and the engine belong to the composition root, which closes them.
+        The subscriber keys this process unwrapped are destroyed first."""
+        subscriber_keys = self.__dict__.get("subscriber_keys")
+        if subscriber_keys is not None:
+            subscriber_keys.close()
         self.context.close()

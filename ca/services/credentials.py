@@ -28,6 +28,7 @@ from ca.services.clients import ClientInfo
 from ca.services.context import ServiceContext, as_json
 from ca.services.credential_common import Activation, CredentialInfo, SignatureRecordInfo
 from ca.services.remote_signing import DEFAULT_SAD_LIFETIME, RemoteSigning
+from ca.services.subscriber_keys import SubscriberKeys
 from ca.store import queries
 from ca.store.models import (ISSUED, ApiClient, CredentialClient, SignatureRecord,
                              SigningCredential)
@@ -40,10 +41,11 @@ _USER_ID = re.compile(r"^\S(.{0,126}\S)?$")
 class Credentials:
     """Enrol and manage remote-signing credentials; list, authorise and sign for clients."""
 
-    def __init__(self, context: ServiceContext,
+    def __init__(self, context: ServiceContext, subscriber_keys: SubscriberKeys | None = None,
                  sad_lifetime: timedelta = DEFAULT_SAD_LIFETIME) -> None:
         self.context = context
-        self.remote = RemoteSigning(context, sad_lifetime)
+        self.remote = RemoteSigning(context, subscriber_keys or SubscriberKeys(context),
+                                    sad_lifetime)
 
     # --- the CSC API side ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from ca.keys.base import KeySpec, PrivateKey, PublicKey, SigningKey
 from ca.profiles import Profile
 from ca.services.context import Progress, ServiceContext, as_json, not_after, say
 from ca.services.results import IssuedCertificate, KeySource
+from ca.services.subscriber_keys import SubscriberKeys
 from ca.store import queries
 from ca.store.models import Authority, Certificate
 from ca.subject import build_name, format_name
@@ -36,8 +37,10 @@ class Issuance:
     """Issues end-entity certificates, and certifies the keys of CAs and service units for
     :class:`ca.services.authorities.Authorities`."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext,
+                 subscriber_keys: SubscriberKeys | None = None) -> None:
         self.context = context
+        self.subscriber_keys = subscriber_keys or SubscriberKeys(context)
 
     def issue(self, ca: str, profile_name: str, subject_pairs: Sequence[tuple[str, str]],
               source: KeySource, *, emails: Sequence[str] = (), dns_names: Sequence[str] = (),
@@ -69,10 +72,14 @@ class Issuance:
             assert source.generate is not None
             self.dry_run(profile, subject, source.generate, issuer_info, ca, urls, now, until,
                          tuple(emails), tuple(dns_names))
-            # Name the subscriber's key after the serial it is certified under.
-            serial = core.new_serial()
-            key = self.obtain_key(f"{ca}.{serial:x}", source.generate, None, progress,
-                                  authority=ca)
+            if source.token_object:  # a token object of its own, named after its serial
+                serial = core.new_serial()
+                key = self.obtain_key(f"{ca}.{serial:x}", source.generate, None, progress,
+                                      authority=ca)
+            else:  # made in the HSM, stored wrapped under its KEK: one token object per
+                # subscriber does not scale (ca.services.subscriber_keys)
+                say(progress, f"generating {source.generate} key (wrapped under the KEK)")
+                key = self.subscriber_keys.generate(source.generate, authority=ca)
             public_key, private_key, key_uri = key.public_key, key.private_key, key.uri
         say(progress, f"issuing {profile.name} certificate under {ca}")
 

@@ -32,6 +32,7 @@ from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
 from ca.services.clients import ClientInfo
 from ca.services.context import ServiceContext, as_json
+from ca.services.subscriber_keys import SubscriberKeys
 from ca.store import queries
 from ca.store.models import (ActivationHash, ApiClient, SignatureActivation, SignatureRecord,
                              SigningCredential)
@@ -42,9 +43,10 @@ DEFAULT_SAD_LIFETIME = timedelta(seconds=300)
 class RemoteSigning:
     """The CSC side of :class:`ca.services.credentials.Credentials`."""
 
-    def __init__(self, context: ServiceContext,
+    def __init__(self, context: ServiceContext, subscriber_keys: SubscriberKeys,
                  sad_lifetime: timedelta = DEFAULT_SAD_LIFETIME) -> None:
         self.context = context
+        self.subscriber_keys = subscriber_keys
         self.sad_lifetime = sad_lifetime
 
     # --- credentials/authorize ----------------------------------------------------------
@@ -263,6 +265,7 @@ class RemoteSigning:
             pass
 
     def _signer(self, key_uri: str, public_key: PublicKey) -> SigningKey:
-        """The subscriber's key, checked against its certificate's public key (the one place
-        that loads it, so wrapped subscriber keys can be switched in here)."""
-        return self.context.keys.load(key_uri, expected=public_key)
+        """The subscriber's key, checked against its certificate's public key: unwrapped into
+        the HSM (and kept per process) for a wrapped key, found on the token for an older
+        token-object key."""
+        return self.subscriber_keys.signer(key_uri, public_key)

@@ -32,14 +32,20 @@ class IssuedCertificate:
 
 @dataclass(frozen=True)
 class KeySource:
-    """Where the subject's public key comes from: a verified CSR, or a key the CA generates."""
+    """Where the subject's public key comes from: a verified CSR, or a key the CA generates:
+    wrapped under the HSM's key-encryption key (ca.services.subscriber_keys), or with
+    ``token_object`` a token object of its own, for a signing application that reaches the
+    key through PKCS#11 itself (one object per subscriber: it does not scale to a province)."""
 
     csr: x509.CertificateSigningRequest | None = None
     generate: KeySpec | None = None
+    token_object: bool = False
 
     def __post_init__(self) -> None:
         if (self.csr is None) == (self.generate is None):
             raise ValueError("give exactly one of csr and generate")
+        if self.token_object and self.generate is None:
+            raise ValueError("token_object goes with generate")
 
 
 @dataclass(frozen=True)

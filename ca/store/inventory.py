@@ -12,7 +12,9 @@ from typing import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from ca.store.models import PENDING, AuditEvent, Authority, Certificate, ServiceUnit
+from ca.keys.uri import wrapped_uri
+from ca.store.models import (PENDING, AuditEvent, Authority, Certificate, ServiceUnit,
+                             SubscriberKey)
 
 
 def pending_certificates(session: Session) -> Sequence[Certificate]:
@@ -46,3 +48,9 @@ def generated_keys(session: Session) -> list[tuple[str, datetime, str | None]]:
         if uri:
             out.append((uri, at, authority))
     return out
+
+
+def wrapped_key_uris(session: Session) -> list[str]:
+    """The URI of every stored wrapped subscriber key (``tincay:subscriber-key:<id>``): the
+    keys the database holds instead of the token."""
+    return [wrapped_uri(key_id) for key_id in session.scalars(select(SubscriberKey.id).order_by(SubscriberKey.id))]

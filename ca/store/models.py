@@ -332,3 +332,21 @@ class SignatureRecord(Base):
     hash_algorithm_oid: Mapped[str] = mapped_column(String(64))
     sign_algorithm_oid: Mapped[str] = mapped_column(String(64))
     activation_pk: Mapped[int] = mapped_column(Integer)
+
+
+# --- subscribers' keys, wrapped under the HSM's key-encryption key --------------------------
+
+class SubscriberKey(Base):
+    """An end-entity key generated in the HSM and stored wrapped under its KEK (AES key wrap
+    with padding, RFC 5649; ca.keys.wrapping): the HSM holds one KEK instead of one object per
+    subscriber. Certificates name it ``tincay:subscriber-key:<id>`` in ``key_uri``. The blob
+    is useless without the KEK, and ``kek_label`` says which KEK unwraps it."""
+
+    __tablename__ = "subscriber_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kek_label: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[str] = mapped_column(String(16))  # KeySpec text: "ec-p256", "rsa-3072"
+    public_key_der: Mapped[bytes] = mapped_column(LargeBinary)  # SubjectPublicKeyInfo
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)

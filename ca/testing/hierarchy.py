@@ -143,9 +143,12 @@ class Hierarchy:
     def issue(self, profile: str, subject: Subject, *, ca: str | None = None,
               key_type: str | KeySpec | None = None,
               csr: x509.CertificateSigningRequest | None = None, emails: Sequence[str] = (),
-              dns_names: Sequence[str] = (), days: int | None = None) -> Issued:
+              dns_names: Sequence[str] = (), days: int | None = None,
+              key_on_token: bool = False) -> Issued:
         """Issue from ``profile``: a new key of ``key_type`` (default: the profile's first) or
-        the key of ``csr``. ``subject`` is a string like the CLI's or (name, value) pairs."""
+        the key of ``csr``. ``subject`` is a string like the CLI's or (name, value) pairs.
+        A new key is wrapped under the backend's KEK, or with ``key_on_token`` a key object
+        of its own (a PKCS#11 application signs with it by label)."""
         ca = ca or self.default_ca
         pairs = parse_subject(subject) if isinstance(subject, str) else list(subject)
         if csr is not None:
@@ -154,7 +157,8 @@ class Hierarchy:
             if isinstance(key_type, str):
                 key_type = KeySpec.parse(key_type)
             source = KeySource(generate=key_type or
-                               self.service.profiles.get(profile).key_algorithms[0])
+                               self.service.profiles.get(profile).key_algorithms[0],
+                               token_object=key_on_token)
         result = self.service.issuance.issue(ca, profile, pairs, source, emails=emails,
                                     dns_names=dns_names, days=days)
         issued = Issued(result.certificate, result.private_key, result.serial_hex, ca, profile,

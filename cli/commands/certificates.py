@@ -26,16 +26,22 @@ from cli.shell import (FORMATS, OutputError, app_context, check_writable,
 @click.option("--csr", "csr_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PKCS#10 request (PEM or DER); only its public key is used.")
 @click.option("--generate-key", is_flag=True,
-              help="Generate the subscriber's key on the HSM (it never leaves it).")
+              help="Generate the subscriber's key in the HSM, stored wrapped under the HSM's "
+                   "key-encryption key (never in the clear outside the HSM).")
 @click.option("--key-type", help="With --generate-key: rsa-2048, ec-p256, ... "
                                  "(default: the profile's first).")
+@click.option("--key-storage", type=click.Choice(["wrapped", "token"]),
+              help="With --generate-key: wrapped (default) under the HSM's key-encryption key "
+                   "and kept in the database, or token: an object of its own on the token, for "
+                   "a signing application that uses the key through PKCS#11 by its label.")
 @click.option("--email", "emails", multiple=True, help="rfc822Name SAN (repeatable).")
 @click.option("--dns", "dns_names", multiple=True, help="dNSName SAN (repeatable).")
 @click.option("--days", type=click.IntRange(min=1), help="Validity in days (profile default).")
 @click.option("--out", required=True, help="Where to write the certificate (PEM), - for stdout.")
 @json_option
 def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
-          generate_key: bool, key_type: str | None, emails: tuple[str, ...],
+          generate_key: bool, key_type: str | None, key_storage: str | None,
+          emails: tuple[str, ...],
           dns_names: tuple[str, ...], days: int | None, out: str, as_json: bool) -> None:
     """Issue a certificate from a profile, for a CSR or a key generated on the HSM."""
     from ca import issuance
@@ -48,6 +54,8 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
         raise click.UsageError("give exactly one of --csr FILE and --generate-key")
     if key_type and not generate_key:
         raise click.UsageError("--key-type goes with --generate-key")
+    if key_storage and not generate_key:
+        raise click.UsageError("--key-storage goes with --generate-key")
     check_writable(out)
     app = app_context()
     if csr_file is not None:
@@ -64,7 +72,7 @@ def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
         else:
             raise click.UsageError(f"profile {profile_name} lists no key algorithm: "
                                    "give --key-type")
-        source = KeySource(generate=spec)
+        source = KeySource(generate=spec, token_object=key_storage == "token")
     issued = app.service.issuance.issue(ca_name, profile_name, parse_subject(subject), source,
                                         emails=emails, dns_names=dns_names, days=days,
                                         progress=progress)

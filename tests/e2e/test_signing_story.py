@@ -155,8 +155,8 @@ def _embedded_ocsp_responders(pdf: Path) -> set[str]:
 def test_clinician_record_signed_through_pkcs11_outlives_her_revocation(story: Story,
                                                                        tmp_path: Path) -> None:
     pki = story.pki
-    doctor = pki.issue("clinician", CLINICIAN, key_type="ec-p256")
-    assert doctor.key_uri and doctor.key_uri.startswith("pkcs11:")  # generated on the HSM
+    doctor = pki.issue("clinician", CLINICIAN, key_type="ec-p256", key_on_token=True)
+    assert doctor.key_uri and doctor.key_uri.startswith("pkcs11:")  # a token object
 
     signed = story.sign_through_pkcs11(doctor, _record(tmp_path, "benh-an-0042"), "BacSi")
     assert any("Y tế OCSP" in who for who in _embedded_ocsp_responders(signed))
@@ -181,8 +181,9 @@ def test_teacher_transcript_countersigned_by_the_school_seal(story: Story,
                                                              tmp_path: Path) -> None:
     from pyhanko.sign.diff_analysis import ModificationLevel
 
-    teacher = story.pki.issue("teacher", TEACHER, key_type="ec-p256")
-    school = story.pki.issue("organization-seal", SCHOOL, key_type="ec-p256")
+    teacher = story.pki.issue("teacher", TEACHER, key_type="ec-p256", key_on_token=True)
+    school = story.pki.issue("organization-seal", SCHOOL, key_type="ec-p256",
+                             key_on_token=True)
     transcript = story.sign_through_pkcs11(teacher, _record(tmp_path, "hoc-ba-12A1"),
                                            "GiaoVien")
     sealed = story.sign_through_pkcs11(school, transcript, "ConDauTruong")

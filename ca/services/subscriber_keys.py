@@ -1,0 +1,138 @@
+"""Subscribers' keys: generated in the HSM, stored wrapped in the database, unwrapped to sign.
+
+``tincay issue --generate-key`` used to make one token object per subscriber, and SoftHSM's
+file store reads every object at each lookup (2,000 issuances ran at 3/s, slower each 500).
+Here each end-entity key is wrapped under the HSM's key-encryption key (ca.keys.wrapping) the
+moment it is made and kept as a ``subscriber_keys`` row; certificates name it
+``tincay:subscriber-key:<id>``. CA, OCSP and TSA keys stay token objects (ca.services.
+authorities), and certificates whose key_uri is a ``pkcs11:`` URI (subscribers' keys made
+before) keep signing through :meth:`SubscriberKeys.signer` too.
+
+Each process keeps at most TINCAY_KEY_CACHE (default 1000) keys unwrapped: the HSM's session
+objects (ca.keys.wrapping, destroyed when evicted) and here the rows' signers, so a busy
+remote-signing worker reads a key's row and unwraps it once, not at each signature.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from cryptography.hazmat.primitives import serialization
+
+from ca.errors import KeyBackendError, KeyNotFoundError
+from ca.keys.base import KeySpec, KeyWrapping, PublicKey, SigningKey
+from ca.keys.pkcs11_session import public_key_der
+from ca.keys.uri import wrapped_key_id, wrapped_uri
+from ca.keys.wrapping import key_wrapping
+from ca.services.context import ServiceContext, as_json
+from ca.settings import key_cache_size
+from ca.store import queries
+from ca.store.models import SubscriberKey
+
+
+class SubscriberKeys:
+    """Generates subscribers' keys wrapped under the KEK, and hands out signers for them."""
+
+    def __init__(self, context: ServiceContext, cache_size: int | None = None) -> None:
+        self.context = context
+        self.cache_size = cache_size or key_cache_size()
+        self._wrapping: KeyWrapping | None = None
+        self._lock = threading.Lock()
+        self._signers: OrderedDict[int, SigningKey] = OrderedDict()  # least recent first
+
+    @property
+    def wrapping(self) -> KeyWrapping:
+        """The key backend's wrapping (the HSM's KEK), made on first use."""
+        with self._lock:
+            if self._wrapping is None:
+                self._wrapping = key_wrapping(self.context.keys, self.cache_size)
+            return self._wrapping
+
+    def generate(self, spec: KeySpec, *, authority: str) -> SigningKey:
+        """A new subscriber key of ``spec``, stored wrapped; its ``key.generate`` audit event
+        (with the key's URI and id, for ``tincay reconcile``) in the same transaction as its
+        row. The signer unwraps at its first signature: issuance needs only the public key."""
+        context, wrapping = self.context, self.wrapping
+        public, blob = wrapping.generate(spec)
+        with context.transaction() as session:
+            row = SubscriberKey(kek_label=wrapping.kek_label, spec=str(spec),
+                                public_key_der=public_key_der(public), wrapped=blob,
+                                created_at=context.clock.now())
+            session.add(row)
+            session.flush()
+            key_id, uri = row.id, wrapped_uri(row.id)
+            queries.record_event(session, at=context.clock.now(), action="key.generate",
+                                 authority=authority,
+                                 details=as_json({"key_uri": uri, "spec": str(spec),
+                                                  "key_id": key_id, "wrapped": True}))
+        return SigningKey(uri, spec, wrapping.unwrap(blob, spec, public, now=False), public)
+
+    def signer(self, key_uri: str, public: PublicKey | None = None) -> SigningKey:
+        """The key a certificate's ``key_uri`` names, ready to sign: a wrapped key (its row
+        read and unwrapped once per process, then cached) or a token object (``pkcs11:`` or a
+        label, through the key backend). ``public``: the certificate's public key; a key
+        that is not its key is refused (KeyBackendError)."""
+        key_id = wrapped_key_id(key_uri)
+        if key_id is None:
+            return self.context.keys.load(key_uri, public)
+        with self._lock:
+            key = self._signers.get(key_id)
+            if key is not None:
+                self._signers.move_to_end(key_id)
+        if key is None:
+            key = self._load(key_id, key_uri)
+            with self._lock:
+                self._signers[key_id] = key
+                while len(self._signers) > self.cache_size:
+                    self._signers.popitem(last=False)
+        if public is not None and public_key_der(public) != public_key_der(key.public_key):
+            raise KeyBackendError(f"key {key_uri} is not the key of the certificate it was "
+                                  "loaded for")
+        return key
+
+    def _load(self, key_id: int, key_uri: str) -> SigningKey:
+        with self.context.read() as session:
+            row = session.get(SubscriberKey, key_id)
+            if row is None:
+                raise KeyNotFoundError(f"no subscriber key {key_uri}")
+            kek_label, spec_text, der, blob = row.kek_label, row.spec, row.public_key_der, \
+                row.wrapped
+        wrapping = self.wrapping
+        if kek_label != wrapping.kek_label:
+            raise KeyBackendError(f"key {key_uri} is wrapped under {kek_label!r}, not under "
+                                  f"this backend's {wrapping.kek_label!r}")
+        public: PublicKey = serialization.load_der_public_key(der)  # type: ignore[assignment]
+        spec = KeySpec.parse(spec_text)
+        return SigningKey(key_uri, spec, wrapping.unwrap(blob, spec, public), public)
+
+    def exists(self, key_uri: str) -> bool:
+        """Whether ``key_uri`` names a stored wrapped key."""
+        key_id = wrapped_key_id(key_uri)
+        if key_id is None:
+            return False
+        with self.context.read() as session:
+            return session.get(SubscriberKey, key_id) is not None
+
+    def destroy(self, key_uri: str) -> bool:
+        """Delete a wrapped key's row (no certificate uses it: ``tincay reconcile``); whether
+        there was one. Without its blob the key is gone for good: the KEK alone holds nothing.
+        The caller records the ``key.destroy`` event."""
+        key_id = wrapped_key_id(key_uri)
+        if key_id is None:
+            return False
+        with self._lock:
+            self._signers.pop(key_id, None)
+        with self.context.transaction() as session:
+            row = session.get(SubscriberKey, key_id)
+            if row is None:
+                return False
+            session.delete(row)
+        return True
+
+    def close(self) -> None:
+        """Destroy this process's unwrapped session objects."""
+        with self._lock:
+            self._signers.clear()
+            wrapping, self._wrapping = self._wrapping, None
+        if wrapping is not None:
+            wrapping.close()
