@@ -11,8 +11,13 @@ from typing import Any
 
 import click
 
+from ca.errors import TincayError
 from cli.output import emit, emit_one
 from cli.shell import app_context, json_option
+
+
+class ClientNameError(TincayError):
+    """A name the registry refuses: one line on stderr, exit status 1, as the other errors."""
 
 
 @click.group(name="client")
@@ -38,8 +43,8 @@ def client_add(name: str, role: str | None, cas: tuple[str, ...], profiles: tupl
     """Register client NAME and print its id and secret (the secret only this once)."""
     try:
         added = app_context().service.clients.add(name, role=role, cas=cas, profiles=profiles)
-    except ValueError as exc:  # the name's rule: a usage error, one line
-        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    except ValueError as exc:  # the name's rule
+        raise ClientNameError(str(exc)) from None
     if as_json:
         emit_one({"name": added.client.name, "client_id": added.client.client_id,
                   "client_secret": added.client_secret}, True)
