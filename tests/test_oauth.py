@@ -317,6 +317,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
         env["HOME"] = str(tmp_path / "user")
         scheme = "http" if mode == "plain" else "https"
         env["TINCAY_PUBLIC_URL"] = f"{scheme}://{TLS_HOST}:{port}"
+        env["TINCAY_HTTP_HEADER_TIMEOUT"] = "2s"  # bounds a stalled TLS handshake too
         subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
         added = json.loads(subprocess.run([TINCAY, "client", "add", "emr-q11", "--json"], env=env,
                                           check=True, capture_output=True, timeout=60).stdout)
@@ -365,6 +366,23 @@ def test_tokens_over_real_http_and_tls(served: Served, tmp_path: Path) -> None:
     status, refused = served.post("/oauth2/token", b"x=" + b"a" * 17000, form)
     assert status == 400 and refused["error"] == "invalid_request"
     if served.cafile is not None:
+        # clients that stall their handshake hold no thread (gthread has 4) and are closed
+        # by the header deadline
+        stalled = [socket.create_connection(("127.0.0.1", served.port), timeout=10)
+                   for _ in range(8)]
+        stalled[0].sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, no more
+        started = time.monotonic()
+        status, _ = served.post("/oauth2/token", b"grant_type=client_credentials",
+                                {**form, "Authorization": basic(served.client_id,
+                                                                served.client_secret)})
+        assert status == 200 and time.monotonic() - started < 2
+        for sock in stalled:
+            with sock:
+                try:
+                    assert sock.recv(100) == b""  # closed by the server
+                except ConnectionResetError:
+                    pass
+        assert time.monotonic() - started < 8
         with served.context().wrap_socket(socket.create_connection(
                 ("127.0.0.1", served.port), timeout=10), server_hostname=TLS_HOST) as tls:
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
