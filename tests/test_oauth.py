@@ -529,3 +529,13 @@ def test_client_commands(softhsm_env: dict[str, str], tmp_path: Path,
         cli(*args, code=code)
         assert message in cli.err and "Traceback" not in cli.err
         assert len(cli.err.strip().splitlines()) == 1, cli.err
+    # TLS options that cannot work are refused before anything is served
+    missing = str(tmp_path / "nope.pem")
+    cli("serve", "--port", "9150", "--certfile", missing, "--keyfile", missing, code=1)
+    assert "cannot serve TLS" in cli.err and len(cli.err.strip().splitlines()) == 1
+    cli("serve", "--port", "9150", "--certfile", missing, code=2)
+    assert "go together" in cli.err
+    cli("serve", "--port", "9150", "--tls-self", "--certfile", missing, "--keyfile", missing,
+        code=2)
+    cli("serve", "--port", "9150", "--tls-self", code=1)  # TINCAY_PUBLIC_URL is an address
+    assert "DNS name" in cli.err and len(cli.err.strip().splitlines()) == 1
