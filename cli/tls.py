@@ -1,5 +1,7 @@
 """`tincay serve --tls-self`: tincay's own TLS server certificate, issued by one of its CAs
-from the ``tls-server`` profile, for the host of TINCAY_PUBLIC_URL.
+from the ``tls-server`` profile, for the host of TINCAY_PUBLIC_URL (or the ``--tls-name``
+names: the URLs certificates carry for OCSP and CRLs are best left http://, served by a
+second, plain `tincay serve`).
 
 The TLS key is a software key (EC P-256, made by cryptography) in a file under
 TINCAY_HOME/tls, readable only by tincay's user: gunicorn and OpenSSL's TLS servers load a
@@ -55,7 +57,7 @@ def tls_hosts(public_url: str, bind_host: str) -> list[str]:
     if not names:
         raise ConfigurationError(
             f"--tls-self needs a DNS name to certify: TINCAY_PUBLIC_URL is {public_url} and "
-            f"--host {bind_host}; set TINCAY_PUBLIC_URL to https://<fully qualified host name>:<port>")
+            f"--host {bind_host}; name the host with --tls-name")
     return names
 
 

@@ -307,7 +307,7 @@ class _Pinned(http.client.HTTPSConnection):
 @pytest.fixture
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     """`tincay serve` on the demo hierarchy (SoftHSM), with a registered client: ``param`` is
-    "<worker class>+<plain | certfile | tls-self>"."""
+    "<worker class>+<plain | certfile | tls-self | tls-name>"."""
     worker_class, _, mode = request.param.partition("+")
     with ExitStack() as stack:
         port = _free_port()
@@ -316,7 +316,8 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
         env["TINCAY_HOME"] = str(tmp_path / "home")
         env["HOME"] = str(tmp_path / "user")
         scheme = "http" if mode == "plain" else "https"
-        env["TINCAY_PUBLIC_URL"] = f"{scheme}://{TLS_HOST}:{port}"
+        env["TINCAY_PUBLIC_URL"] = (f"http://127.0.0.1:{port}" if mode == "tls-name" else
+                                    f"{scheme}://{TLS_HOST}:{port}")
         env["TINCAY_HTTP_HEADER_TIMEOUT"] = "2s"  # bounds a stalled TLS handshake too
         subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
         added = json.loads(subprocess.run([TINCAY, "client", "add", "emr-q11", "--json"], env=env,
@@ -328,6 +329,9 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
             extra, cafile = ["--certfile", str(certfile), "--keyfile", str(keyfile)], certfile
         elif mode == "tls-self":
             extra, cafile = ["--tls-self"], tmp_path / "home/public/root-ca.pem"
+        elif mode == "tls-name":  # the certificates' OCSP and CRL URLs stay http://
+            extra = ["--tls-self", "--tls-name", TLS_HOST]
+            cafile = tmp_path / "home/public/root-ca.pem"
         log_path = tmp_path / "serve.log"
         log = stack.enter_context(log_path.open("wb"))
         server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "1",
@@ -346,7 +350,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
 
 @pytest.mark.softhsm
 @pytest.mark.parametrize("served", ["gevent_pywsgi+plain", "gthread+certfile",
-                                    "gevent_pywsgi+tls-self", "gthread+tls-self"],
+                                    "gevent_pywsgi+tls-self", "gthread+tls-name"],
                          indirect=True)
 def test_tokens_over_real_http_and_tls(served: Served, tmp_path: Path) -> None:
     """A token by Basic and by form over each worker class, plain on loopback and over TLS
@@ -402,7 +406,7 @@ def test_tokens_over_real_http_and_tls(served: Served, tmp_path: Path) -> None:
                 plain.recv(100)
             except ConnectionResetError:
                 pass
-    if served.mode == "tls-self":
+    if served.mode in ("tls-self", "tls-name"):
         assert "TLS: issued a issuing-ca certificate for tincay.test" in served.serve_err
         key = served.home / "tls/server.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600

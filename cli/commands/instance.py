@@ -105,9 +105,13 @@ def demo(as_json: bool) -> None:
                    "TINCAY_PUBLIC_URL's host (kept under TINCAY_HOME/tls, renewed when due).")
 @click.option("--tls-ca", help="The CA that issues the --tls-self certificate "
                                "[the one subordinate CA].")
+@click.option("--tls-name", "tls_names", multiple=True,
+              help="A DNS name the --tls-self certificate names (repeatable) "
+                   "[TINCAY_PUBLIC_URL's host].")
 def serve(host: str, port: int, workers: int | None, worker_class: str, threads: int,
           maintenance_interval: timedelta, no_maintenance: bool, certfile: Path | None,
-          keyfile: Path | None, tls_self: bool, tls_ca: str | None) -> None:
+          keyfile: Path | None, tls_self: bool, tls_ca: str | None,
+          tls_names: tuple[str, ...]) -> None:
     """Serve OCSP, time-stamps, CRLs, CA certificates and the APIs under gunicorn, with a
     maintenance process that keeps CRLs and pre-produced OCSP answers fresh."""
     from cli.http_limits import HttpLimits
@@ -118,8 +122,8 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         raise click.UsageError("give either --tls-self or --certfile and --keyfile")
     if (certfile is None) != (keyfile is None):
         raise click.UsageError("--certfile and --keyfile go together")
-    if tls_ca and not tls_self:
-        raise click.UsageError("--tls-ca goes with --tls-self")
+    if (tls_ca or tls_names) and not tls_self:
+        raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
@@ -128,7 +132,7 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
 
         check_pair(certfile, keyfile)
     if tls_self:
-        certfile, keyfile = _self_issued(app, host, tls_ca)
+        certfile, keyfile = _self_issued(app, host, tls_ca, tls_names)
     app.close()
     check_free(host, port)  # before saying we serve there
     scheme = "https" if certfile else "http"
@@ -141,11 +145,12 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
                keyfile=str(keyfile) if keyfile else None)
 
 
-def _self_issued(app: Any, host: str, tls_ca: str | None) -> tuple[Path, Path]:
+def _self_issued(app: Any, host: str, tls_ca: str | None,
+                 tls_names: tuple[str, ...]) -> tuple[Path, Path]:
     """--tls-self: the stored certificate and key, issued or renewed first if need be."""
     from cli.tls import issuing_ca, self_issued, tls_hosts
 
-    hosts = tls_hosts(app.settings.public_url, host)
+    hosts = [n.lower() for n in tls_names] or tls_hosts(app.settings.public_url, host)
     ca = issuing_ca(app.service.listings, tls_ca)
     pair = self_issued(app.service, app.settings.home, hosts, ca)
     what = "issued" if pair.issued else "reusing"
