@@ -172,18 +172,22 @@ def test_the_secret_survives_form_encoding_in_basic(world) -> None:
                 headers={"Authorization": header}).status_code == 200
 
 
-def test_a_database_outage_is_503_temporarily_unavailable(world, monkeypatch) -> None:
+def test_a_database_outage_is_503_temporarily_unavailable(world, tmp_path: Path) -> None:
+    """The SQLite file gone (its pool emptied, so the next connection looks for it): the
+    store says unreachable, the endpoint says temporarily_unavailable, not 500."""
     http, service = world
     added = service.clients.add("outage")
-
-    def away(*args: Any) -> Any:
-        raise DatabaseUnavailableError("database unreachable")
-
-    monkeypatch.setattr(service.clients, "grant", away)
-    response = post(http, {"grant_type": "client_credentials"},
-                    headers={"Authorization": basic(added.client.client_id,
-                                                    added.client_secret)})
-    assert_error(response, 503, "temporarily_unavailable")
+    headers = {"Authorization": basic(added.client.client_id, added.client_secret)}
+    database, away = tmp_path / "db.sqlite", tmp_path / "db.sqlite.away"
+    engine = service.context.sessions.kw["bind"]
+    database.rename(away)
+    engine.dispose()
+    try:
+        response = post(http, {"grant_type": "client_credentials"}, headers=headers)
+        body = assert_error(response, 503, "temporarily_unavailable")
+        assert added.client_secret not in json.dumps(body)
+    finally:
+        engine.dispose()
 
 
 def test_bearer_client_refuses_missing_garbled_unknown_and_expired(world, clock) -> None:
