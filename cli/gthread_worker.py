@@ -12,16 +12,24 @@ OCSP and TSA POST), its body under ``body_timeout``. A thread gets the connectio
 whole request in memory, so a slow client costs a buffer, not a thread. A connection past its
 deadline is closed. A chunked body, one past MAX_GATHERED or one sent after
 ``Expect: 100-continue`` is still read in the thread, as gunicorn does.
+
+With TLS (``tincay serve --certfile``), gunicorn wraps the socket in the thread, at the first
+read; here the main loop gathers decrypted bytes, so it also runs the TLS handshake, without
+blocking, under the same header deadline (a client that stalls its handshake holds no
+thread either). The thread gets the connection already wrapped and handshaken.
 """
 from __future__ import annotations
 
 import errno
 import re
 import selectors
+import ssl
 from functools import partial
 from time import monotonic
 from typing import Any
 
+from gunicorn import http
+from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from cli.http_limits import HttpLimits
@@ -68,6 +76,8 @@ class TincayThreadWorker(ThreadWorker):
         self.limits = getattr(self.app, "limits", None) or HttpLimits()
         self.gathering: dict[TConn, _Gathering] = {}
         self.next_sweep = 0.0
+        # one context per worker (gunicorn's gthread builds one per connection)
+        self.tls: ssl.SSLContext | None = ssl_context(self.cfg) if self.cfg.is_ssl else None
         super().init_process()
 
     def accept(self, listener: Any) -> None:
@@ -78,7 +88,14 @@ class TincayThreadWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
-        self._gather(TConn(self.cfg, client, address, listener.getsockname()), b"")
+        server = listener.getsockname()
+        if self.tls is not None:  # the handshake runs in _on_readable, without blocking
+            client.setblocking(False)
+            client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False,
+                                          suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
+        conn = TConn(self.cfg, client, address, server)
+        conn.handshaken = self.tls is None
+        self._gather(conn, b"")
 
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
         """A kept-alive connection's next request: gathered too, not read in a thread."""
@@ -90,7 +107,8 @@ class TincayThreadWorker(ThreadWorker):
         """A response sent with keep-alive while the client pipelined part of its next request
         (gunicorn would read its rest in a thread): the main loop gathers it."""
         if (self.alive and not fs.cancelled() and fs.exception() is None
-                and fs.result() is True and conn.parser.unreader.buf.getvalue()):
+                and fs.result() is True and (conn.parser.unreader.buf.getvalue()
+                                             or self._tls_pending(conn))):
             self._gather(conn, conn.parser.unreader.take_buffered())
             return
         super().finish_request(conn, fs)
@@ -101,11 +119,27 @@ class TincayThreadWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         if data:
             self._take(conn, b"")
+        elif self._tls_pending(conn):  # decrypted already: the socket will not turn readable
+            self._on_readable(conn, conn.sock)
+
+    @staticmethod
+    def _tls_pending(conn: TConn) -> bool:
+        return isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending() > 0
 
     def _on_readable(self, conn: TConn, client: Any) -> None:
         try:
+            if not getattr(conn, "handshaken", True):
+                conn.sock.do_handshake()
+                conn.handshaken = True
             data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            while self._tls_pending(conn):  # the rest of a record already decrypted
+                data += conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # nothing (decrypted) to read yet
+        except ssl.SSLZeroReturnError:
+            data = b""  # the client closed its TLS session
+        except ssl.SSLError:  # not TLS (plain HTTP to the https port), or a broken handshake
+            self._drop(conn)
             return
         except OSError:
             data = b""
@@ -140,6 +174,11 @@ class TincayThreadWorker(ThreadWorker):
     def handle(self, conn: TConn) -> Any:
         """In a thread: the gathered bytes go to the connection's parser first."""
         gathered = getattr(conn, "gathered", b"")
+        if isinstance(conn.sock, ssl.SSLSocket) and not conn.initialized:
+            # wrapped and handshaken by the main loop: gunicorn's init() would wrap it again
+            conn.initialized = True
+            conn.sock.setblocking(True)
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         if gathered:
             conn.gathered = b""
             conn.sock.setblocking(True)

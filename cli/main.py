@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import click
 
 from ca.errors import TincayError
-from cli.commands import (authorities, certificates, credentials, instance, ocsp, profiles,
-                          reconciliation, revocation, testing, tsa)
+from cli.commands import (authorities, certificates, clients, credentials, instance, ocsp,
+                          profiles, reconciliation, revocation, testing, tsa)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,6 +44,7 @@ cli.add_command(reconciliation.reconcile)
 cli.add_command(ocsp.ocsp_group)
 cli.add_command(ocsp.maintain)
 cli.add_command(tsa.tsa_group)
+cli.add_command(clients.client_group)
 cli.add_command(profiles.profiles_group)
 cli.add_command(testing.testing_group)
 cli.add_command(credentials.credential_group)

@@ -15,6 +15,13 @@ timeout, which a byte every few seconds would renew):
   protocol endpoints answer 400 with ``Connection: close``, web/protocol.py) and the connection
   is closed after the response.
 
+With TLS (``tincay serve --certfile``) the handshake is deferred to the first read, so it runs
+under the header deadline too (gevent's server would otherwise complete it, with no deadline,
+before the handler starts). gevent's handler knows nothing of gunicorn's
+``forwarded_allow_ips``: :meth:`BoundedHandler.get_environ` applies it as gunicorn's own parser
+does, so ``wsgi.url_scheme`` says https for a TLS-terminating proxy among those addresses, and
+only for one (web/tls.py relies on it).
+
 The headers are also checked for an ambiguous framing (cli.http_limits.framing_refusal) before
 gevent reads a body by them: refused with 400 or 501, the connection closed.
 """
@@ -23,8 +30,10 @@ from __future__ import annotations
 from time import monotonic
 from typing import Any, Callable, ClassVar, Iterator
 
+import ipaddress
+
 import gevent
-from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
 from cli.http_limits import HttpLimits, framing_refusal
 
@@ -110,6 +119,7 @@ class BoundedHandler(PyWSGIHandler):
     3 microseconds for its bounds."""
 
     limits: ClassVar[HttpLimits] = HttpLimits()
+    cfg: ClassVar[Any] = None  # gunicorn's configuration: forwarded_allow_ips
     _head: gevent.Timeout  # request line and headers
     _idle: gevent.Timeout | None = None  # between two requests, made at the first reuse
     _body: gevent.Timeout | None = None  # made at the first body
@@ -168,6 +178,8 @@ class BoundedHandler(PyWSGIHandler):
                 self._body = gevent.Timeout(self.limits.body_timeout, _Expired)
             environ["wsgi.input"] = self.wsgi_input = _BoundedInput(
                 body, self._body, self.limits.body_timeout)
+        if environ.get("wsgi.url_scheme") != "https" and self.cfg is not None:
+            environ["wsgi.url_scheme"] = forwarded_scheme(self.cfg, environ)
         return environ
 
     def handle_one_response(self) -> None:
@@ -188,6 +200,40 @@ class BoundedHandler(PyWSGIHandler):
         ).encode() + text
 
 
+def forwarded_scheme(cfg: Any, environ: dict) -> str:
+    """The scheme a trusted proxy's headers say (gunicorn's ``secure_scheme_headers``, such as
+    ``X-Forwarded-Proto: https``), as gunicorn's parser reads them: only from a peer in
+    ``forwarded_allow_ips``; from anyone else, and when two headers disagree, the
+    connection's own scheme."""
+    scheme = environ.get("wsgi.url_scheme", "http")
+    headers = cfg.secure_scheme_headers or {}
+    if not headers or not _trusted(cfg, environ.get("REMOTE_ADDR", "")):
+        return scheme
+    said = {"https" if environ[key] == secure else "http" for name, secure in headers.items()
+            if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
+    return said.pop() if len(said) == 1 else scheme
+
+
+def _trusted(cfg: Any, peer: str) -> bool:
+    if "*" in cfg.forwarded_allow_ips:
+        return True
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(ip in network for network in cfg.forwarded_allow_networks())
+
+
+class _Server(PyWSGIServer):
+    """gunicorn's pywsgi server, its TLS handshake left to the handler's first read (under
+    the header deadline) instead of done before the handler starts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "ssl_context" in kwargs:
+            kwargs.setdefault("do_handshake_on_connect", False)
+        super().__init__(*args, **kwargs)
+
+
 class TincayPyWSGIWorker(GeventPyWSGIWorker):
     """gunicorn's pywsgi worker serving through :class:`BoundedHandler`, with the limits the
     arbiter read (cli.serve: ``app.limits``); gunicorn's ``worker_connections`` and
@@ -195,5 +241,7 @@ class TincayPyWSGIWorker(GeventPyWSGIWorker):
 
     def init_process(self) -> None:
         limits = getattr(self.app, "limits", None) or HttpLimits()
-        self.wsgi_handler = type("BoundedHandler", (BoundedHandler,), {"limits": limits})
+        self.wsgi_handler = type("BoundedHandler", (BoundedHandler,),
+                                 {"limits": limits, "cfg": self.cfg})
+        self.server_class = _Server
         super().init_process()

@@ -50,7 +50,8 @@ class _Log(Logger):
 
     def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
         if msg.startswith("Listening at:") and args and not args[0]:
-            where = ",".join(f"http://{host}:{port}" for host, port in self.cfg.address)
+            scheme = "https" if self.cfg.is_ssl else "http"
+            where = ",".join(f"{scheme}://{host}:{port}" for host, port in self.cfg.address)
             args = (f"{where} (a SO_REUSEPORT socket in each worker)", *args[1:])
         super().info(msg, *args, **kwargs)
 
@@ -79,9 +80,11 @@ class TincayServer(BaseApplication):
 def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
           maintenance: timedelta | None = None, worker_class: str = WORKER_CLASSES[0],
           app_factory: Callable[[], Any] | None = None,
-          limits: HttpLimits | None = None) -> None:
+          limits: HttpLimits | None = None, certfile: str | None = None,
+          keyfile: str | None = None) -> None:
     """Serve until interrupted; workers default to the CPU count, ``threads`` counts for
-    gthread workers only.
+    gthread workers only. With ``certfile`` and ``keyfile`` (PEM), HTTPS only: both worker
+    classes serve TLS (cli/pywsgi_worker.py, cli/gthread_worker.py say how).
 
     With ``maintenance``, the arbiter also starts ``tincay maintain --interval`` once the
     workers are ready and stops it on exit: one process, one HSM session, no duplicate
@@ -117,7 +120,9 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
             except subprocess.TimeoutExpired:
                 child.kill()
 
+    tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
     TincayServer({
+        **tls,
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers or os.cpu_count() or 1,
         "worker_class": WORKERS[worker_class],

@@ -24,8 +24,10 @@ from ca.services import CertificateAuthority
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
 from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
+from web.oauth import oauth
 from web.ocsp import OcspEndpoint
 from web.repository import repository
+from web.tls import RequireTls
 from web.tsa import TsaEndpoint
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -46,6 +48,7 @@ def create_app(service: CertificateAuthority) -> Flask:
         keys, source, service.clock, cache=source,
         reload_keys=lambda: responder_keys(service))  # a CA created while serving
     app.register_blueprint(repository)
+    app.register_blueprint(oauth)  # /oauth2/token, /csc/v2/oauth2/token
     app.wsgi_app = OcspEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                 app.extensions["tincay.ocsp"])  # /ocsp, before Flask
 
@@ -58,6 +61,9 @@ def create_app(service: CertificateAuthority) -> Flask:
     app.wsgi_app = TsaEndpoint(  # type: ignore[method-assign]
         app.wsgi_app, authority, service.token_log, known=known,  # /tsa
         refresh=lambda current: refreshed_authority(service.authorities, current, unit, policy))
+
+    # outermost: /oauth2/ and /csc/ need https (or loopback) before anything reads them
+    app.wsgi_app = RequireTls(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz() -> Response:

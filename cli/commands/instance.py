@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -95,20 +96,64 @@ def demo(as_json: bool) -> None:
               help="How often the maintenance process publishes due CRLs and OCSP answers.")
 @click.option("--no-maintenance", is_flag=True,
               help="Serve only (another host runs tincay maintain).")
+@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve HTTPS with this PEM certificate (then its CA chain).")
+@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="The PEM private key of --certfile (readable by tincay's user only).")
+@click.option("--tls-self", is_flag=True,
+              help="Serve HTTPS with a tls-server certificate tincay issues itself for "
+                   "TINCAY_PUBLIC_URL's host (kept under TINCAY_HOME/tls, renewed when due).")
+@click.option("--tls-ca", help="The CA that issues the --tls-self certificate "
+                               "[the one subordinate CA].")
+@click.option("--tls-name", "tls_names", multiple=True,
+              help="A DNS name the --tls-self certificate names (repeatable) "
+                   "[TINCAY_PUBLIC_URL's host].")
 def serve(host: str, port: int, workers: int | None, worker_class: str, threads: int,
-          maintenance_interval: timedelta, no_maintenance: bool) -> None:
-    """Serve OCSP, CRLs and CA certificates over HTTP under gunicorn, with a maintenance
-    process that keeps CRLs and pre-produced OCSP answers fresh."""
+          maintenance_interval: timedelta, no_maintenance: bool, certfile: Path | None,
+          keyfile: Path | None, tls_self: bool, tls_ca: str | None,
+          tls_names: tuple[str, ...]) -> None:
+    """Serve OCSP, time-stamps, CRLs, CA certificates and the APIs under gunicorn, with a
+    maintenance process that keeps CRLs and pre-produced OCSP answers fresh."""
     from cli.http_limits import HttpLimits
     from cli.serve import check_free
     from cli.serve import serve as run_server
 
+    if tls_self and (certfile or keyfile):
+        raise click.UsageError("give either --tls-self or --certfile and --keyfile")
+    if (certfile is None) != (keyfile is None):
+        raise click.UsageError("--certfile and --keyfile go together")
+    if (tls_ca or tls_names) and not tls_self:
+        raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
+    if certfile is not None and keyfile is not None:
+        from cli.tls import check_pair
+
+        check_pair(certfile, keyfile)
+    if tls_self:
+        certfile, keyfile = _self_issued(app, host, tls_ca, tls_names)
     app.close()
     check_free(host, port)  # before saying we serve there
-    progress(f"serving on http://{host}:{port} (TINCAY_PUBLIC_URL={app.settings.public_url})")
+    scheme = "https" if certfile else "http"
+    progress(f"serving on {scheme}://{host}:{port} "
+             f"(TINCAY_PUBLIC_URL={app.settings.public_url})")
     run_server(host, port, workers, threads,
                maintenance=None if no_maintenance else maintenance_interval,
-               worker_class=worker_class, limits=limits)
+               worker_class=worker_class, limits=limits,
+               certfile=str(certfile) if certfile else None,
+               keyfile=str(keyfile) if keyfile else None)
+
+
+def _self_issued(app: Any, host: str, tls_ca: str | None,
+                 tls_names: tuple[str, ...]) -> tuple[Path, Path]:
+    """--tls-self: the stored certificate and key, issued or renewed first if need be."""
+    from cli.tls import issuing_ca, self_issued, tls_hosts
+
+    hosts = [n.lower() for n in tls_names] or tls_hosts(app.settings.public_url, host)
+    ca = issuing_ca(app.service.listings, tls_ca)
+    pair = self_issued(app.service, app.settings.home, hosts, ca)
+    what = "issued" if pair.issued else "reusing"
+    progress(f"TLS: {what} a {ca} certificate for {', '.join(hosts)} until "
+             f"{pair.not_after:%Y-%m-%d} ({pair.certfile})")
+    return pair.certfile, pair.keyfile
