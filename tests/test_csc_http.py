@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import io
 import json
@@ -76,9 +77,25 @@ def _port() -> int:
 # --- the adapter, over the app ca.testing serves ------------------------------------------
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, Any]]:
-    with Hierarchy.from_spec(port=_port()) as pki, pki.serve() as url:
+def pki() -> Iterator[Hierarchy]:
+    with Hierarchy.from_spec(port=_port()) as pki:
+        yield pki
+
+
+@pytest.fixture(scope="module")
+def served(pki: Hierarchy) -> Iterator[tuple[str, Any]]:
+    with pki.serve() as url:
         yield url, pki.service
+
+
+def test_an_expired_token_is_expired_token(served, pki: Hierarchy) -> None:
+    url, service = served
+    grant = service.clients.grant(*_client(service, "expiry"))
+    with pki.at(pki.clock.now() + dt.timedelta(minutes=11)):
+        status, head, body = post(f"{url}/csc/v1/credentials/list", {},
+                                  token=grant.access_token)
+    assert (status, body["error"]) == (401, "expired_token")
+    assert 'error="expired_token"' in head["WWW-Authenticate"]
 
 
 def test_info_needs_no_token_and_every_other_method_does(served) -> None:
