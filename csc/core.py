@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -30,7 +29,7 @@ from ca.errors import (BackendUnavailableError, ClientAuthError, DatabaseBusyErr
                        DatabaseUnavailableError, TincayError)
 from ca.validation import issues
 from csc import models
-from csc.describe import SIGN_ALGORITHMS, credential_json, service_info
+from csc.describe import HASHLESS_SIGN_ALGORITHMS, credential_json, service_info
 from tsa.core import TimeStampResp  # asn1crypto's own cannot read a rejection
 
 __all__ = ["Answer", "Caller", "CredentialService", "CscApi", "Stamper", "TokenService"]
@@ -289,7 +288,7 @@ class CscApi:
             hashes, oid = request.hashes, request.hashAlgorithmOID
         else:
             hashes, oid = request.hash, request.hashAlgo
-        if oid is None and request.signAlgo not in SIGN_ALGORITHMS:
+        if oid is None and request.signAlgo in HASHLESS_SIGN_ALGORITHMS:
             raise BadRequest(f"hashAlgo is required with signAlgo {request.signAlgo}")
         signatures = self._service().sign_hashes(
             caller, request.credentialID, request.SAD, list(hashes), oid, request.signAlgo,
@@ -302,13 +301,14 @@ class CscApi:
                               request: models.TimestampRequest, basic: Any) -> Answer:
         if self.stamper is None:
             return refusal(404, "invalid_request", "no time-stamp unit is configured here")
-        nonce = int(request.nonce, 16) if request.nonce is not None \
-            else secrets.randbits(63)
-        question = asn1_tsp.TimeStampReq({
+        fields: dict[str, Any] = {
             "version": 1,
             "message_imprint": {"hash_algorithm": {"algorithm": request.hashAlgo},
                                 "hashed_message": request.hash},
-            "nonce": nonce, "cert_req": True}).dump()
+            "cert_req": True}  # the token carries the TSA's certificate and chain
+        if request.nonce is not None:
+            fields["nonce"] = int(request.nonce, 16)
+        question = asn1_tsp.TimeStampReq(fields).dump()
         reply = TimeStampResp.load(self.stamper(question))
         status = reply["status"]["status"].native
         if status in ("granted", "granted_with_mods"):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from cryptography import x509
 
-__all__ = ["SIGN_ALGORITHMS", "credential_json", "service_info"]
+__all__ = ["ALL_SIGN_ALGORITHMS", "HASHLESS_SIGN_ALGORITHMS", "SIGN_ALGORITHMS", "credential_json", "service_info"]
 
 # signature algorithm OIDs that name their hash (hashAlgo may then be omitted)
 SIGN_ALGORITHMS = {"1.2.840.113549.1.1.11": "2.16.840.1.101.3.4.2.1",
@@ -25,6 +25,9 @@ SIGN_ALGORITHMS = {"1.2.840.113549.1.1.11": "2.16.840.1.101.3.4.2.1",
                    "1.2.840.10045.4.3.2": "2.16.840.1.101.3.4.2.1",
                    "1.2.840.10045.4.3.3": "2.16.840.1.101.3.4.2.2",
                    "1.2.840.10045.4.3.4": "2.16.840.1.101.3.4.2.3"}
+# the key's algorithm alone (PKCS#1 v1.5, ECDSA): the hash must be named beside it. RSASSA-PSS
+# names its hash in signAlgoParams (absent: SHA-256).
+HASHLESS_SIGN_ALGORITHMS = ("1.2.840.113549.1.1.1", "1.2.840.10045.2.1")
 ALL_SIGN_ALGORITHMS = ("1.2.840.113549.1.1.1", "1.2.840.113549.1.1.10",
                        *SIGN_ALGORITHMS, "1.2.840.10045.2.1")
 # CSC knows four certificate statuses; one not yet valid cannot sign, as a suspended one

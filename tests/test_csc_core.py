@@ -411,6 +411,10 @@ def test_a_sign_algorithm_naming_its_hash_needs_no_hash_algorithm(world) -> None
     assert _sign(api, "v2", "cred-ec", sad, [DIGEST], ECDSA_SHA256, oid=None)[0] == 200
     status, body = _sign(api, "v2", "cred-ec", sad, [DIGEST], ECDSA, oid=None)
     assert status == 400 and "hashAlgo" in body["error_description"]
+    # RSASSA-PSS names its hash in its parameters: the service decides (this one signs no PSS)
+    sad = _authorize(api, "v2", "cred-rsa", [DIGEST])[1]["SAD"]
+    status, body = _sign(api, "v2", "cred-rsa", sad, [DIGEST], "1.2.840.113549.1.1.10", oid=None)
+    assert (status, body["error_description"]) == (400, "sign algorithm not allowed")
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -578,6 +582,10 @@ def test_timestamp_returns_an_rfc3161_token_for_the_hash(tsa_core, version: str)
     assert info["message_imprint"]["hashed_message"].native == digest
     assert info["nonce"].native == 0x0a1b2c3d4e5f
     assert [t.serial for t in recorded] == [info["serial_number"].native]
+    status, body = call(api, version, "signatures/timestamp",
+                        {"hash": b64(DIGEST), "hashAlgo": SHA256})
+    token = acms.ContentInfo.load(base64.b64decode(body["timestamp"]))
+    assert token["content"]["encap_content_info"]["content"].parsed["nonce"].native is None
     for bad, text in [({"hash": b64(digest), "hashAlgo": SHA256}, "hash[0]"),
                       ({"hash": b64(DIGEST), "hashAlgo": "1.3.14.3.2.26"}, "hashAlgo"),
                       ({"hash": b64(DIGEST), "hashAlgo": SHA256, "nonce": "xyz"}, "nonce")]:

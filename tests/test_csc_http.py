@@ -427,3 +427,21 @@ def _pyhanko_signs_and_validates(base: str, token: str, credential_id: str, otp:
     assert status.timestamp_validity is not None and status.timestamp_validity.valid
     dss = PdfFileReader(io.BytesIO(signed)).root["/DSS"]
     assert "/OCSPs" in dss  # the OCSP answers tincay served, embedded (B-LT)
+
+
+def test_an_unreachable_database_while_checking_the_token_is_503(
+        pki: Hierarchy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients.verify meets a database outage (ca.store.outage raises this when the database
+    is away): the client is told to come back, in the protocol's own words."""
+    from ca.errors import DatabaseUnavailableError
+    from web.app import create_app
+
+    def away(token: str) -> None:
+        raise DatabaseUnavailableError("the database is unreachable")
+
+    app = create_app(pki.service)
+    monkeypatch.setattr(pki.service.clients, "verify", away)
+    response = app.test_client().post("/csc/v2/credentials/list", json={},
+                                      headers={"Authorization": "Bearer tct_abc"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert response.get_json()["error"] == "temporarily_unavailable"

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ca.errors import ClientAuthError, DatabaseBusyError, DatabaseUnavailableError, \
     InvalidTokenError
@@ -68,6 +69,8 @@ def _body() -> bytes | Answer:
         return refusal(413, "invalid_request", f"the body is limited to {MAX_BODY} bytes")
     try:
         body = request.stream.read(MAX_BODY + 1)
+    except RequestEntityTooLarge:  # a chunked body past the app's limit
+        return refusal(413, "invalid_request", f"the body is limited to {MAX_BODY} bytes")
     except Exception:  # noqa: BLE001 - the client broke off or garbled its chunking
         return refusal(400, "invalid_request", "the request body broke off")
     if len(body) > MAX_BODY:
