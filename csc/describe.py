@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from cryptography import x509
 
-__all__ = ["ALL_SIGN_ALGORITHMS", "HASHLESS_SIGN_ALGORITHMS", "SIGN_ALGORITHMS", "credential_json", "service_info"]
+__all__ = ["ALL_SIGN_ALGORITHMS", "HASHLESS_SIGN_ALGORITHMS", "SIGN_ALGORITHMS",
+           "credential_json", "service_info"]
 
 # signature algorithm OIDs that name their hash (hashAlgo may then be omitted)
 SIGN_ALGORITHMS = {"1.2.840.113549.1.1.11": "2.16.840.1.101.3.4.2.1",
