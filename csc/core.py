@@ -68,6 +68,8 @@ class TokenService(Protocol):
 
     def grant(self, client_id: str, client_secret: str) -> Any: ...
 
+    def verify(self, token: str) -> Any: ...
+
     def revoke(self, token: str) -> bool: ...
 
 
@@ -220,6 +222,12 @@ class CscApi:
                      basic: Any) -> Answer:
         if self.tokens is None:
             return refusal(404, "invalid_request", "auth/revoke is not served here")
+        try:  # RFC 7009 2.1: only the client the token was issued to may revoke it
+            owner = self.tokens.verify(request.token)
+        except ClientAuthError:  # unknown, expired or already revoked: nothing to end
+            owner = None
+        if owner is not None and owner.client_id != getattr(caller, "client_id", None):
+            raise BadRequest("token: not a token issued to this client")
         self.tokens.revoke(request.token)  # RFC 7009 2.2: an unknown token is no error
         return Answer(204, None)
 

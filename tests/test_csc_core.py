@@ -221,6 +221,12 @@ class FakeTokens:
             raise InvalidClientError("client authentication failed")
         return type("Grant", (), {"access_token": "tct_x", "expires_in": 600})()
 
+    def verify(self, token: str) -> Client:
+        owners = {"tct_x": APP, "tct_other": OTHER}
+        if token not in owners:
+            raise errors.InvalidTokenError("the access token is not valid")
+        return owners[token]
+
     def revoke(self, token: str) -> bool:
         self.revoked.append(token)
         return True
@@ -544,6 +550,10 @@ def test_login_and_revoke(world) -> None:
     status, body = call(api, "v2", "auth/revoke", {"token": "tct_x",
                                                    "token_type_hint": "access_token"})
     assert (status, body, tokens.revoked) == (204, None, ["tct_x"])
+    assert call(api, "v2", "auth/revoke", {"token": "tct_gone"})[0] == 204  # RFC 7009 2.2
+    status, body = call(api, "v2", "auth/revoke", {"token": "tct_other"})  # another's token
+    assert (status, body["error"], tokens.revoked) == (400, "invalid_request",
+                                                       ["tct_x", "tct_gone"])
     assert call(api, "v2", "auth/revoke", {"token": "t", "token_type_hint": "id_token"})[0] == 400
 
 

@@ -150,6 +150,10 @@ def test_login_with_basic_and_revoke(served) -> None:
                               headers={"Authorization": f"Basic {wrong}"})
     assert (status, body["error"]) == (401, "invalid_client")
     assert post(f"{url}/csc/v2/credentials/list", {}, token=token)[0] != 401
+    other = service.clients.grant(*_client(service, "login-other")).access_token
+    status, _, body = post(f"{url}/csc/v2/auth/revoke", {"token": other}, token=token)
+    assert (status, body["error"]) == (400, "invalid_request")  # not this client's token
+    assert service.clients.verify(other)
     status, _, body = post(f"{url}/csc/v2/auth/revoke", {"token": token}, token=token)
     assert (status, body) == (204, None)
     status, _, body = post(f"{url}/csc/v2/credentials/list", {}, token=token)
