@@ -16,14 +16,16 @@ from __future__ import annotations
 import logging
 import os
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from ca.errors import DatabaseBusyError, DatabaseUnavailableError
 from ca.services import CertificateAuthority
+from csc.core import CscApi
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
 from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
+from web.csc import csc
 from web.oauth import oauth
 from web.ocsp import OcspEndpoint
 from web.repository import repository
@@ -58,9 +60,19 @@ def create_app(service: CertificateAuthority) -> Flask:
     except DatabaseUnavailableError:  # read once the database answers
         authority, known = None, False
     app.extensions["tincay.tsa"] = authority
-    app.wsgi_app = TsaEndpoint(  # type: ignore[method-assign]
+    tsa = TsaEndpoint(
         app.wsgi_app, authority, service.token_log, known=known,  # /tsa
         refresh=lambda current: refreshed_authority(service.authorities, current, unit, policy))
+    app.wsgi_app = tsa  # type: ignore[method-assign]
+
+    # the CSC API (/csc/v1/, /csc/v2/): remote signing over ca.services.credentials; its
+    # signatures/timestamp goes through this worker's TSA unit and token log, as /tsa does
+    app.extensions["tincay.csc"] = CscApi(
+        service.credentials, service.clients,
+        lambda question: tsa.stamp(question, request.remote_addr),
+        oauth2_url=f"{service.context.public_url.rstrip('/')}/oauth2/token"
+        if getattr(service.context, "public_url", None) else "")
+    app.register_blueprint(csc)
 
     # outermost: /oauth2/ and /csc/ need https (or loopback) before anything reads them
     app.wsgi_app = RequireTls(app.wsgi_app)  # type: ignore[method-assign]

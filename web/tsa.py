@@ -81,23 +81,28 @@ class TsaEndpoint(ProtocolEndpoint):
                                   "time-stamp requests")
         if isinstance(body, tuple):
             return plain(*body)
+        return "200 OK", _REPLY_HEADERS, self.stamp(body, environ.get("REMOTE_ADDR"))
+
+    def stamp(self, request_der: bytes, requester: str | None = None) -> bytes:
+        """TimeStampReq DER -> TimeStampResp DER, a granted token recorded durably first (a
+        token that could not be recorded becomes a systemFailure rejection). Shared by
+        ``/tsa`` and the CSC API's signatures/timestamp (web/csc.py)."""
+        self._refresh()
         if self.authority is None:
-            return "200 OK", _REPLY_HEADERS, rejection(
-                "systemFailure", "the database is unreachable, try later")
-        result = self.authority.respond(body, environ.get("REMOTE_ADDR"))
+            return rejection("systemFailure", "the database is unreachable, try later"
+                             if not self.known else "no time-stamp unit is configured here")
+        result = self.authority.respond(request_der, requester)
         if result.granted is not None:
             token = result.granted
             try:
                 self.token_log.record(token)
             except DatabaseBusyError as exc:
                 log.warning("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
-                return "200 OK", _REPLY_HEADERS, rejection("systemFailure",
-                                                           "the token log is busy, try later")
+                return rejection("systemFailure", "the token log is busy, try later")
             except DatabaseUnavailableError:  # logged once by the store, not per request
-                return "200 OK", _REPLY_HEADERS, rejection(
-                    "systemFailure", "the token log's database is unreachable, try later")
+                return rejection("systemFailure",
+                                 "the token log's database is unreachable, try later")
             except (TincayError, SQLAlchemyError) as exc:
                 log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
-                return "200 OK", _REPLY_HEADERS, rejection("systemFailure",
-                                                           "the token could not be recorded")
-        return "200 OK", _REPLY_HEADERS, result.response
+                return rejection("systemFailure", "the token could not be recorded")
+        return result.response
