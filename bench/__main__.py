@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("crl_build", "hierarchy", "cli_startup", "http_load", "subscriber_keys")
+BENCHMARKS = ("crl_build", "hierarchy", "cli_startup", "http_load", "subscriber_keys",
+              "csc_load")
 
 
 def main() -> None:
