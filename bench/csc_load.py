@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.http_load import (CONNECTIONS, SPEC, TINCAY, WORKERS, _ceiling_server, _cli,
-                             _free_port, _wait, _wrk)
+from bench.http_load import (CONNECTIONS, TINCAY, WORKERS, _ceiling_server, _cli, _wait,
+                             _wrk, bench_instance)
 
 HASHES_PER_SAD = 10
 PIN = "246810"
@@ -45,7 +45,7 @@ def run(quick: bool = False) -> None:
     seconds = 2 if quick else 4
     with tempfile.TemporaryDirectory(prefix="tincay-bench-csc-") as tmp:
         home = Path(tmp) / "home"
-        env, port = _instance(home)
+        env, port = bench_instance(home, "ec-p256")
         enrolled, kdf_ms = _enrol(env, credentials)
         server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers",
                                    str(WORKERS), "--no-maintenance"], env=env,
@@ -76,20 +76,6 @@ def run(quick: bool = False) -> None:
             server.terminate()
             server.wait(timeout=30)
     _report(rows, authorize_rate, kdf_ms, credentials)
-
-
-def _instance(home: Path) -> tuple[dict[str, str], int]:
-    from ca.keys.softhsm import ensure_demo_token
-
-    home.mkdir(parents=True)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_"))}
-    env.update(TINCAY_HOME=str(home), TINCAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
-               TINCAY_PKCS11_TOKEN="tincay-bench")
-    env.update(ensure_demo_token(home, "tincay-bench", home / "pin", env))
-    (home / "spec.yaml").write_text(SPEC.format(key="ec-p256"), encoding="utf-8")
-    _cli(env, "init", "--hierarchy", str(home / "spec.yaml"))
-    return env, port
 
 
 def _enrol(env: dict[str, str], count: int) -> tuple[dict[str, Any], float]:

@@ -94,16 +94,7 @@ def run(quick: bool = False) -> None:
 
 def _tincay(home: Path, key: str, seconds: int) -> dict:
     """Serve a bench hierarchy with ``key`` responder and TSA keys; rates under wrk."""
-    from ca.keys.softhsm import ensure_demo_token
-
-    home.mkdir(parents=True)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_"))}
-    env.update(TINCAY_HOME=str(home), TINCAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
-               TINCAY_PKCS11_TOKEN="tincay-bench")
-    env.update(ensure_demo_token(home, "tincay-bench", home / "pin", env))
-    (home / "spec.yaml").write_text(SPEC.format(key=key), encoding="utf-8")
-    _cli(env, "init", "--hierarchy", str(home / "spec.yaml"))
+    env, port = bench_instance(home, key)
     leaf = home / "leaf.pem"
     _cli(env, "issue", "--ca", "issuing-ca", "--profile", "citizen", "--subject",
          "C=VN, CN=Bench Citizen, UID=CCCD:079073009568", "--generate-key", "--key-type",
@@ -142,6 +133,22 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
         server.terminate()
         server.wait(timeout=30)
     return {"raw": (raw1, raw2), "rates": results, "logged": len(logged)}
+
+
+def bench_instance(home: Path, key: str) -> tuple[dict[str, str], int]:
+    """A fresh TINCAY_HOME with its own SoftHSM token and the bench hierarchy (``key`` for the
+    OCSP and TSA units): the environment to run `tincay` in, and a free port to serve on."""
+    from ca.keys.softhsm import ensure_demo_token
+
+    home.mkdir(parents=True)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_"))}
+    env.update(TINCAY_HOME=str(home), TINCAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
+               TINCAY_PKCS11_TOKEN="tincay-bench")
+    env.update(ensure_demo_token(home, "tincay-bench", home / "pin", env))
+    (home / "spec.yaml").write_text(SPEC.format(key=key), encoding="utf-8")
+    _cli(env, "init", "--hierarchy", str(home / "spec.yaml"))
+    return env, port
 
 
 def _paired(ceiling: str, seconds: int, url: str, body: Path | None,

@@ -25,8 +25,12 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ca.errors as errors
-from ca.errors import BackendUnavailableError, DatabaseUnavailableError, InvalidClientError
+from ca.errors import (BackendUnavailableError, CredentialDisabledError, CredentialError,
+                       CredentialLockedError, CredentialNotFoundError, DatabaseUnavailableError,
+                       InvalidClientError, InvalidOtpError, InvalidPinError, InvalidSadError,
+                       InvalidTokenError, NotFoundError, UnsupportedAlgorithmError)
+from ca.services.credential_common import Activation
+from ca.services.credential_common import CredentialInfo as Info
 from csc.core import CscApi
 from tsa.core import rejection
 
@@ -36,60 +40,12 @@ RSA_PKCS1, ECDSA, ECDSA_SHA256 = "1.2.840.113549.1.1.1", "1.2.840.10045.2.1", "1
 NOW = dt.datetime(2026, 11, 24, 8, 0, 0, tzinfo=dt.timezone.utc)
 
 
-# --- the contract's errors (ca/errors.py gets them with ca.services.credentials) -----------
-
-def _error(name: str, error: str = "invalid_request", status: int = 400) -> type:
-    found = getattr(errors, name, None)
-    if found is not None:
-        return found
-    base = getattr(errors, "CredentialError", None) or _LOCAL.get("CredentialError")
-    made = type(name, (base or errors.TincayError,), {"error": error, "status": status})
-    _LOCAL[name] = made
-    return made
-
-
-_LOCAL: dict[str, type] = {}
-CredentialError = _error("CredentialError")
-CredentialNotFoundError = _error("CredentialNotFoundError")
-InvalidPinError = _error("InvalidPinError", "invalid_pin")
-InvalidOtpError = _error("InvalidOtpError", "invalid_otp")
-CredentialLockedError = _error("CredentialLockedError", "access_denied", 403)
-CredentialDisabledError = _error("CredentialDisabledError", "access_denied", 403)
-InvalidSadError = _error("InvalidSadError")
-UnsupportedAlgorithmError = _error("UnsupportedAlgorithmError")
-
-
 # --- the fake service ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Client:
     client_id: str
     name: str
-
-
-@dataclass(frozen=True)
-class Info:  # the contract's CredentialInfo
-    credential_id: str
-    user_id: str
-    status: str
-    certificate_status: str
-    authority: str
-    serial_hex: str
-    certificates: tuple[bytes, ...]
-    key_algorithm_oid: str
-    key_length: int
-    curve_oid: str | None
-    sign_algorithm_oids: tuple[str, ...]
-    hash_algorithm_oids: tuple[str, ...]
-    multisign: int
-    clients: tuple[str, ...]
-    created_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class Activation:
-    sad: str
-    expires_in: int
 
 
 def _certificate(key: Any, name: str, issuer_key: Any = None, issuer: str | None = None
@@ -224,7 +180,7 @@ class FakeTokens:
     def verify(self, token: str) -> Client:
         owners = {"tct_x": APP, "tct_other": OTHER}
         if token not in owners:
-            raise errors.InvalidTokenError("the access token is not valid")
+            raise InvalidTokenError("the access token is not valid")
         return owners[token]
 
     def revoke(self, token: str) -> bool:
@@ -466,7 +422,7 @@ def test_wrong_factors(world, wrong: str, error: str) -> None:
     (UnsupportedAlgorithmError("x"), 400, "invalid_request"),
     (BackendUnavailableError("hsm gone"), 503, "temporarily_unavailable"),
     (DatabaseUnavailableError("db gone"), 503, "temporarily_unavailable"),
-    (errors.NotFoundError("a bug's error"), 500, "server_error"),
+    (NotFoundError("a bug's error"), 500, "server_error"),
     (RuntimeError("a bug"), 500, "server_error"),
 ])
 def test_every_service_error_is_an_answer(world, exc: Exception, status: int, error: str,
