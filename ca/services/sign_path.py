@@ -12,8 +12,8 @@ the write lock first (BEGIN IMMEDIATE), so nothing it checked changes before its
 Concurrent requests share one transaction and its commit (ca.store.group_commit, as the TSA's
 token log does): each runs in its own savepoint, so a refused one (a hash signed already)
 undoes only its own changes, and every request returns only after the commit that holds its
-records. Measured in one process without the profiler's overhead: the ORM path cost about 13 ms
-of CPU per signHash, this path about 0.5 ms plus its share of one fsync.
+records. Measured in one process, one request at a time under cProfile (2026-12-02): sign_hashes
+took 17.4 ms through the ORM, 3.7 ms here, 1.9 ms of which the commit's fsync.
 
 What never changes is kept per process: a certificate's parsed public key (its DER is
 immutable once issued), keyed by the certificate's row id.

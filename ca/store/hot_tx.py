@@ -3,9 +3,9 @@ connection (ca.store.hot keeps the connections), for a write that must check and
 several rows atomically and commit before its caller answers (CSC signHash: check the
 credential and the SAD, mark the hash used, count, log the signature).
 
-Through an ORM ``Session`` that transaction cost about 13 ms of CPU per signature (statement
-building, cache keys, lazy loads: 80% of a signHash, the HSM's signature 2%); here each
-statement is compiled once for the engine's dialect with its bind and result processors.
+Through an ORM ``Session`` that transaction was 80% of a signHash's time under cProfile
+(statement building, cache keys, lazy loads; the HSM's signature 2%, the commit 7%); here
+each statement is compiled once for the engine's dialect with its bind and result processors.
 
 Locks: on SQLite the transaction starts with ``BEGIN IMMEDIATE`` (the write lock taken before
 the first read, so what was checked cannot change before the commit) on a connection with no
