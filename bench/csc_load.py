@@ -211,7 +211,8 @@ def _tsa_query(home: Path) -> Path:
 
 
 def _logged(env: dict[str, str]) -> int:
-    return len(json.loads(_cli(env, "csc", "log", "--json")))
+    # past the listing's default 1,000 rows the count would stop growing
+    return len(json.loads(_cli(env, "csc", "log", "--json", "--limit", "1000000")))
 
 
 def _report(rows: list, authorize_rate: float, kdf_ms: float, credentials: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ca.errors import ClientAuthError, DatabaseBusyError, DatabaseUnavailableError
+from ca.errors import ClientAuthError, StoreError
 from csc.core import PUBLIC, VERSIONS, Answer, CscApi, refusal
 from web.bearer import bearer_client
 from web.oauth import OAuthError, basic_credentials
@@ -86,7 +86,7 @@ def call(version: str, method: str) -> Response:
             error = getattr(exc, "error", "invalid_token")
             return _send(refusal(401, error, str(exc), (
                 ("WWW-Authenticate", f'Bearer realm="tincay", error="{error}"'),)))
-        except (DatabaseUnavailableError, DatabaseBusyError):
+        except StoreError:  # unreachable, a lock held elsewhere, a failed read: retry later
             return _send(refusal(503, "temporarily_unavailable",
                                  "the service is unavailable, try later",
                                  (("Retry-After", "30"),)))

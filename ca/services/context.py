@@ -21,6 +21,7 @@ from ca.clock import Clock
 from ca.errors import IssuanceError
 from ca.keys.base import KeyBackend
 from ca.store.hot import HotInsert, HotQuery
+from ca.store.hot_tx import HotTransaction
 from ca.store.models import Authority
 from ca.store.outage import DatabaseOutage
 
@@ -46,7 +47,7 @@ class ServiceContext:
         self._profiles = profiles
         self.clock = clock
         self.public_url = public_url
-        self._hot: list[HotQuery | HotInsert] = []
+        self._hot: list[HotQuery | HotInsert | HotTransaction] = []
 
     @cached_property
     def profiles(self) -> ProfileSet:
@@ -88,6 +89,12 @@ class ServiceContext:
     def hot_query(self, statement: Any) -> HotQuery:
         """A hot-path read (ca.store.hot: no ORM session per call), closed with the context."""
         hot = HotQuery(self.engine, statement, outage=self.outage)
+        self._hot.append(hot)
+        return hot
+
+    def hot_transaction(self, *, busy_wait: float = 5.0) -> HotTransaction:
+        """A hot-path transaction (ca.store.hot_tx), closed with the context."""
+        hot = HotTransaction(self.engine, busy_wait=busy_wait, outage=self.outage)
         self._hot.append(hot)
         return hot
 

@@ -32,6 +32,7 @@ from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
 from ca.services.clients import ClientInfo
 from ca.services.context import ServiceContext, as_json
+from ca.services.sign_path import SignPath
 from ca.services.subscriber_keys import SubscriberKeys
 from ca.store import queries
 from ca.store.models import (ActivationHash, ApiClient, SignatureActivation, SignatureRecord,
@@ -48,6 +49,7 @@ class RemoteSigning:
         self.context = context
         self.subscriber_keys = subscriber_keys
         self.sad_lifetime = sad_lifetime
+        self.sign_path = SignPath(context)
 
     # --- credentials/authorize ----------------------------------------------------------
 
@@ -194,8 +196,18 @@ class RemoteSigning:
                     hashes: Sequence[bytes], hash_algorithm_oid: str | None,
                     sign_algorithm_oid: str, sign_parameters: bytes | None = None) -> list[bytes]:
         """One signature per hash, in order, each in the signature log before it is returned
-        (see the module's docstring for the order and what a failed signing leaves)."""
+        (see the module's docstring for the order and what a failed signing leaves).
+
+        A request that passes takes the hot path (ca.services.sign_path: one transaction of
+        prebuilt statements); any other gets its refusal from the ORM path below."""
         now = self.context.clock.now()
+        granted = self.sign_path.grant(client.client_id, credential_id, sad, hashes,
+                                       hash_algorithm_oid, sign_algorithm_oid, sign_parameters,
+                                       now)
+        if granted is not None:
+            return self._sign(granted.key_uri, granted.public_key, granted.scheme,
+                              granted.digests, credential_id, client.name, granted.authority,
+                              granted.serial_hex, granted.record_ids)
         with self.context.transaction() as session:
             api = common.client_row(session, client)
             row = common.granted(session, api, credential_id)
@@ -220,13 +232,20 @@ class RemoteSigning:
             record_ids = [r.id for r in records]
             key_uri, authority, serial = certificate.key_uri, certificate.issuer.name, \
                 certificate.serial_hex
+        return self._sign(key_uri or "", public, scheme, digests, credential_id, client.name,
+                          authority, serial, record_ids)
+
+    def _sign(self, key_uri: str, public: Any, scheme: Any, digests: Sequence[bytes],
+              credential_id: str, client_name: str, authority: str, serial: str,
+              record_ids: list[int]) -> list[bytes]:
+        """The HSM's signatures of the recorded ``digests``; a failure is audited."""
         signatures: list[bytes] = []
         try:
-            signer = self._signer(key_uri or "", public)
+            signer = self._signer(key_uri, public)
             for digest in digests:
                 signatures.append(scheme.sign(signer.private_key, digest))
         except Exception as exc:
-            self._sign_failed(credential_id, api_name=client.name, authority=authority,
+            self._sign_failed(credential_id, api_name=client_name, authority=authority,
                               serial=serial, record_ids=record_ids[len(signatures):], error=exc)
             raise
         return signatures

@@ -1,0 +1,124 @@
+"""signHash's hot path (ca.services.sign_path over ca.store.hot_tx): concurrent requests share
+one transaction, each in its own savepoint; a refused one undoes only itself; a signature's
+record is committed before sign_hashes returns; a race for one hash has one winner."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy import select
+
+from ca.errors import CredentialDisabledError, InvalidSadError
+from ca.store.models import ActivationHash, SignatureRecord
+from ca.services.sign_path import Job
+from tests.test_credentials import RSA, SHA256, Setup, _digest, mem  # noqa: F401 - fixture
+from tests.test_service import profiles  # noqa: F401 - the module-scoped fixture
+
+
+def _path(mem: Setup) -> Any:  # noqa: F811
+    return mem.creds.remote.sign_path
+
+
+def test_the_record_is_committed_when_sign_hashes_returns(mem: Setup,  # noqa: F811
+                                                          database_url: str) -> None:
+    info, totp = mem.enrol()
+    digest = _digest("committed")
+    sad = mem.authorize(info, totp, [digest])
+    [signature] = mem.creds.sign_hashes(mem.client, info.credential_id, sad, [digest],
+                                        SHA256, RSA)
+    assert signature
+    other = sqlalchemy.create_engine(database_url)  # another connection: sees commits only
+    try:
+        with other.connect() as connection:
+            hashes = connection.execute(select(SignatureRecord.hash_hex)).scalars().all()
+            used = connection.execute(select(ActivationHash.used_at)).scalars().all()
+    finally:
+        other.dispose()
+    assert hashes == [digest.hex()] and used[0] is not None
+
+
+def test_a_batch_commits_its_winners_and_undoes_each_refusal(mem: Setup) -> None:  # noqa: F811
+    """Three requests in one transaction: the second wants a hash the first took, after
+    marking one of its own; its savepoint undoes that mark, the others commit."""
+    info, totp = mem.enrol()
+    h1, h2, h3, h4 = (_digest(t) for t in "abcd")
+    sad = mem.authorize(info, totp, [h1, h2, h3, h4])
+    path, now = _path(mem), mem.clock.now()
+
+    def job(hashes: list[bytes]) -> Job:
+        return Job(path.work(mem.client.client_id, info.credential_id, sad, hashes, SHA256,
+                             RSA, None, now))
+
+    jobs = [job([h1, h2]), job([h3, h1]), job([h4])]
+    path.commit_batch(jobs, time.monotonic() + 5)
+    assert jobs[0].error is None and jobs[0].result is not None
+    assert isinstance(jobs[1].error, InvalidSadError) and jobs[1].result is None
+    assert jobs[2].error is None and len(jobs[2].result.record_ids) == 1
+    assert sorted(r.hash_hex for r in mem.rows(SignatureRecord)) == sorted(
+        h.hex() for h in (h1, h2, h4))
+    used = {r.hash_hex: r.used_at for r in mem.rows(ActivationHash)}
+    assert used[h3.hex()] is None  # the refused request's mark was rolled back
+    [late] = mem.creds.sign_hashes(mem.client, info.credential_id, sad, [h3], SHA256, RSA)
+    assert late and len(mem.rows(SignatureRecord)) == 4
+
+
+def test_eight_threads_racing_for_one_hash_one_signature(mem: Setup) -> None:  # noqa: F811
+    info, totp = mem.enrol()
+    digest, others = _digest("x"), [_digest(f"o{n}") for n in range(4)]
+    sad = mem.authorize(info, totp, [digest, *others])
+    barrier = threading.Barrier(8)
+    results: list[Any] = []
+
+    def sign(hashes: list[bytes]) -> None:
+        barrier.wait()
+        try:
+            results.append((hashes, mem.creds.sign_hashes(
+                mem.client, info.credential_id, sad, hashes, SHA256, RSA)))
+        except Exception as exc:  # noqa: BLE001 - the losers' refusals are the point
+            results.append((hashes, exc))
+
+    jobs = [[digest]] * 4 + [[h] for h in others]
+    threads = [threading.Thread(target=sign, args=(hashes,)) for hashes in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    on_digest = [r for hashes, r in results if hashes == [digest]]
+    assert sum(isinstance(r, list) for r in on_digest) == 1, results
+    assert all(isinstance(r, InvalidSadError) for r in on_digest if not isinstance(r, list))
+    assert all(isinstance(r, list) for hashes, r in results if hashes != [digest]), results
+    assert sorted(r.hash_hex for r in mem.rows(SignatureRecord)) == sorted(
+        h.hex() for h in [digest, *others])
+
+
+def test_a_disabled_credential_is_refused_at_once_after_signing(mem: Setup) -> None:  # noqa: F811
+    """The hot path caches only certificates' public keys: a credential disabled between
+    two signatures is refused at the second."""
+    info, totp = mem.enrol()
+    h1, h2 = _digest("1"), _digest("2")
+    sad = mem.authorize(info, totp, [h1, h2])
+    mem.creds.sign_hashes(mem.client, info.credential_id, sad, [h1], SHA256, RSA)
+    mem.creds.disable(info.credential_id)
+    with pytest.raises(CredentialDisabledError):
+        mem.creds.sign_hashes(mem.client, info.credential_id, sad, [h2], SHA256, RSA)
+    assert len(mem.rows(SignatureRecord)) == 1
+
+
+def test_a_revoked_token_is_refused_at_once(mem: Setup) -> None:  # noqa: F811
+    clients = mem.world.service.clients
+    registered = clients.add("short-lived")
+    grant = clients.grant(registered.client.client_id, registered.client_secret)
+    assert clients.verify(grant.access_token).name == "short-lived"
+    assert clients.revoke(grant.access_token)
+    with pytest.raises(Exception) as refused:
+        clients.verify(grant.access_token)
+    assert getattr(refused.value, "error", None) == "invalid_token"
+    other = clients.grant(registered.client.client_id, registered.client_secret)
+    clients.verify(other.access_token)
+    clients.disable("short-lived")
+    with pytest.raises(Exception) as refused:
+        clients.verify(other.access_token)
+    assert getattr(refused.value, "error", None) == "invalid_token"
