@@ -32,7 +32,7 @@ import itertools
 import os
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -40,6 +40,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from ca.errors import DatabaseBusyError
 from ca.store.db import SQLITE_BUSY_MS
 from ca.store.outage import DatabaseOutage, is_busy
+
+T = TypeVar("T")
 
 __all__ = ["HotInsert", "HotQuery", "stream_rows"]
 
@@ -213,18 +215,8 @@ class HotInsert:
         give_up = time.monotonic() + self.busy_wait
         if deadline is not None:
             give_up = min(give_up, deadline)
-        started, pause = time.monotonic(), 0.001
-        while True:
-            try:
-                return self._insert(processed, give_up)
-            except DatabaseBusyError as exc:
-                left = give_up - time.monotonic()
-                if not self._retry_busy or left <= 0:
-                    raise DatabaseBusyError(
-                        f"the write waited {time.monotonic() - started:.1f} s for a lock "
-                        f"another connection holds ({exc})") from None
-            time.sleep(min(pause, left))  # cooperative under gevent: the worker serves on
-            pause = min(pause * 2, 0.05)
+        retry_while_busy(lambda: self._insert(processed, give_up), give_up,
+                         retry=self._retry_busy)
 
     def _insert(self, processed: list[Any], give_up: float) -> None:
         with self._connections.use("write") as connection:
@@ -300,3 +292,21 @@ def _invalidate(fairy: Any) -> None:
         fairy.invalidate()
     except Exception:  # noqa: BLE001 - already broken; the pool replaces it
         pass
+
+
+def retry_while_busy(attempt: Callable[[], T], give_up: float, *, retry: bool) -> T:
+    """``attempt()``, tried again after cooperative sleeps (under gevent the worker serves
+    on) while it raises DatabaseBusyError, until ``give_up`` (``time.monotonic()``); with
+    ``retry`` false (PostgreSQL, whose lock_timeout already waited) the first refusal stands."""
+    started, pause = time.monotonic(), 0.001
+    while True:
+        try:
+            return attempt()
+        except DatabaseBusyError as exc:
+            left = give_up - time.monotonic()
+            if not retry or left <= 0:
+                raise DatabaseBusyError(
+                    f"the write waited {time.monotonic() - started:.1f} s for a lock "
+                    f"another connection holds ({exc})") from None
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)

@@ -24,7 +24,7 @@ from sqlalchemy.sql import ClauseElement
 
 from ca.errors import DatabaseBusyError
 from ca.store.db import SQLITE_BUSY_MS
-from ca.store.hot import _KeptConnections
+from ca.store.hot import _KeptConnections, retry_while_busy
 from ca.store.outage import DatabaseOutage, is_busy
 
 T = TypeVar("T")
@@ -90,18 +90,7 @@ class HotTransaction:
         give_up = time.monotonic() + self.busy_wait
         if deadline is not None:
             give_up = min(give_up, deadline)
-        started, pause = time.monotonic(), 0.001
-        while True:
-            try:
-                return self._once(work)
-            except DatabaseBusyError as exc:
-                left = give_up - time.monotonic()
-                if not self._sqlite or left <= 0:
-                    raise DatabaseBusyError(
-                        f"the write waited {time.monotonic() - started:.1f} s for a lock "
-                        f"another connection holds ({exc})") from None
-            time.sleep(min(pause, left))  # cooperative under gevent: the worker serves on
-            pause = min(pause * 2, 0.05)
+        return retry_while_busy(lambda: self._once(work), give_up, retry=self._sqlite)
 
     def _once(self, work: Callable[[Any], T]) -> T:
         failure: Exception | None = None
