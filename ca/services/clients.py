@@ -65,7 +65,9 @@ class AccessGrant:
     token_type: str = "Bearer"
 
 
-def _digest(secret: str) -> str:
+def secret_digest(secret: str) -> str:
+    """How a 256-bit random secret (client secret, bearer token, SAD) is kept: its SHA-256,
+    hex; a fast hash is enough for secrets no person chose."""
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -96,7 +98,7 @@ class Clients:
             if session.scalar(select(ApiClient.id).where(ApiClient.name == name)) is not None:
                 raise AlreadyExistsError(f"client {name} already exists")
             row = ApiClient(client_id=secrets.token_hex(16), name=name,
-                            secret_hash=_digest(secret), status="active", role=role,
+                            secret_hash=secret_digest(secret), status="active", role=role,
                             cas=list(cas) or None, profiles=list(profiles) or None,
                             created_at=now)
             session.add(row)
@@ -142,8 +144,8 @@ class Clients:
         whether the id is unknown, the secret wrong or the client disabled)."""
         with self.context.transaction() as session:
             row = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
-            stored = row.secret_hash if row is not None else _digest("")
-            matches = hmac.compare_digest(stored, _digest(client_secret))
+            stored = row.secret_hash if row is not None else secret_digest("")
+            matches = hmac.compare_digest(stored, secret_digest(client_secret))
             if row is None or not matches or row.status != "active":
                 raise InvalidClientError("client authentication failed")
             return _info(row)
@@ -155,8 +157,8 @@ class Clients:
         now = self.context.clock.now()
         with self.context.transaction() as session:
             row = session.scalar(select(ApiClient).where(ApiClient.client_id == client.client_id))
-            session.add(AccessToken(token_hash=_digest(token), client_pk=row.id, issued_at=now,
-                                    expires_at=now + self.token_lifetime))
+            session.add(AccessToken(token_hash=secret_digest(token), client_pk=row.id,
+                                    issued_at=now, expires_at=now + self.token_lifetime))
         return AccessGrant(token, int(self.token_lifetime.total_seconds()))
 
     def verify(self, token: str) -> ClientInfo:
@@ -167,7 +169,7 @@ class Clients:
         refused by every worker at once), as one prebuilt query on a kept connection
         (ca.store.hot) rather than an ORM transaction: it runs before every CSC call."""
         now = self.context.clock.now()
-        row = self._verify_query.first({"token_hash": _digest(token)})
+        row = self._verify_query.first({"token_hash": secret_digest(token)})
         if row is None:
             raise InvalidTokenError("the access token is not valid")
         revoked_at, expires_at, client_id, name, status, role, cas, profiles, created_at = row
@@ -192,7 +194,7 @@ class Clients:
         now = self.context.clock.now()
         with self.context.transaction() as session:
             row = session.scalar(select(AccessToken).where(
-                AccessToken.token_hash == _digest(token)))
+                AccessToken.token_hash == secret_digest(token)))
             if row is None or row.revoked_at is not None:
                 return False
             row.revoked_at = now

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from ca.errors import (CredentialDisabledError, CredentialLockedError, CredentialNotFoundError)
 from ca.keys.sealing import sealer_of
 from ca.services import sign_algorithms as algos
-from ca.services.clients import ClientInfo
+from ca.services.clients import ClientInfo, secret_digest
 from ca.store.models import ISSUED, REVOKED, ApiClient, CredentialClient, SigningCredential
 
 MAX_FAILED_ATTEMPTS = 5
@@ -231,5 +231,6 @@ def describe(row: SigningCredential, now: datetime) -> CredentialInfo:
 
 
 def sad_digest(sad: str) -> str:
-    text = sad if isinstance(sad, str) else ""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    """A SAD as stored (ca.services.clients.secret_digest); anything not a string digests as
+    the empty one, which matches no SAD."""
+    return secret_digest(sad if isinstance(sad, str) else "")
