@@ -21,12 +21,14 @@ from typing import Annotated, Mapping
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from ca.errors import ConfigurationError
-from ca.validation import DurationVariable, FieldError, InputModel, read_variables
+from ca.validation import (DurationVariable, FieldError, InputModel, PositiveDurationVariable,
+                           read_variables)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
 UNIT_RENEWAL = 2 / 3  # TINCAY_UNIT_RENEWAL: when OCSP and TSA unit certificates are renewed
 KEY_CACHE = 1000  # TINCAY_KEY_CACHE: unwrapped subscriber keys a process keeps (ca.keys.wrapping)
+SAD_LIFETIME = timedelta(minutes=5)  # TINCAY_SAD_LIFETIME: a SAD's life (CSC authorize)
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -127,20 +129,31 @@ def _count(value: object) -> object:
     return int(value)
 
 
-class KeyCacheVariables(InputModel):
-    """TINCAY_KEY_CACHE alone: read by the subscriber-key service of each process, which is
-    built over a context and not from :class:`Settings`."""
+class ServiceVariables(InputModel):
+    """TINCAY_KEY_CACHE and TINCAY_SAD_LIFETIME: read by the services of each process that
+    are built over a context (the subscriber keys, the credentials), not from
+    :class:`Settings`."""
 
     model_config = ConfigDict(extra="ignore")
 
     key_cache: Annotated[int | None, BeforeValidator(_count)] = Field(
         None, alias="TINCAY_KEY_CACHE")
+    sad_lifetime: PositiveDurationVariable = Field(None, alias="TINCAY_SAD_LIFETIME")
+
+
+def _service_variables(env: Mapping[str, str] | None) -> ServiceVariables:
+    return read_variables(ServiceVariables, dict(os.environ if env is None else env))
 
 
 def key_cache_size(env: Mapping[str, str] | None = None) -> int:
     """How many unwrapped subscriber keys a process keeps (TINCAY_KEY_CACHE, default 1000)."""
-    variables = read_variables(KeyCacheVariables, dict(os.environ if env is None else env))
-    return variables.key_cache or KEY_CACHE
+    return _service_variables(env).key_cache or KEY_CACHE
+
+
+def sad_lifetime(env: Mapping[str, str] | None = None) -> timedelta:
+    """How long a SAD from credentials/authorize is good for (TINCAY_SAD_LIFETIME, default
+    5 minutes): the window in which the signer's application must send its signHash."""
+    return _service_variables(env).sad_lifetime or SAD_LIFETIME
 
 
 @dataclass(frozen=True)

@@ -360,6 +360,19 @@ def test_serve_on_a_taken_port_says_so_before_claiming_to_serve(
     assert "serving on" not in cli.err and cli.err.count("\n") == 1
 
 
+def test_serve_refuses_a_bad_service_variable_before_serving(
+        cli: Cli, tmp_path: Path, unique_label: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers read TINCAY_SAD_LIFETIME and TINCAY_KEY_CACHE; `tincay serve` checks them
+    first, so a typo is one line naming the variable, not a worker that fails at a request."""
+    cli("init", "--hierarchy", str(write_spec(tmp_path / "spec.yaml", unique_label)))
+    for name, value in (("TINCAY_SAD_LIFETIME", "-5m"), ("TINCAY_KEY_CACHE", "0")):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
+            cli("serve", "--port", "1", code=1)
+        assert cli.err.startswith(f"tincay: error: {name}: "), cli.err
+        assert "serving on" not in cli.err and cli.err.count("\n") == 1
+
+
 def test_a_ca_near_the_end_of_its_certificate_is_a_warning(
         cli: Cli, tmp_path: Path, unique_label: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = write_spec(tmp_path / "spec.yaml", unique_label)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from sqlalchemy import select
 
 from ca.clock import FrozenClock
-from ca.errors import (CredentialDisabledError, CredentialError, CredentialLockedError,
+from ca.errors import (ConfigurationError, CredentialDisabledError, CredentialError, CredentialLockedError,
                        CredentialNotFoundError, InvalidOtpError, InvalidPinError,
                        InvalidSadError, KeyNotFoundError, UnsupportedAlgorithmError)
 from ca.hierarchy import load_hierarchy
@@ -282,6 +282,29 @@ def test_a_sad_expires_and_is_good_for_num_signatures_only(mem: Setup) -> None:
     with pytest.raises(InvalidSadError, match="expired"):
         mem.creds.sign_hashes(mem.client, info.credential_id, sad, [c], SHA256, RSA)
     assert len(mem.rows(SignatureRecord)) == 2
+
+
+def test_tincay_sad_lifetime_sets_how_long_a_sad_is_good_for(
+        mem: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ca.services.credentials import Credentials
+    from ca.settings import sad_lifetime
+
+    monkeypatch.setenv("TINCAY_SAD_LIFETIME", "90s")
+    creds = Credentials(mem.world.service.context)  # built after the variable, as a worker is
+    info, totp = mem.enrol()
+    a, b = _digest("a"), _digest("b")
+    activation = creds.authorize(mem.client, info.credential_id, pin=PIN, otp=mem.otp(totp),
+                                 hashes=[a, b], hash_algorithm_oid=SHA256, num_signatures=2)
+    assert activation.expires_in == 90
+    mem.clock.advance(dt.timedelta(seconds=89))
+    creds.sign_hashes(mem.client, info.credential_id, activation.sad, [a], SHA256, RSA)
+    mem.clock.advance(dt.timedelta(seconds=2))
+    with pytest.raises(InvalidSadError, match="expired"):
+        creds.sign_hashes(mem.client, info.credential_id, activation.sad, [b], SHA256, RSA)
+    for bad, says in (("0s", "must be longer than 0s"), ("soon", "soon")):
+        with pytest.raises(ConfigurationError, match=f"^TINCAY_SAD_LIFETIME: .*{says}"):
+            sad_lifetime({"TINCAY_SAD_LIFETIME": bad})
+    assert sad_lifetime({}) == dt.timedelta(minutes=5)
 
 
 def test_extend_gives_a_new_sad_for_what_is_left_and_ends_the_old(mem: Setup) -> None:

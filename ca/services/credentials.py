@@ -27,7 +27,7 @@ from ca.services import sign_algorithms as algos
 from ca.services.clients import ClientInfo
 from ca.services.context import ServiceContext, as_json
 from ca.services.credential_common import Activation, CredentialInfo, SignatureRecordInfo
-from ca.services.remote_signing import DEFAULT_SAD_LIFETIME, RemoteSigning
+from ca.services.remote_signing import RemoteSigning
 from ca.services.subscriber_keys import SubscriberKeys
 from ca.store import queries
 from ca.store.models import (ISSUED, ApiClient, CredentialClient, SignatureRecord,
@@ -42,7 +42,7 @@ class Credentials:
     """Enrol and manage remote-signing credentials; list, authorise and sign for clients."""
 
     def __init__(self, context: ServiceContext, subscriber_keys: SubscriberKeys | None = None,
-                 sad_lifetime: timedelta = DEFAULT_SAD_LIFETIME) -> None:
+                 sad_lifetime: timedelta | None = None) -> None:
         self.context = context
         self.remote = RemoteSigning(context, subscriber_keys or SubscriberKeys(context),
                                     sad_lifetime)

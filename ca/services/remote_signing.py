@@ -26,6 +26,7 @@ from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ca import settings
 from ca.errors import CredentialError, InvalidOtpError, InvalidPinError, InvalidSadError
 from ca.keys.base import PublicKey, SigningKey
 from ca.services import credential_common as common
@@ -38,17 +39,14 @@ from ca.store import queries
 from ca.store.models import (ActivationHash, ApiClient, SignatureActivation, SignatureRecord,
                              SigningCredential)
 
-DEFAULT_SAD_LIFETIME = timedelta(seconds=300)
-
-
 class RemoteSigning:
     """The CSC side of :class:`ca.services.credentials.Credentials`."""
 
     def __init__(self, context: ServiceContext, subscriber_keys: SubscriberKeys,
-                 sad_lifetime: timedelta = DEFAULT_SAD_LIFETIME) -> None:
+                 sad_lifetime: timedelta | None = None) -> None:
         self.context = context
         self.subscriber_keys = subscriber_keys
-        self.sad_lifetime = sad_lifetime
+        self.sad_lifetime = sad_lifetime or settings.sad_lifetime()  # TINCAY_SAD_LIFETIME
         self.sign_path = SignPath(context)
 
     # --- credentials/authorize ----------------------------------------------------------
