@@ -73,8 +73,9 @@ class TokenService(Protocol):
     def revoke(self, token: str) -> bool: ...
 
 
-Stamper = Callable[[bytes], bytes]
-"""TimeStampReq DER -> TimeStampResp DER, the token recorded before it is returned."""
+Stamper = Callable[[bytes, "str | None"], bytes]
+"""(TimeStampReq DER, the requester's address) -> TimeStampResp DER, the token recorded before
+it is returned."""
 
 
 @dataclass(frozen=True)
@@ -159,15 +160,18 @@ class CscApi:
         self.lang, self.description = lang, description
 
     def handle(self, version: str, method: str, caller: Any, body: bytes, *,
-               basic: tuple[str, str] | None = None) -> Answer:
+               basic: tuple[str, str] | None = None, requester: str | None = None) -> Answer:
         """Answer one call. ``caller`` is the authenticated client (None for ``info`` and
-        ``auth/login``, whose ``basic`` is the HTTP Basic id and secret, if sent)."""
+        ``auth/login``, whose ``basic`` is the HTTP Basic id and secret, if sent);
+        ``requester`` the peer's address, which the time-stamp log records."""
         try:
             model = _MODELS.get((version, method))
             if model is None:
                 return refusal(404, "invalid_request", f"no method {method[:64]!r} in CSC "
                                                       f"{version[:8]}")
             request = self._validate(model, body)
+            if method == "signatures/timestamp":
+                return self._signatures_timestamp(request, requester)
             return getattr(self, "_" + method.replace("/", "_"))(version, caller, request,
                                                                  basic)
         except BadRequest as exc:
@@ -305,8 +309,8 @@ class CscApi:
             raise TincayError("the service returned a signature count unlike the hashes'")
         return Answer(200, {"signatures": [_b64(s) for s in signatures]})
 
-    def _signatures_timestamp(self, version: str, caller: Any,
-                              request: models.TimestampRequest, basic: Any) -> Answer:
+    def _signatures_timestamp(self, request: models.TimestampRequest,
+                              requester: str | None) -> Answer:
         if self.stamper is None:
             return refusal(404, "invalid_request", "no time-stamp unit is configured here")
         fields: dict[str, Any] = {
@@ -317,7 +321,7 @@ class CscApi:
         if request.nonce is not None:
             fields["nonce"] = int(request.nonce, 16)
         question = asn1_tsp.TimeStampReq(fields).dump()
-        reply = TimeStampResp.load(self.stamper(question))
+        reply = TimeStampResp.load(self.stamper(question, requester))
         status = reply["status"]["status"].native
         if status in ("granted", "granted_with_mods"):
             return Answer(200, {"timestamp": _b64(reply["time_stamp_token"].dump())})

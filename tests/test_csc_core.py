@@ -531,8 +531,8 @@ def tsa_core():
 def test_timestamp_returns_an_rfc3161_token_for_the_hash(tsa_core, version: str) -> None:
     recorded = []
 
-    def stamper(question: bytes) -> bytes:
-        result = tsa_core.respond(question, "csc")
+    def stamper(question: bytes, requester: str | None) -> bytes:
+        result = tsa_core.respond(question, requester)
         if result.granted is not None:
             recorded.append(result.granted)
         return result.response
@@ -562,7 +562,7 @@ def test_timestamp_returns_an_rfc3161_token_for_the_hash(tsa_core, version: str)
 
 def test_a_refused_time_stamp_is_unavailable(tsa_core) -> None:
     from tsa.core import rejection
-    api = CscApi(None, None, lambda q: rejection("systemFailure", "the log is busy"))
+    api = CscApi(None, None, lambda q, who: rejection("systemFailure", "the log is busy"))
     status, body = call(api, "v2", "signatures/timestamp",
                         {"hash": b64(DIGEST), "hashAlgo": SHA256})
     assert (status, body["error"]) == (503, "temporarily_unavailable")
@@ -632,7 +632,7 @@ def test_mutated_bodies_never_break_the_core(case: tuple[str, str, bytes],
     version, method, raw = case
     service = FakeCredentials()
     service.outage = outage
-    api = CscApi(service, FakeTokens(), lambda q: rejection("badRequest", "no"))
+    api = CscApi(service, FakeTokens(), lambda q, who: rejection("badRequest", "no"))
     answer = api.handle(version, method, APP, raw, basic=("app-id", "s3cret"))
     assert answer.status < 500 or (answer.status == 503 and outage is not None), answer
     assert answer.body is None or set(answer.body) >= {"error"} or answer.status < 300

@@ -1,5 +1,5 @@
-"""The WSGI app factory: the OCSP and TSA endpoints in front of one Flask app (the
-repository, /healthz), over the CA services of one process.
+"""The WSGI app factory: the OCSP, TSA and CSC endpoints in front of one Flask app (the
+repository, the token endpoint, /healthz), over the CA services of one process.
 
 The caller composes the services (cli.serve for gunicorn workers, after the fork, so each
 worker opens its own database pool and its own PKCS#11 session: DESIGN.md section 5;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from ca.errors import DatabaseBusyError, DatabaseUnavailableError
@@ -25,7 +25,7 @@ from csc.core import CscApi
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
 from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
-from web.csc import csc
+from web.csc import CscEndpoint
 from web.oauth import oauth
 from web.ocsp import OcspEndpoint
 from web.repository import repository
@@ -36,7 +36,8 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 
 def create_app(service: CertificateAuthority) -> Flask:
-    """The app over ``service``: /ocsp and /tsa answered before Flask, the rest by Flask."""
+    """The app over ``service``: /ocsp, /tsa and /csc/ answered before Flask, the rest by
+    Flask."""
     app = Flask("tincay")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["tincay.service"] = service
@@ -68,11 +69,11 @@ def create_app(service: CertificateAuthority) -> Flask:
     # the CSC API (/csc/v1/, /csc/v2/): remote signing over ca.services.credentials; its
     # signatures/timestamp goes through this worker's TSA unit and token log, as /tsa does
     app.extensions["tincay.csc"] = CscApi(
-        service.credentials, service.clients,
-        lambda question: tsa.stamp(question, request.remote_addr),
+        service.credentials, service.clients, tsa.stamp,
         oauth2_url=f"{service.context.public_url.rstrip('/')}/oauth2/token"
         if getattr(service.context, "public_url", None) else "")
-    app.register_blueprint(csc)
+    app.wsgi_app = CscEndpoint(app.wsgi_app,  # type: ignore[method-assign]
+                               app.extensions["tincay.csc"], service.clients)  # before Flask
 
     # outermost: /oauth2/ and /csc/ need https (or loopback) before anything reads them
     app.wsgi_app = RequireTls(app.wsgi_app)  # type: ignore[method-assign]

@@ -1,8 +1,9 @@
-"""The WSGI endpoint the DER protocols (OCSP, RFC 3161) are served by, in front of Flask.
+"""The WSGI endpoint the hot protocols (OCSP, RFC 3161, CSC signing) are served by, in front
+of Flask.
 
 A protocol's path is a service's hot path: the endpoint reads the body as Content-Length
 octets, hands it to the protocol's pure core and answers with a plain WSGI triple, never
-building a Flask request or response. New binary protocols subclass :class:`ProtocolEndpoint`.
+building a Flask request or response. New hot protocols subclass :class:`ProtocolEndpoint`.
 """
 from __future__ import annotations
 
@@ -22,13 +23,24 @@ def read_protocol_body(environ: dict, content_type: str, limit: int, what: str
                        ) -> bytes | Refusal:
     """The body of a DER protocol POST (OCSP, RFC 3161) from the WSGI ``environ``, or the
     HTTP refusal a client gets before the protocol layer sees anything, as the arguments of
-    :func:`plain`: 415 for another Content-Type (parameters and case ignored), 413 past
-    ``limit`` (checked on the header first, then on what was read, for chunked uploads), 400
-    for a body that broke off (the client closed early or garbled the chunking: no protocol
-    answer, and ``Connection: close``, since the rest of the stream cannot be framed)."""
-    media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-    if media_type != content_type:
+    :func:`plain`: 415 for another Content-Type (parameters and case ignored), then
+    :func:`read_body`'s refusals."""
+    if media_type(environ) != content_type:
         return 415, f"Content-Type must be {content_type}"
+    return read_body(environ, limit, what)
+
+
+def media_type(environ: dict) -> str:
+    """The request's Content-Type without parameters, lower case ("" when absent)."""
+    return environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+
+
+def read_body(environ: dict, limit: int, what: str) -> bytes | Refusal:
+    """A request body of at most ``limit`` bytes, or the refusal as :func:`plain`'s
+    arguments: 413 past ``limit`` (checked on the header first, then on what was read, for
+    chunked uploads), 400 for a body that broke off (the client closed early or garbled the
+    chunking: no protocol answer, and ``Connection: close``, since the rest of the stream
+    cannot be framed). Shared by the DER protocols and the CSC API (web/csc.py)."""
     too_large = 413, f"{what} are limited to {limit} bytes"
     try:
         length = int(environ.get("CONTENT_LENGTH") or -1)
@@ -51,7 +63,8 @@ Answer = tuple[str, Iterable[tuple[str, str]], bytes]  # WSGI status line, heade
 
 
 class ProtocolEndpoint:
-    """WSGI middleware serving one DER protocol (OCSP, RFC 3161) in front of the Flask app.
+    """WSGI middleware serving one hot protocol (OCSP, RFC 3161, CSC) in front of the Flask
+    app.
 
     The protocols' paths are the services' hot paths: a validator's OCSP question or a
     signer's time-stamp costs the core a fraction of a millisecond, and Flask's request
