@@ -284,6 +284,32 @@ def test_a_sad_expires_and_is_good_for_num_signatures_only(mem: Setup) -> None:
     assert len(mem.rows(SignatureRecord)) == 2
 
 
+@pytest.mark.softhsm
+def test_authorize_unwraps_the_key_in_this_worker_before_signhash(
+        database_url: str, profiles: Any, unique_label: str, hsm_backend: Any) -> None:  # noqa: F811
+    """The SAD is for signatures that follow at once: authorize leaves the subscriber's key
+    unwrapped in the HSM session of the worker that checked the factors (one session object),
+    and signHash then signs with that object."""
+    from ca.services.credentials import Credentials
+    from ca.services.subscriber_keys import SubscriberKeys
+
+    for setup in _setup(database_url, hsm_backend, profiles, unique_label):
+        info, totp = setup.enrol("ec-p256")
+        keys = SubscriberKeys(setup.world.service.context)  # a fresh worker's cache
+        creds = Credentials(setup.world.service.context, keys)
+        assert keys.wrapping.cached() == 0
+        digest = _digest("đơn thuốc")
+        sad = creds.authorize(setup.client, info.credential_id, pin=PIN, otp=setup.otp(totp),
+                              hashes=[digest], hash_algorithm_oid=SHA256,
+                              num_signatures=1).sad
+        assert keys.wrapping.cached() == 1
+        signature, = creds.sign_hashes(setup.client, info.credential_id, sad, [digest], SHA256,
+                                       ECDSA_SHA256)
+        assert keys.wrapping.cached() == 1  # no second unwrap
+        _public(info).verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        keys.close()
+
+
 def test_tincay_sad_lifetime_sets_how_long_a_sad_is_good_for(
         mem: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     from ca.services.credentials import Credentials

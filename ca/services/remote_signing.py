@@ -84,9 +84,22 @@ class RemoteSigning:
                     details=as_json({"credential_id": row.credential_id, "client": api.name,
                                      "hashes": len(digests), "num_signatures": num_signatures,
                                      "hash_algorithm": hash_algorithm_oid}))
+                key_uri, der = row.certificate.key_uri or "", row.certificate.der or b""
         if failure is not None:
             raise failure  # after the commit: the failed attempt is counted
+        self._warm(key_uri, der)
         return common.Activation(sad, int(self.sad_lifetime.total_seconds()))
+
+    def _warm(self, key_uri: str, certificate_der: bytes) -> None:
+        """Unwrap the key now, in this worker, for the signHash calls the SAD is for: an
+        unwrap costs the HSM about as much as several signatures (bench/subscriber_keys.py),
+        and a signer's application signs right after it authorised, often on the same
+        connection. A key that cannot be made ready is left to signHash, which reports it."""
+        try:
+            public: Any = x509.load_der_x509_certificate(certificate_der).public_key()
+            self._signer(key_uri, public)
+        except Exception:  # noqa: BLE001 - signHash meets the same failure and answers it
+            pass
 
     def _check_factors(self, session: Session, row: SigningCredential, api: ApiClient,
                        pin: str, otp: str, now: datetime) -> CredentialError | None:

@@ -30,6 +30,17 @@ from ca.store import queries
 from ca.store.models import SubscriberKey
 
 
+class _Cached:
+    """A signer kept for a wrapped key, and the last public key object it was found to match
+    (compared by identity, so a certificate's key is serialised and compared once)."""
+
+    __slots__ = ("key", "matched")
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.matched: PublicKey | None = None
+
+
 class SubscriberKeys:
     """Generates subscribers' keys wrapped under the KEK, and hands out signers for them."""
 
@@ -38,7 +49,7 @@ class SubscriberKeys:
         self.cache_size = cache_size or key_cache_size()
         self._wrapping: KeyWrapping | None = None
         self._lock = threading.Lock()
-        self._signers: OrderedDict[int, SigningKey] = OrderedDict()  # least recent first
+        self._signers: OrderedDict[int, _Cached] = OrderedDict()  # least recent first
 
     @property
     def wrapping(self) -> KeyWrapping:
@@ -76,19 +87,21 @@ class SubscriberKeys:
         if key_id is None:
             return self.context.keys.load(key_uri, public)
         with self._lock:
-            key = self._signers.get(key_id)
-            if key is not None:
+            entry = self._signers.get(key_id)
+            if entry is not None:
                 self._signers.move_to_end(key_id)
-        if key is None:
-            key = self._load(key_id, key_uri)
+        if entry is None:
+            entry = _Cached(self._load(key_id, key_uri))
             with self._lock:
-                self._signers[key_id] = key
+                self._signers[key_id] = entry
                 while len(self._signers) > self.cache_size:
                     self._signers.popitem(last=False)
-        if public is not None and public_key_der(public) != public_key_der(key.public_key):
-            raise KeyBackendError(f"key {key_uri} is not the key of the certificate it was "
-                                  "loaded for")
-        return key
+        if public is not None and public is not entry.matched:
+            if public_key_der(public) != public_key_der(entry.key.public_key):
+                raise KeyBackendError(f"key {key_uri} is not the key of the certificate it "
+                                      "was loaded for")
+            entry.matched = public  # the signHash path hands the same parsed key each time
+        return entry.key
 
     def _load(self, key_id: int, key_uri: str) -> SigningKey:
         with self.context.read() as session:
