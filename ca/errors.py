@@ -169,3 +169,15 @@ class InvalidSadError(CredentialError):
 class UnsupportedAlgorithmError(CredentialError):
     """A hash or signature algorithm the credential does not sign with, or a hash of the
     wrong length for its algorithm."""
+
+
+# --- the registration API (Idempotency-Key on issuance) -------------------------------------
+
+class IdempotencyKeyReusedError(TincayError):
+    """An Idempotency-Key the client already sent with a different request body: the key names
+    one request, so a second body under it is refused rather than guessed at."""
+
+
+class RequestInProgressError(TincayError):
+    """A request under the same Idempotency-Key is still being served (by another worker or
+    thread): the client retries a moment later and gets that request's certificate."""

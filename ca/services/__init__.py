@@ -13,6 +13,8 @@
 - ``credentials``   remote-signing credentials: sole control (PIN + TOTP), SADs, signing, the
                     signature log
 - ``subscriber_keys`` subscribers' keys wrapped under the HSM's KEK, and signers for them
+- ``registration`` the registration API's state: issuance under an Idempotency-Key, cursor
+                    pages of certificates and audit events
 
 Each service owns its transactions. :class:`CertificateAuthority` builds them all over one
 context for the composition roots (the CLI, the app factory, ca.testing); a consumer keeps
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.ocsp_answers import OcspAnswers
     from ca.services.publication import Publication
     from ca.services.reconciliation import Reconciliation
+    from ca.services.registration import Registration
     from ca.services.renewal import Renewal
     from ca.services.revocation import Revocation
     from ca.services.subscriber_keys import SubscriberKeys
@@ -50,7 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
            "Credentials", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
-           "Publication", "Reconciliation", "Renewal", "Revocation", "ServiceContext",
+           "Publication", "Reconciliation", "Registration", "Renewal", "Revocation",
+           "ServiceContext",
            "ServiceUnitKey", "SubscriberKeys",
            "TokenLog"]
 
@@ -59,7 +63,8 @@ __all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus"
 _MODULES = {"Authorities": "authorities", "Clients": "clients", "Credentials": "credentials",
             "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
-            "Reconciliation": "reconciliation", "Renewal": "renewal",
+            "Reconciliation": "reconciliation", "Registration": "registration",
+            "Renewal": "renewal",
             "Revocation": "revocation", "SubscriberKeys": "subscriber_keys",
             "TokenLog": "token_log"}
 
@@ -110,6 +115,8 @@ class CertificateAuthority:
     clients: Clients = _Service("Clients")  # type: ignore[assignment]
     credentials: Credentials = _Service(  # type: ignore[assignment]
         "Credentials", "subscriber_keys")
+    registration: Registration = _Service(  # type: ignore[assignment]
+        "Registration", "issuance", "revocation")
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -44,11 +44,14 @@ class Issuance:
 
     def issue(self, ca: str, profile_name: str, subject_pairs: Sequence[tuple[str, str]],
               source: KeySource, *, emails: Sequence[str] = (), dns_names: Sequence[str] = (),
-              days: int | None = None, progress: Progress | None = None) -> IssuedCertificate:
+              days: int | None = None, progress: Progress | None = None,
+              requested_by: Mapping[str, Any] | None = None) -> IssuedCertificate:
         """Issue an end-entity certificate under ``ca`` from a profile.
 
         The subject comes from the operator, checked against the profile; a CSR contributes only
-        its (verified) public key, never its subject or extensions.
+        its (verified) public key, never its subject or extensions. ``requested_by``: who asked
+        (the registration API's client and idempotency key), added to the audit events'
+        details.
         """
         context = self.context
         profile = context.profiles.get(profile_name)
@@ -85,10 +88,12 @@ class Issuance:
 
         def record(session: Session, prepared: PreparedCertificate) -> Certificate:
             return self.record_pending(session, queries.get_authority(session, ca), prepared,
-                                       subject, tuple(emails) + tuple(dns_names), key_uri)
+                                       subject, tuple(emails) + tuple(dns_names), key_uri,
+                                       requested_by)
 
         cert, row = self.certify(profile, subject, public_key, issuer_info, urls, now, until,
-                                 tuple(emails), tuple(dns_names), record, serial=serial)
+                                 tuple(emails), tuple(dns_names), record, serial=serial,
+                                 requested_by=requested_by)
         return IssuedCertificate(cert, row.serial_hex, ca, profile.name, key_uri, private_key)
 
     def issue_with_key(self, issuer_info: IssuerInfo, profile: Profile,
@@ -148,7 +153,8 @@ class Issuance:
 
     def record_pending(self, session: Session, issuer: Authority, prepared: PreparedCertificate,
                        subject: x509.Name, san: tuple[str, ...],
-                       key_uri: str | None) -> Certificate:
+                       key_uri: str | None,
+                       requested_by: Mapping[str, Any] | None = None) -> Certificate:
         """The pending row and its audit event: what the database knows before the signature."""
         now = self.context.clock.now()
         row = queries.add_pending_certificate(
@@ -161,19 +167,21 @@ class Issuance:
                              subject=format_name(subject),
                              details=as_json({"profile": prepared.profile_name,
                                               "tbs_sha256": hashlib.sha256(
-                                                  prepared.tbs_der).hexdigest()}))
+                                                  prepared.tbs_der).hexdigest(),
+                                              **(requested_by or {})}))
         return row
 
     def certify(self, profile: Profile, subject: x509.Name, public_key: PublicKey,
                 issuer: IssuerInfo, urls: core.Urls | None, now: datetime,
                 until: datetime | None, emails: tuple[str, ...], dns_names: tuple[str, ...],
-                record: Recorder, serial: int | None = None
+                record: Recorder, serial: int | None = None,
+                requested_by: Mapping[str, Any] | None = None
                 ) -> tuple[x509.Certificate, Certificate]:
         """prepare -> commit the pending row (``record``) -> sign -> commit the certificate (or
         the failure)."""
         prepared, row = self.persist(profile, subject, public_key, issuer, urls, now, until,
                                      emails, dns_names, record, serial)
-        return self.complete(prepared, issuer, row)
+        return self.complete(prepared, issuer, row, requested_by)
 
     def persist(self, profile: Profile, subject: x509.Name, public_key: PublicKey,
                 issuer: IssuerInfo, urls: core.Urls | None, now: datetime,
@@ -198,7 +206,8 @@ class Issuance:
         return prepared, row
 
     def complete(self, prepared: PreparedCertificate, issuer: IssuerInfo,
-                 row: Certificate) -> tuple[x509.Certificate, Certificate]:
+                 row: Certificate, requested_by: Mapping[str, Any] | None = None
+                 ) -> tuple[x509.Certificate, Certificate]:
         """The second half of :meth:`certify`: sign exactly what was prepared and record it,
         unless the pending row was revoked as never issued meanwhile (then IssuanceError, and
         the signed certificate is dropped: it never leaves this process)."""
@@ -216,7 +225,8 @@ class Issuance:
                                  authority=issuer.name, serial_hex=row.serial_hex,
                                  subject=row.subject,
                                  details=as_json({"profile": prepared.profile_name,
-                                                  "fingerprint_sha256": row.fingerprint_sha256}))
+                                                  "fingerprint_sha256": row.fingerprint_sha256,
+                                                  **(requested_by or {})}))
         return cert, row
 
     def _mark_failed(self, row: Certificate, exc: Exception) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Mapping
 
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,8 @@ class Revocation:
         self.context = context
 
     def revoke(self, ca: str, serial: str, reason: str, *,
-               invalidity_date: datetime | None = None) -> dict[str, Any]:
+               invalidity_date: datetime | None = None,
+               by: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Revoke a certificate ``ca`` issued (RFC 5280 5.3.1 reasons; certificateHold is
         temporary and can be released). A held certificate may then be revoked for good, keeping
         its original revocation time; a permanently revoked one stays as it is.
@@ -34,7 +35,8 @@ class Revocation:
         never issued: OCSP then answers revoked for it and the CRL lists it, so a certificate
         signed under that serial is refused wherever it shows up (RFC 6960 2.2), and an
         issuance still finishing it is refused too (ca.store.queries.mark_issued). Not on hold:
-        a hold is released to good, and a serial never issued has nothing to go back to."""
+        a hold is released to good, and a serial never issued has nothing to go back to.
+        ``by``: who asked (the registration API's client), added to the audit event."""
         code = parse_reason(reason)
         now = self.context.clock.now().replace(microsecond=0)
         if invalidity_date is not None and invalidity_date > now:
@@ -53,7 +55,8 @@ class Revocation:
                 if code == "certificateHold":
                     raise IssuanceError(f"certificate {row.serial_hex} of {ca} was never issued "
                                         "(pending): revoke it for good, not on hold")
-                return self._revoke_never_issued(session, row, code, now, invalidity_date)
+                return self._revoke_never_issued(session, row, code, now, invalidity_date,
+                                                 by=by)
             previous = row.revocation_reason
             queries.mark_revoked(session, row, reason=code, at=row.revoked_at or now,
                                  invalidity_date=invalidity_date, changed_at=now)
@@ -61,7 +64,7 @@ class Revocation:
                                  serial_hex=row.serial_hex, subject=row.subject,
                                  details=as_json({"reason": code, "previous": previous,
                                                   "invalidity_date": invalidity_date.isoformat()
-                                                  if invalidity_date else None}))
+                                                  if invalidity_date else None, **(by or {})}))
             return describe_certificate(row)
 
     def revoke_never_issued(self, ca: str, serial: str, reason: str,
@@ -81,7 +84,8 @@ class Revocation:
 
     def _revoke_never_issued(self, session: Session, row: Certificate, code: str,
                              now: datetime, invalidity_date: datetime | None,
-                             via: str = "revoke") -> dict[str, Any]:
+                             via: str = "revoke",
+                             by: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if not queries.revoke_pending(session, row, reason=code, at=now):
             raise IssuanceError(f"certificate {row.serial_hex} of {row.issuer.name} was issued "
                                 "meanwhile: run the command again")
@@ -93,10 +97,11 @@ class Revocation:
                              details=as_json({"reason": code, "previous": None,
                                               "never_issued": True, "via": via,
                                               "invalidity_date": invalidity_date.isoformat()
-                                              if invalidity_date else None}))
+                                              if invalidity_date else None, **(by or {})}))
         return describe_certificate(row)
 
-    def release_hold(self, ca: str, serial: str) -> dict[str, Any]:
+    def release_hold(self, ca: str, serial: str,
+                     by: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Take a certificate off hold (RFC 5280: certificateHold is the only reversible reason)."""
         now = self.context.clock.now().replace(microsecond=0)
         with self.context.transaction() as session:
@@ -107,7 +112,8 @@ class Revocation:
                                     f"{', ' + row.revocation_reason if row.revocation_reason else ''})")
             queries.mark_released(session, row, at=now)
             queries.record_event(session, at=now, action="certificate.release", authority=ca,
-                                 serial_hex=row.serial_hex, subject=row.subject)
+                                 serial_hex=row.serial_hex, subject=row.subject,
+                                 details=as_json(dict(by)) if by else None)
             return describe_certificate(row)
 
     def certificate_status(self, ca: str, serial: int) -> CertificateStatus | None:

@@ -230,6 +230,23 @@ class ApiClient(Base):
     disabled_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
 
 
+class IdempotencyKey(Base):
+    """One ``Idempotency-Key`` a client sent with ``POST /api/v1/certificates``: a retry with
+    the same key and body gets the certificate it names, never a second one. The unique
+    (client, key) pair is the lock two concurrent requests race for: the loser reads the
+    winner's row. ``certificate_id`` is empty while the winner is still issuing."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("client_id", "key", name="uq_idempotency_client_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    certificate_id: Mapped[Optional[int]] = mapped_column(ForeignKey("certificates.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
 class AccessToken(Base):
     """A short-lived bearer token a client obtained; kept as a hash so a database reader holds
     nothing a client could present. Every worker on every host checks tokens here."""

@@ -410,7 +410,7 @@ def add_timestamp_tokens(token_insert: HotInsert, tokens: Sequence[TimestampReco
     try:
         token_insert.insert(rows, deadline=deadline)
     except IntegrityError as exc:
-        if not _is_unique_violation(exc):
+        if not is_unique_violation(exc):
             raise
         which = (f"serial {rows[0]['serial_hex']} of TSA unit {rows[0]['unit']}"
                  if len(rows) == 1 else "a serial in this batch")
@@ -467,12 +467,13 @@ def _flush(session: Session, duplicate_message: str) -> None:
     try:
         session.flush()
     except IntegrityError as exc:
-        if _is_unique_violation(exc):
+        if is_unique_violation(exc):
             raise AlreadyExistsError(duplicate_message) from None
         raise
 
 
-def _is_unique_violation(exc: IntegrityError) -> bool:
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a unique constraint's refusal (SQLite or PostgreSQL)."""
     text = str(exc.orig).lower()
     code: Any = getattr(exc.orig, "pgcode", None)
     return code == "23505" or "unique" in text

@@ -1,0 +1,256 @@
+"""What the registration API (ra/) needs beyond issuance, revocation and the listings: issuance
+under an Idempotency-Key, certificates with their PEM and chain, and cursor pages of
+certificates and audit events.
+
+**Idempotency.** A client that lost the answer to ``POST /api/v1/certificates`` retries with
+the same ``Idempotency-Key``; it must get the certificate it already has, never a second one
+(an HR system issuing twice leaves a valid certificate nobody holds). The key is claimed first,
+in a transaction of its own, by inserting (client, key, body hash) into ``idempotency_keys``,
+whose unique constraint is the lock: of two concurrent requests one inserts, the other's
+insert fails and it reads the winner's row. The winner then issues and settles the row with the
+certificate's id; if issuance is refused the claim is deleted, so the client can correct the
+request and use the key again. A claim still unsettled is a request in progress
+(RequestInProgressError: retry); a settled one with another body hash is
+IdempotencyKeyReusedError.
+
+**Cursors.** Pages are in id order, oldest first, and a cursor is the last id served: a
+certificate issued meanwhile has a larger id, so it shows on a later page, and none is served
+twice or skipped (an offset would shift under inserts, newest-first would bury them).
+
+Every change is an audit event naming the client (``client``, ``client_id``), in the same
+transaction as the change (the ``by`` details passed to issuance and revocation).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ca.errors import (IdempotencyKeyReusedError, KeyPolicyError, NotFoundError,
+                       RequestInProgressError)
+from ca.keys.base import KeySpec
+from ca.services.context import ServiceContext, authority_certificate
+from ca.services.issuance import Issuance
+from ca.services.listings import describe_authority, describe_certificate
+from ca.services.results import KeySource
+from ca.services.revocation import Revocation
+from ca.store import queries
+from ca.store.models import CERTIFICATE_STATUSES, AuditEvent, Authority, Certificate, \
+    IdempotencyKey
+
+MAX_PAGE = 500
+
+
+def _pem(der: bytes | None) -> str | None:
+    if der is None:
+        return None
+    return x509.load_der_x509_certificate(der).public_bytes(
+        serialization.Encoding.PEM).decode("ascii")
+
+
+class Registration:
+    """Issue, revoke, hold and release for API clients; read certificates and the audit log a
+    page at a time."""
+
+    def __init__(self, context: ServiceContext, issuance: Issuance,
+                 revocation: Revocation) -> None:
+        self.context = context
+        self.issuance = issuance
+        self.revocation = revocation
+
+    # --- issuance under an Idempotency-Key -----------------------------------------------
+
+    def issue(self, by: Mapping[str, Any], ca: str, profile: str,
+              subject_pairs: Sequence[tuple[str, str]], *,
+              csr: x509.CertificateSigningRequest | None = None,
+              key_type: KeySpec | None = None, emails: Sequence[str] = (),
+              dns_names: Sequence[str] = (), days: int | None = None,
+              idempotency_key: str | None = None,
+              request_sha256: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Issue for the client ``by`` (``client``, ``client_id``); (the certificate's record,
+        whether it was already issued under ``idempotency_key``)."""
+        claim: int | None = None
+        if idempotency_key is not None:
+            if request_sha256 is None:
+                raise ValueError("an idempotency key goes with the request's hash")
+            claim, earlier = self._claim(str(by["client_id"]), idempotency_key, request_sha256)
+            if earlier is not None:
+                return earlier, True
+        if csr is not None:
+            source = KeySource(csr=csr)
+        else:
+            spec = key_type or next(iter(self.context.profiles.get(profile).key_algorithms),
+                                    None)
+            if spec is None:
+                raise KeyPolicyError(f"profile {profile} lists no key algorithm: "
+                                      "give key_type")
+            source = KeySource(generate=spec)
+        details = {**by, "idempotency_key": idempotency_key}
+        try:
+            issued = self.issuance.issue(ca, profile, subject_pairs, source, emails=emails,
+                                         dns_names=dns_names, days=days, requested_by=details)
+        except BaseException:
+            if claim is not None:
+                self._forget(claim)
+            raise
+        if claim is not None:
+            self._settle(claim, ca, issued.serial_hex)
+        return self.certificate(ca, issued.serial_hex), False
+
+    def _claim(self, client_id: str, key: str,
+               request_sha256: str) -> tuple[int | None, dict[str, Any] | None]:
+        """(our claim's id, None), or (None, the certificate an earlier request issued)."""
+        try:
+            with self.context.transaction() as session:
+                row = IdempotencyKey(client_id=client_id, key=key,
+                                     request_sha256=request_sha256,
+                                     created_at=self.context.clock.now())
+                session.add(row)
+                session.flush()
+                return row.id, None
+        except IntegrityError as exc:
+            if not queries.is_unique_violation(exc):
+                raise
+        with self.context.read() as session:  # the loser reads the winner's row
+            found = session.scalar(select(IdempotencyKey).where(
+                IdempotencyKey.client_id == client_id, IdempotencyKey.key == key))
+            if found is None:  # the winner was refused and let the key go: try again
+                raise RequestInProgressError("a request with this Idempotency-Key was just "
+                                             "refused; send it again")
+            if found.request_sha256 != request_sha256:
+                raise IdempotencyKeyReusedError("this Idempotency-Key was used with another "
+                                                "request body")
+            if found.certificate_id is None:
+                raise RequestInProgressError("a request with this Idempotency-Key is still "
+                                             "being served; retry shortly")
+            cert = session.get(Certificate, found.certificate_id)
+            assert cert is not None
+            return None, self._record(session, cert)
+
+    def _settle(self, claim: int, ca: str, serial_hex: str) -> None:
+        with self.context.transaction() as session:
+            row = session.get(IdempotencyKey, claim)
+            cert = queries.get_certificate(session, queries.get_authority(session, ca),
+                                           serial_hex)
+            if row is not None:
+                row.certificate_id = cert.id
+
+    def _forget(self, claim: int) -> None:
+        with self.context.transaction() as session:
+            row = session.get(IdempotencyKey, claim)
+            if row is not None:
+                session.delete(row)
+
+    # --- revocation, hold, release ------------------------------------------------------
+
+    def revoke(self, by: Mapping[str, Any], ca: str, serial: str, reason: str,
+               invalidity_date: Any = None) -> dict[str, Any]:
+        self.revocation.revoke(ca, serial, reason, invalidity_date=invalidity_date, by=by)
+        return self.certificate(ca, serial)
+
+    def release(self, by: Mapping[str, Any], ca: str, serial: str) -> dict[str, Any]:
+        self.revocation.release_hold(ca, serial, by=by)
+        return self.certificate(ca, serial)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def certificate(self, ca: str, serial: str) -> dict[str, Any]:
+        """The record of ``ca``'s certificate ``serial``, with its PEM and CA chain;
+        NotFoundError for a serial ``ca`` never issued (another CA's included)."""
+        with self.context.read() as session:
+            authority = queries.get_authority(session, ca)
+            return self._record(session, queries.get_certificate(session, authority, serial))
+
+    def _record(self, session: Session, cert: Certificate) -> dict[str, Any]:
+        chain: list[str] = []
+        authority: Authority | None = cert.issuer
+        while authority is not None:
+            chain.append(authority_certificate(authority).public_bytes(
+                serialization.Encoding.PEM).decode("ascii"))
+            authority = authority.parent
+        record = describe_certificate(cert)
+        return {**_summary(record), "certificate": _pem(cert.der), "chain": chain,
+                "key_uri": cert.key_uri}
+
+    def certificates(self, *, after: int = 0, limit: int = 100, ca: str | None = None,
+                     profile: str | None = None, status: str | None = None,
+                     cas: Sequence[str] | None = None,
+                     profiles: Sequence[str] | None = None
+                     ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of certificates with ids past ``after``, oldest first, and the cursor of
+        the next page (None on the last). ``cas``/``profiles``: the caller's scope (None: all)."""
+        if status is not None and status not in CERTIFICATE_STATUSES:
+            raise NotFoundError(f"status {status!r} is not one of "
+                                f"{', '.join(CERTIFICATE_STATUSES)}")
+        limit = max(1, min(limit, MAX_PAGE))
+        query = (select(Certificate).join(Authority, Certificate.issuer_id == Authority.id)
+                 .where(Certificate.id > after))
+        if ca is not None:
+            query = query.where(Authority.name == ca)
+        if cas is not None:
+            query = query.where(Authority.name.in_(list(cas)))
+        if profile is not None:
+            query = query.where(Certificate.profile == profile)
+        if profiles is not None:
+            query = query.where(Certificate.profile.in_(list(profiles)))
+        if status is not None:
+            query = query.where(Certificate.status == status)
+        with self.context.read() as session:
+            if ca is not None:
+                queries.get_authority(session, ca)  # NotFoundError for a CA that is not
+            rows = session.scalars(query.order_by(Certificate.id).limit(limit + 1)).all()
+            page = [_summary(describe_certificate(row)) for row in rows[:limit]]
+            return page, rows[limit - 1].id if len(rows) > limit else None
+
+    def events(self, *, after: int = 0, limit: int = 100
+               ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the audit log past ``after``, oldest first, and the next cursor."""
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.context.read() as session:
+            rows = session.scalars(select(AuditEvent).where(AuditEvent.id > after)
+                                   .order_by(AuditEvent.id).limit(limit + 1)).all()
+            page = [{"id": e.id, "at": e.at, "action": e.action, "authority": e.authority,
+                     "serial": e.serial_hex, "subject": e.subject,
+                     "details": json.loads(e.details) if e.details else None}
+                    for e in rows[:limit]]
+            return page, rows[limit - 1].id if len(rows) > limit else None
+
+    def authorities(self) -> list[dict[str, Any]]:
+        """The CAs, each with its certificate's PEM."""
+        with self.context.read() as session:
+            return [{**describe_authority(a),
+                     "certificate": _pem(a.certificate.der if a.certificate else None)}
+                    for a in queries.list_authorities(session)]
+
+    def profiles(self) -> list[dict[str, Any]]:
+        """The end-entity profiles one may issue from (CA and self-signed ones are
+        ``tincay init``'s)."""
+        out = []
+        for profile in self.context.profiles:
+            if profile.abstract or profile.self_signed or (
+                    profile.basic_constraints and profile.basic_constraints.ca):
+                continue
+            out.append({"name": profile.name, "description": profile.description,
+                        "key_algorithms": [str(k) for k in profile.key_algorithms],
+                        "max_days": profile.validity.max_days,
+                        "email_san": profile.email_san, "dns_san": profile.dns_san,
+                        "subject": [{"name": r.name, "required": r.required}
+                                    for r in profile.subject]})
+        return out
+
+    def has_authority(self, name: str) -> bool:
+        with self.context.read() as session:
+            return queries.find_authority(session, name) is not None
+
+
+def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ca": record["issuer"], "serial": record["serial"], "status": record["status"],
+            "profile": record["profile"], "subject": record["subject"],
+            "not_before": record["not_before"], "not_after": record["not_after"],
+            "revoked_at": record["revoked_at"],
+            "revocation_reason": record["revocation_reason"]}
