@@ -141,19 +141,21 @@ class ServiceVariables(InputModel):
     sad_lifetime: PositiveDurationVariable = Field(None, alias="TINCAY_SAD_LIFETIME")
 
 
-def _service_variables(env: Mapping[str, str] | None) -> ServiceVariables:
+def service_variables(env: Mapping[str, str] | None = None) -> ServiceVariables:
+    """The variables of :class:`ServiceVariables`, checked (ConfigurationError naming the
+    variable): ``tincay serve`` calls it before its workers fork and read them."""
     return read_variables(ServiceVariables, dict(os.environ if env is None else env))
 
 
 def key_cache_size(env: Mapping[str, str] | None = None) -> int:
     """How many unwrapped subscriber keys a process keeps (TINCAY_KEY_CACHE, default 1000)."""
-    return _service_variables(env).key_cache or KEY_CACHE
+    return service_variables(env).key_cache or KEY_CACHE
 
 
 def sad_lifetime(env: Mapping[str, str] | None = None) -> timedelta:
     """How long a SAD from credentials/authorize is good for (TINCAY_SAD_LIFETIME, default
     5 minutes): the window in which the signer's application must send its signHash."""
-    return _service_variables(env).sad_lifetime or SAD_LIFETIME
+    return service_variables(env).sad_lifetime or SAD_LIFETIME
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
           tls_names: tuple[str, ...]) -> None:
     """Serve OCSP, time-stamps, CRLs, CA certificates and the APIs under gunicorn, with a
     maintenance process that keeps CRLs and pre-produced OCSP answers fresh."""
-    from ca.settings import key_cache_size, sad_lifetime
+    from ca.settings import service_variables
     from cli.http_limits import HttpLimits
     from cli.serve import check_free
     from cli.serve import serve as run_server
@@ -126,7 +126,7 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
     if (tls_ca or tls_names) and not tls_self:
         raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
-    key_cache_size(os.environ), sad_lifetime(os.environ)  # the workers' TINCAY_KEY_CACHE, _SAD_
+    service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
     if certfile is not None and keyfile is not None:
