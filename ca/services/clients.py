@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import bindparam, select
 
@@ -46,6 +46,24 @@ class ClientInfo:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+
+@dataclass(frozen=True)
+class PendingToken:
+    """A bearer token whose check is left to the call it authorises: signHash checks it in
+    the query of its own transaction (ca.services.sign_path) instead of a query of its own
+    first; any other outcome asks :meth:`client`, which is ``Clients.verify``'s answer
+    (InvalidTokenError, ExpiredTokenError)."""
+
+    token: str
+    verify: Callable[[str], ClientInfo]
+
+    @cached_property
+    def token_hash(self) -> str:
+        return secret_digest(self.token)
+
+    def client(self) -> ClientInfo:
+        return self.verify(self.token)
 
 
 @dataclass(frozen=True)
@@ -179,6 +197,10 @@ class Clients:
             raise ExpiredTokenError("the access token has expired")
         return ClientInfo(client_id, name, status, role, tuple(cas or ()), tuple(profiles or ()),
                           created_at)
+
+    def pending(self, token: str) -> PendingToken:
+        """``token`` to be checked by the call it authorises (signHash, see PendingToken)."""
+        return PendingToken(token, self.verify)
 
     @cached_property
     def _verify_query(self) -> HotQuery:
