@@ -95,7 +95,8 @@ def demo(as_json: bool) -> None:
 @click.option("--maintenance-interval", type=DurationType(), default="5m", show_default=True,
               help="How often the maintenance process publishes due CRLs and OCSP answers.")
 @click.option("--no-maintenance", is_flag=True,
-              help="Serve only (another host runs tincay maintain).")
+              help="Serve only (another host runs tincay maintain); with --tls-self the "
+                   "maintenance process only renews that certificate.")
 @click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path),
               help="Serve HTTPS with this PEM certificate (then its CA chain).")
 @click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -133,23 +134,27 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         from cli.tls import check_pair
 
         check_pair(certfile, keyfile)
+    renewal: list[str] = []
     if tls_self:
-        certfile, keyfile = _self_issued(app, host, tls_ca, tls_names)
+        certfile, keyfile, renewal = _self_issued(app, host, tls_ca, tls_names)
     app.close()
     check_free(host, port)  # before saying we serve there
     scheme = "https" if certfile else "http"
     progress(f"serving on {scheme}://{host}:{port} "
              f"(TINCAY_PUBLIC_URL={app.settings.public_url})")
+    if renewal and no_maintenance:  # the certificate is still renewed, nothing published
+        renewal.append("--tls-only")
     run_server(host, port, workers, threads,
-               maintenance=None if no_maintenance else maintenance_interval,
+               maintenance=None if no_maintenance and not renewal else maintenance_interval,
                worker_class=worker_class, limits=limits,
                certfile=str(certfile) if certfile else None,
-               keyfile=str(keyfile) if keyfile else None)
+               keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal)
 
 
 def _self_issued(app: Any, host: str, tls_ca: str | None,
-                 tls_names: tuple[str, ...]) -> tuple[Path, Path]:
-    """--tls-self: the stored certificate and key, issued or renewed first if need be."""
+                 tls_names: tuple[str, ...]) -> tuple[Path, Path, list[str]]:
+    """--tls-self: the stored certificate and key, issued or renewed first if need be, and
+    the maintenance process's arguments that renew them while the server runs."""
     from cli.tls import issuing_ca, self_issued, tls_hosts
 
     hosts = [n.lower() for n in tls_names] or tls_hosts(app.settings.public_url, host)
@@ -158,4 +163,5 @@ def _self_issued(app: Any, host: str, tls_ca: str | None,
     what = "issued" if pair.issued else "reusing"
     progress(f"TLS: {what} a {ca} certificate for {', '.join(hosts)} until "
              f"{pair.not_after:%Y-%m-%d} ({pair.certfile})")
-    return pair.certfile, pair.keyfile
+    return pair.certfile, pair.keyfile, ["--tls-ca", ca, *(
+        argument for name in hosts for argument in ("--tls-name", name))]
