@@ -289,6 +289,23 @@ class Clients:
         return ClientInfo(client_id, name, status, role, tuple(cas or ()), tuple(profiles or ()),
                           created_at)
 
+    def grant_by_certificate(self, client_id: str, der: bytes) -> AccessGrant:
+        """The client-credentials grant for a client that authenticated with its TLS client
+        certificate (RFC 8705 2.1 tls_client_auth): ``der`` must be bound to ``client_id``;
+        InvalidClientCertificateError otherwise (:meth:`by_certificate`'s refusals, or a
+        certificate bound to another client)."""
+        client = self.by_certificate(der)
+        if not hmac.compare_digest(client.client_id.encode(), client_id.encode()):
+            raise InvalidClientCertificateError("the client certificate is bound to another "
+                                                "client")
+        token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = session.scalar(select(ApiClient).where(ApiClient.client_id == client.client_id))
+            session.add(AccessToken(token_hash=secret_digest(token), client_pk=row.id,
+                                    issued_at=now, expires_at=now + self.token_lifetime))
+        return AccessGrant(token, int(self.token_lifetime.total_seconds()))
+
     @cached_property
     def _bound_query(self) -> HotQuery:
         return self.context.hot_query(client_bindings.BOUND_CLIENT_QUERY)
