@@ -36,6 +36,9 @@ MAX_BODY = 16 * 1024
 GRANT_TYPE = "client_credentials"
 REALM = "tincay"
 PATHS = ("/oauth2/token", "/csc/v2/oauth2/token")
+AUTHENTICATION_REQUIRED = ("client authentication is required: HTTP Basic, client_id and "
+                           "client_secret, or client_id over TLS with a client certificate "
+                           "bound to it")
 
 oauth = Blueprint("oauth", __name__)
 
@@ -192,8 +195,7 @@ def client_credentials(token_request: TokenRequest, header: str | None) -> tuple
             raise OAuthError("invalid_request", "client_id differs from the Basic credentials")
         return basic
     if token_request.client_id is None or token_request.client_secret is None:
-        raise OAuthError("invalid_client", "client authentication is required: HTTP Basic, "
-                         "or client_id and client_secret", 401)
+        raise OAuthError("invalid_client", AUTHENTICATION_REQUIRED, 401)
     return token_request.client_id, token_request.client_secret
 
 
@@ -208,9 +210,7 @@ def certificate_required() -> bytes:
     """The request's verified TLS client certificate, or invalid_client (401) without one."""
     der = client_certificate(request.environ)
     if der is None:
-        raise OAuthError("invalid_client", "client authentication is required: HTTP Basic, "
-                         "client_id and client_secret, or a TLS client certificate bound to "
-                         "client_id", 401)
+        raise OAuthError("invalid_client", AUTHENTICATION_REQUIRED, 401)
     return der
 
 
