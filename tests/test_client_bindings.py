@@ -305,6 +305,19 @@ def test_client_certificate_commands(world: World, database_url: str, softhsm_en
             assert len(cli.err.strip().splitlines()) == 1, cli.err
     assert [c.name for c in world.service.clients.list()] == ["emr", "hr-system"]  # no "lab"
 
+    # `tincay serve --client-ca`: refused before anything is served
+    from tests.test_oauth import _self_signed
+
+    certfile, keyfile = _self_signed(tmp_path)
+    leaf_only = _pem(tmp_path, foreign_certificate(eku=ExtendedKeyUsageOID.CLIENT_AUTH))
+    tls = ("--certfile", str(certfile), "--keyfile", str(keyfile))
+    for args, code, message in (
+            (("--client-ca", str(pem)), 2, "--client-ca needs TLS"),
+            ((*tls, "--client-ca", str(garbage)), 1, f"--client-ca {garbage}: no CA"),
+            ((*tls, "--client-ca", str(leaf_only)), 1, "no CA certificate in it")):
+        cli("serve", "--port", "9599", *args, code=code)
+        assert message in cli.err and "Traceback" not in cli.err, cli.err
+
 
 def _sha256(der: bytes) -> str:
     import hashlib
