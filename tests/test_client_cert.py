@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.errors import InvalidClientCertificateError
 from tests.test_oauth import FORM, TINCAY, TLS_HOST, _Pinned, _self_signed, basic
+from tests.test_service import demo, profiles  # noqa: F401 - the module-scoped fixtures
 
 PORTS = range(9500, 9600)  # this suite's loopback ports
 PEM = serialization.Encoding.PEM
@@ -347,5 +348,3 @@ def test_certificate_client_reads_the_environ(database_url: str, profiles: Any, 
         world.service.close()
         world.engine.dispose()
 
-
-from tests.test_service import demo, profiles  # noqa: E402,F401 - module-scoped fixtures
