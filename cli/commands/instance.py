@@ -109,10 +109,14 @@ def demo(as_json: bool) -> None:
 @click.option("--tls-name", "tls_names", multiple=True,
               help="A DNS name the --tls-self certificate names (repeatable) "
                    "[TINCAY_PUBLIC_URL's host].")
+@click.option("--client-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ask TLS clients for a certificate issued under these PEM CA certificates "
+                   "(API clients bound with `tincay client bind` log in with it) "
+                   "[with --tls-self: tincay's own CAs; with --certfile: none asked].")
 def serve(host: str, port: int, workers: int | None, worker_class: str, threads: int,
           maintenance_interval: timedelta, no_maintenance: bool, certfile: Path | None,
           keyfile: Path | None, tls_self: bool, tls_ca: str | None,
-          tls_names: tuple[str, ...]) -> None:
+          tls_names: tuple[str, ...], client_ca: Path | None) -> None:
     """Serve OCSP, time-stamps, CRLs, CA certificates and the APIs under gunicorn, with a
     maintenance process that keeps CRLs and pre-produced OCSP answers fresh."""
     from ca.settings import service_variables
@@ -126,6 +130,8 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         raise click.UsageError("--certfile and --keyfile go together")
     if (tls_ca or tls_names) and not tls_self:
         raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
+    if client_ca is not None and not (tls_self or certfile):
+        raise click.UsageError("--client-ca needs TLS: --certfile and --keyfile, or --tls-self")
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     app = app_context()
@@ -134,9 +140,19 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         from cli.tls import check_pair
 
         check_pair(certfile, keyfile)
+    if client_ca is not None:
+        from cli.tls import check_client_ca
+
+        check_client_ca(client_ca)
     renewal: list[str] = []
     if tls_self:
         certfile, keyfile, renewal = _self_issued(app, host, tls_ca, tls_names)
+        if client_ca is None:
+            from cli.tls import own_ca_bundle
+
+            client_ca = own_ca_bundle(app.service, app.settings.home)
+    if client_ca is not None:
+        progress(f"TLS: asking clients for a certificate under {client_ca}")
     app.close()
     check_free(host, port)  # before saying we serve there
     scheme = "https" if certfile else "http"
@@ -148,7 +164,8 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
                maintenance=None if no_maintenance and not renewal else maintenance_interval,
                worker_class=worker_class, limits=limits,
                certfile=str(certfile) if certfile else None,
-               keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal)
+               keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal,
+               client_ca=str(client_ca) if client_ca else None)
 
 
 def _self_issued(app: Any, host: str, tls_ca: str | None,
