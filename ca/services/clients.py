@@ -177,6 +177,10 @@ class Clients:
     def grant(self, client_id: str, client_secret: str) -> AccessGrant:
         """The client-credentials grant: a new bearer token for an authenticated client."""
         client = self.authenticate(client_id, client_secret)
+        return self._mint(client)
+
+    def _mint(self, client: ClientInfo) -> AccessGrant:
+        """A new bearer token for an authenticated client, kept as its hash."""
         token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self.context.clock.now()
         with self.context.transaction() as session:
@@ -298,13 +302,7 @@ class Clients:
         if not hmac.compare_digest(client.client_id.encode(), client_id.encode()):
             raise InvalidClientCertificateError("the client certificate is bound to another "
                                                 "client")
-        token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
-        now = self.context.clock.now()
-        with self.context.transaction() as session:
-            row = session.scalar(select(ApiClient).where(ApiClient.client_id == client.client_id))
-            session.add(AccessToken(token_hash=secret_digest(token), client_pk=row.id,
-                                    issued_at=now, expires_at=now + self.token_lifetime))
-        return AccessGrant(token, int(self.token_lifetime.total_seconds()))
+        return self._mint(client)
 
     @cached_property
     def _bound_query(self) -> HotQuery:
