@@ -5,7 +5,8 @@
 (``application/problem+json``: ``type``, ``title``, ``status``, ``detail``, and ``errors``
 naming each member at fault when a body or a query does not validate): 400 for a body that is
 not a JSON object or a bad query, 401 without a caller, 403 out of the caller's role or scope
-(ra/authz.py; checked before anything is read or written), 404 for a CA or serial that is not
+(ra/authz.py; checked before anything is read or written; and a CA's or a service unit's
+certificate is never the API's to revoke, hold or release), 404 for a CA or serial that is not
 there (another CA's serial included), 405, 409 for a state change the certificate's state
 refuses (revoking a revoked one, releasing one not on hold) or a request still in progress
 under its Idempotency-Key, 422 for a request the profile or the CA refuses (the field named),
@@ -299,7 +300,7 @@ class RegistrationApi:
             raise invalid("Idempotency-Key", "1 to 255 visible ASCII characters", 400)
         if not self.service.has_authority(request.ca):
             raise invalid("ca", f"no CA named {request.ca!r}")
-        if request.profile not in {p["name"] for p in self.service.profiles()}:
+        if request.profile not in self._end_entity_profiles():
             raise invalid("profile", f"no end-entity profile named {request.profile!r}")
         csr = key_type = None
         try:
@@ -334,6 +335,11 @@ class RegistrationApi:
         return Answer(200 if replayed else 201, _dump(models.CertificateRecord, record),
                       (("Location", location),))
 
+    def _end_entity_profiles(self) -> set[str]:
+        """The profiles the API issues from, and so the only certificates it may revoke,
+        hold or release: a CA's certificate, or its OCSP responder's, is the operator's."""
+        return {p["name"] for p in self.service.profiles()}
+
     # --- one certificate -----------------------------------------------------------------
 
     def _find(self, ca: str, serial: str) -> dict[str, Any]:
@@ -356,6 +362,10 @@ class RegistrationApi:
                            body, empty_ok=True)
         record = self._find(ca, serial)
         authz.check(caller, action, ca, record["profile"])
+        if record["profile"] not in self._end_entity_profiles():
+            raise authz.Forbidden(f"certificate {serial[:64]} is a CA's or a service unit's "
+                                  f"(profile {record['profile']}): the operator revokes it "
+                                  "with tincay revoke, not the registration API")
         try:
             if what == "revoke":
                 record = self.service.revoke(by, ca, serial, request.reason,

@@ -89,7 +89,8 @@ Subject = Annotated[str, BeforeValidator(_subject), Field(max_length=2048,
                                                                        "Quận 11, CN=Nguyễn Văn "
                                                                        "A, UID=CCCD:079073009568"
                                                                        ])]
-Csr = Annotated[str, BeforeValidator(_csr), Field(max_length=MAX_PEM)]
+Csr = Annotated[str, BeforeValidator(_csr), Field(
+    max_length=MAX_PEM, json_schema_extra={"pattern": _PEM_CSR.pattern})]  # checked by _csr
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 Reason = Annotated[Literal[REASONS], BeforeValidator(_reason)]  # type: ignore[valid-type]
 Name = Annotated[str, Field(min_length=1, max_length=64)]
@@ -101,11 +102,23 @@ class RaModel(InputModel):
     """Frozen, strict, closed: a registration API request body."""
 
 
+# "exactly one of csr and generate_key: true" (IssueRequest._one_key) said in the document
+# too, so a client generated from it, or Schemathesis, knows the rule before a 422 does
+_ONE_KEY = {"oneOf": [
+    {"required": ["csr"], "properties": {"csr": {"type": "string"},
+                                         "generate_key": {"const": False},
+                                         "key_type": {"type": "null"}}},
+    {"required": ["generate_key"], "properties": {"generate_key": {"const": True},
+                                                  "csr": {"type": "null"}}}]}
+
+
 class IssueRequest(RaModel):
     """``POST /api/v1/certificates``: a certificate under ``ca`` from ``profile``. The key is
     the CSR's (PEM; only its verified public key is used, never its subject or extensions),
     or with ``generate_key`` one the CA makes in its HSM and keeps wrapped (``key_type``:
     default the profile's first)."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_KEY)
 
     ca: Name
     profile: Name

@@ -264,7 +264,9 @@ def test_cas_profiles_and_the_audit_log(api: Api, admin: str) -> None:
     assert {"root-ca", HOSPITAL, SCHOOL} <= {c["name"] for c in cas.body["items"]}
     profiles = {p["name"] for p in api.call("GET", "/profiles", token=admin).body["items"]}
     assert {"clinician", "teacher", "citizen"} <= profiles
-    assert not profiles & {"root-ca", "issuing-ca", "person-base"}  # not the API's to issue
+    # not the API's to issue: CAs', abstract ones, and the service units' (a delegated OCSP
+    # signer or a TSA unit certified for a client's key would speak for the CA)
+    assert not profiles & {"root-ca", "issuing-ca", "person-base", "ocsp-responder", "tsa"}
     assert api.call("GET", "/cas?x=1", token=admin).status == 400
 
     key = {"Idempotency-Key": "onboarding-2026-12/17"}
@@ -356,6 +358,8 @@ BAD_ISSUES = [
     (issue_body(ca="nowhere-ca"), 422, "ca"),
     (issue_body(profile="astronaut"), 422, "profile"),
     (issue_body(profile="root-ca"), 422, "profile"),
+    (issue_body(profile="ocsp-responder", subject="C=VN, O=X, CN=OCSP"), 422, "profile"),
+    (issue_body(profile="tsa", subject="C=VN, O=X, CN=TSA", csr=csr_pem()), 422, "profile"),
     (issue_body(key_type="dsa-1024"), 422, "key_type"),
     (issue_body(days=100000), 422, "days"),
     (issue_body(days=5000), 422, "days"),
@@ -469,6 +473,17 @@ def test_roles_and_scopes(api: Api, admin: str) -> None:
         assert api.call("GET", path, token=auditor).status == 200, path
     everything = api.call("GET", "/certificates", token=auditor).body["items"]
     assert {d, t} <= {i["serial"] for i in everything}
+    # a CA's or a service unit's certificate is the operator's, even for an admin
+    before = api.counts()
+    for ca, profile in ((("root-ca", "issuing-ca"), ("issuing-ca", "ocsp-responder"))):
+        items = api.call("GET", f"/certificates?ca={ca}&profile={profile}",
+                         token=admin).body["items"]
+        assert items, (ca, profile)
+        for action in ("revoke", "hold"):
+            reply = api.call("POST", f"/certificates/{ca}/{items[0]['serial']}/{action}", {},
+                             token=admin)
+            assert reply.status == 403 and "tincay revoke" in reply.body["detail"]
+    assert api.counts() == before
     # the admin does all
     assert api.call("POST", f"/certificates/{SCHOOL}/{t}/revoke", {}, token=admin).status == 200
     assert api.call("POST", f"/certificates/{HOSPITAL}/{d}/revoke", {},
