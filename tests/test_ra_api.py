@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import socket
-import urllib.error
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -29,6 +27,9 @@ from sqlalchemy import func, select
 from ca.store.models import AuditEvent, Certificate, IdempotencyKey
 from ca.testing import Hierarchy
 from ca.testing.hierarchy import DEMO_SPEC
+from tests.conftest import connections_refused, postgres_database
+from tests.test_csc_http import _port as csc_port
+from tests.test_csc_http import post
 
 PORTS = range(9400, 9500)  # this suite's loopback ports
 API = "/api/v1"
@@ -48,14 +49,7 @@ def spec() -> dict[str, Any]:
 
 
 def _port() -> int:
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 9400-9499")
+    return csc_port(PORTS)
 
 
 def csr_pem(subject: str = "CN=ignored", *, break_signature: bool = False) -> str:
@@ -96,25 +90,14 @@ class Api:
                                           added.client_secret).access_token
 
     def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-             raw: bytes | None = None, content_type: str | None = "application/json",
+             raw: bytes | None = None, content_type: str = "application/json",
              headers: dict[str, str] | None = None) -> Reply:
-        data = raw if raw is not None else (None if body is None else
-                                            json.dumps(body).encode())
-        request = urllib.request.Request(self.url + API + path, data=data, method=method)
-        if data is not None and content_type is not None:
-            request.add_header("Content-Type", content_type)
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, head, payload = response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as exc:
-            status, head, payload = exc.code, dict(exc.headers), exc.read()
-        reply = Reply(status, head, json.loads(payload) if payload else None)
+        status, head, payload = post(self.url + API + path, body, token=token, raw=raw,
+                                     content_type=content_type, method=method,
+                                     headers=headers)
+        reply = Reply(status, head, payload)
         expected = PROBLEM if status >= 400 else "application/json"
-        assert head["Content-Type"] == expected, (status, head, payload[:300])
+        assert head["Content-Type"] == expected, (status, head, payload)
         if status >= 400:
             assert reply.body["status"] == status and reply.body["detail"], reply.body
         return reply
@@ -221,6 +204,24 @@ def test_the_same_idempotency_key_answers_the_same_certificate(api: Api, admin: 
     assert bad_key.status == 400 and bad_key.fields == {"Idempotency-Key"}
 
 
+def test_concurrent_retries_under_one_key_issue_one_certificate(api: Api, admin: str) -> None:
+    """Six clients' threads send the same request under the same key at once (an HR system
+    retrying on a timeout): one certificate, every answer it or "still in progress"."""
+    key = {"Idempotency-Key": "burst-1"}
+    before = api.counts()
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: api.call("POST", "/certificates", issue_body(),
+                                                   token=admin, headers=key), range(6)))
+    statuses = sorted(r.status for r in replies)
+    assert statuses.count(201) == 1 and set(statuses) <= {200, 201, 409}, statuses
+    assert all(r.headers["Retry-After"] for r in replies if r.status == 409)
+    serials = {r.body["serial"] for r in replies if r.status in (200, 201)}
+    assert len(serials) == 1
+    assert api.counts()[0] == before[0] + 1 and api.counts()[2] == before[2] + 1
+    again = api.call("POST", "/certificates", issue_body(), token=admin, headers=key)
+    assert again.status == 200 and again.body["serial"] in serials
+
+
 # --- reading -------------------------------------------------------------------------------
 
 def test_listing_with_filters_and_cursor_pages(api: Api, admin: str) -> None:
@@ -309,7 +310,7 @@ def test_revoke_hold_and_release(api: Api, admin: str) -> None:
     assert api.call("POST", f"{path}/{one}/release", token=admin).status == 409
     assert api.counts() == before
 
-    held = api.call("POST", f"{path}/{two}/hold", token=admin, raw=b"", content_type=None)
+    held = api.call("POST", f"{path}/{two}/hold", token=admin, raw=b"", content_type="")
     assert held.status == 200 and held.body["revocation_reason"] == "certificateHold"
     released = api.call("POST", f"{path}/{two}/release", {}, token=admin)
     assert released.status == 200 and released.body["status"] == "issued"
@@ -391,7 +392,7 @@ def test_http_refusals_of_the_adapter(shared: Api) -> None:
     reply = api.call("POST", "/certificates", raw=json.dumps(issue_body()).encode(),
                      token=token, content_type="text/plain")
     assert reply.status == 415
-    reply = api.call("POST", "/certificates", raw=b"", token=token, content_type=None)
+    reply = api.call("POST", "/certificates", raw=b"", token=token, content_type="")
     assert reply.status == 400 and reply.fields == {"body"}
     reply = api.call("DELETE", "/certificates", token=token)
     assert reply.status == 405 and reply.headers["Allow"] == "GET, POST"
@@ -501,35 +502,33 @@ def test_nothing_logs_tokens_or_bodies(shared: Api, caplog: pytest.LogCaptureFix
 
 
 @pytest.mark.postgres
-def test_a_database_that_refuses_connections_is_503(tmp_path: Any) -> None:
+def test_a_database_that_refuses_connections_is_503() -> None:
     """PostgreSQL drops the CA database's connections and refuses new ones: the token check
-    answers 503 with Retry-After, a problem body, not a 401 or a 500."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from tests.conftest import postgres_database
-
+    answers 503 with Retry-After, a problem body, not a 401 or a 500; then it recovers."""
     with postgres_database() as database_url:
         for api in _api(database_url):
             token = api.token("outage", "admin")
             assert api.call("GET", "/cas", token=token).status == 200
-            url = make_url(database_url)
-            admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-
-            def connections(allowed: bool) -> None:
-                with admin.connect() as connection:
-                    connection.execute(text(f'ALTER DATABASE "{url.database}" '
-                                            f'WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
-                    if not allowed:
-                        connection.execute(text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = :name"), {"name": url.database})
-            try:
-                connections(False)
+            with connections_refused(database_url):
                 for path in ("/cas", "/certificates"):
                     reply = api.call("GET", path, token=token)
                     assert reply.status == 503 and reply.headers["Retry-After"], reply.body
-            finally:
-                connections(True)
-                admin.dispose()
             assert api.call("GET", "/cas", token=token).status == 200
+
+
+def test_plain_http_from_elsewhere_is_refused_with_a_problem(shared: Api) -> None:
+    """Off loopback, /api/ needs https (bearer tokens and identity numbers travel in it): the
+    real app, through werkzeug's test client, since a peer address other than loopback
+    cannot be had on loopback."""
+    from web.app import create_app
+
+    http = create_app(shared.service).test_client()
+    token = shared.token("tls-check", "auditor")
+    auth = {"Authorization": f"Bearer {token}"}
+    refused = http.get(f"{API}/cas", headers=auth, environ_overrides={"REMOTE_ADDR": "10.1.2.3"})
+    assert refused.status_code == 403 and refused.content_type == PROBLEM
+    assert "requires TLS" in refused.get_json()["detail"]
+    assert http.get(f"{API}/cas", headers=auth, base_url="https://pki.example.vn",
+                    environ_overrides={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    assert http.get(f"{API}/cas", headers=auth,
+                    environ_overrides={"REMOTE_ADDR": "::1"}).status_code == 200
