@@ -35,7 +35,6 @@ from ca.errors import (AlreadyExistsError, BackendUnavailableError, CSRError,
                        RequestInProgressError, SubjectError, UnsupportedKeyError)
 from ca.issuance import load_csr
 from ca.keys.base import KeySpec
-from ca.subject import parse_subject
 from ca.validation import format_loc, issues
 from ra import authz, models
 from ra.openapi import document
@@ -314,7 +313,7 @@ class RegistrationApi:
             raise invalid("key_type", str(exc)) from None
         try:
             record, replayed = self.service.issue(
-                by, request.ca, request.profile, parse_subject(request.subject), csr=csr,
+                by, request.ca, request.profile, list(request.subject), csr=csr,
                 key_type=key_type, emails=request.emails, dns_names=request.dns_names,
                 days=request.days, idempotency_key=key,
                 request_sha256=request_digest(request) if key is not None else None)

@@ -174,6 +174,19 @@ def test_issue_from_a_csr_and_with_a_generated_key(api: Api, admin: str) -> None
     shown = api.call("GET", f"/certificates/{SCHOOL}/{reply.body['serial']}", token=admin)
     assert shown.status == 200 and shown.body == reply.body
 
+    # the subject as JSON attributes, one {NAME: value} each, is the same certificate subject
+    attributes = [{"UID": "CCCD:079073009568"}, {"CN": "Nguyễn Văn A"}, {"C": "VN"},
+                  {"O": "Bệnh viện Quận 11"}]
+    reply = api.call("POST", "/certificates", issue_body(subject=attributes), token=admin)
+    cert = _check_issued(api, reply, HOSPITAL, "Nguyễn Văn A")
+    assert reply.body["subject"] == shown_subject(api, admin, DOCTOR)
+
+
+def shown_subject(api: Api, token: str, subject: str) -> str:
+    """The subject string the API shows for a certificate issued with ``subject``."""
+    return api.call("POST", "/certificates", issue_body(subject=subject),
+                    token=token).body["subject"]
+
 
 def test_the_same_idempotency_key_answers_the_same_certificate(api: Api, admin: str) -> None:
     key = {"Idempotency-Key": "hr-batch-7/row-12"}
@@ -352,6 +365,10 @@ BAD_ISSUES = [
     (issue_body(subject="C=VN, O=X, CN=Y, UID=CCCD:123"), 422, "subject"),
     (issue_body(subject="C=VN, CN=Y, UID=CCCD:079073009568"), 422, "subject"),
     (issue_body(subject="not a DN"), 422, "subject"),
+    (issue_body(subject=[{"C": "VN", "CN": "Hai thuộc tính"}]), 422, "subject[0]"),
+    (issue_body(subject=[{"C": "VN"}, {"CN": 7}]), 422, "subject[1]"),
+    (issue_body(subject=[{"C": "VN"}, {"CN": "Y"}, {"O": "X"}]), 422, "subject"),
+    (issue_body(subject=7), 422, "subject"),
     (issue_body(csr=csr_pem(break_signature=True)), 422, "csr"),
     (issue_body(csr="-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"
                     "-----END CERTIFICATE REQUEST-----\n"), 422, "csr"),
