@@ -268,13 +268,16 @@ class RegistrationApi:
         if parts == ["certificates"]:
             self._allow(method, "GET", "POST")
             if method == "POST":
+                _query(query, ())  # a misplaced ?ca= is an error, not ignored
                 return self._issue(caller, by, body, headers)
             return self._list_certificates(caller, query)
         if len(parts) == 3 and parts[0] == "certificates":
             self._allow(method, "GET")
+            _query(query, ())
             return self._show(caller, parts[1], parts[2])
         if len(parts) == 4 and parts[0] == "certificates" and parts[3] in _ACTIONS:
             self._allow(method, "POST")
+            _query(query, ())
             return self._change(caller, by, parts[1], parts[2], parts[3], body)
         if parts in (["cas"], ["profiles"], ["audit"]):
             self._allow(method, "GET")

@@ -415,6 +415,10 @@ def test_http_refusals_of_the_adapter(shared: Api) -> None:
     assert reply.status == 405 and reply.headers["Allow"] == "GET, POST"
     assert api.call("GET", "/nothing-here", token=token).status == 404
     assert api.call("GET", "/certificates?ca=%ff", token=token).status == 400
+    reply = api.call("POST", "/certificates?ca=issuing-ca", issue_body(), token=token)
+    assert reply.status == 400 and reply.fields == {"ca"}  # misplaced, not ignored
+    reply = api.call("GET", "/certificates/issuing-ca/01?verbose=1", token=token)
+    assert reply.status == 400 and reply.fields == {"verbose"}
     assert api.counts() == before
 
 
