@@ -33,7 +33,8 @@ from ca.errors import ConfigurationError, ProfileError, SubjectError
 from ca.subject import canonical_name, parse_subject
 
 __all__ = ["DurationVariable", "PositiveDurationVariable", "FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where",
-           "format_loc", "hint", "issues", "read_variables", "subject_pairs", "type_name", "variable_text"]
+           "format_loc", "hint", "issues", "read_variables", "subject_pairs", "type_name",
+           "variable_text"]
 
 Loc = tuple[str | int, ...]
 
