@@ -33,7 +33,6 @@ Pure: imports no flask, sqlalchemy or click.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping
@@ -46,8 +45,8 @@ from ca.keys.base import KeySpec
 from ca.publication import PublicationSettings
 from ca.profiles import EKU_NAMES, Profile, ProfileSet
 from ca.profiles.loader import read_yaml
-from ca.subject import build_name, canonical_name, parse_subject
-from ca.validation import FieldError, InputModel, NonBlank, Where, hint, type_name
+from ca.subject import build_name
+from ca.validation import FieldError, InputModel, NonBlank, Where, hint, subject_pairs
 
 __all__ = ["AuthoritySpec", "HierarchySpec", "PublicationSettings", "ServiceSpec",
            "load_hierarchy"]
@@ -121,36 +120,10 @@ def _key_spec(text: str) -> str:
         raise FieldError(str(exc)) from None
 
 
-def _subject_pairs(value: Any) -> Pairs:
-    """A list of single-key mappings or a string for parse_subject -> (name, value) pairs.
-
-    The Name itself is built against the profile afterwards (:func:`_against_profile`).
-    """
-    if isinstance(value, str):
-        try:
-            return tuple(parse_subject(value))
-        except SubjectError as exc:
-            raise FieldError(str(exc)) from None
-    if not isinstance(value, list):
-        raise FieldError(f"expected a list, got {type_name(value)} {value!r}")
-    pairs = []
-    for i, entry in enumerate(value):
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise FieldError(f"expected one 'NAME: value' mapping, got {entry!r}", i)
-        [(name, text)] = entry.items()
-        if not isinstance(text, str):  # YAML 1.1 reads an unquoted NO as false
-            raise FieldError(f"{name}: expected a string, got {text!r} (quote it in YAML)", i)
-        if not isinstance(name, str) or not name.strip():
-            raise FieldError(f"expected a string, got {type_name(name)} {name!r}"
-                             if not isinstance(name, str) else "must not be empty", i)
-        pairs.append((canonical_name(name), unicodedata.normalize("NFC", text)))
-    return tuple(pairs)
-
-
 UnitName = Annotated[NonBlank, AfterValidator(_unit_name)]
 KeySpecText = Annotated[NonBlank, AfterValidator(_key_spec)]
 Duration = Annotated[NonBlank, AfterValidator(parse_duration)]
-Subject = Annotated[Any, AfterValidator(_subject_pairs)]
+Subject = Annotated[Any, AfterValidator(subject_pairs)]
 
 
 def _known_profile(name: str, info: ValidationInfo) -> str:

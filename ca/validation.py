@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import types
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,10 +29,12 @@ from typing import Annotated, Any, Iterable, Mapping, TypeVar, Union, get_args, 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ca.durations import parse_duration
-from ca.errors import ConfigurationError, ProfileError
+from ca.errors import ConfigurationError, ProfileError, SubjectError
+from ca.subject import canonical_name, parse_subject
 
 __all__ = ["DurationVariable", "PositiveDurationVariable", "FieldError", "InputModel", "Issue", "Loc", "NonBlank", "Where",
-           "format_loc", "hint", "issues", "read_variables", "type_name", "variable_text"]
+           "format_loc", "hint", "issues", "read_variables", "subject_pairs", "type_name",
+           "variable_text"]
 
 Loc = tuple[str | int, ...]
 
@@ -296,3 +299,31 @@ def read_variables(model: type[Variables], env: Mapping[str, object]) -> Variabl
         first = issues(exc, model)[0]
         separator = "" if first.message.startswith("=") else ": "
         raise ConfigurationError(f"{first.path}{separator}{first.message}") from None
+
+
+def subject_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """A list of single-key mappings or a string for parse_subject -> (name, value) pairs:
+    a subject as hierarchy specs and the registration API take it.
+
+    The Name itself is built against the profile afterwards (ca.hierarchy's
+    ``_against_profile``, the issuance core).
+    """
+    if isinstance(value, str):
+        try:
+            return tuple(parse_subject(value))
+        except SubjectError as exc:
+            raise FieldError(str(exc)) from None
+    if not isinstance(value, list):
+        raise FieldError(f"expected a list, got {type_name(value)} {value!r}")
+    pairs = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise FieldError(f"expected one 'NAME: value' mapping, got {entry!r}", i)
+        [(name, text)] = entry.items()
+        if not isinstance(text, str):  # YAML 1.1 reads an unquoted NO as false
+            raise FieldError(f"{name}: expected a string, got {text!r} (quote it in YAML)", i)
+        if not isinstance(name, str) or not name.strip():
+            raise FieldError(f"expected a string, got {type_name(name)} {name!r}"
+                             if not isinstance(name, str) else "must not be empty", i)
+        pairs.append((canonical_name(name), unicodedata.normalize("NFC", text)))
+    return tuple(pairs)

@@ -5,7 +5,8 @@
 (``application/problem+json``: ``type``, ``title``, ``status``, ``detail``, and ``errors``
 naming each member at fault when a body or a query does not validate): 400 for a body that is
 not a JSON object or a bad query, 401 without a caller, 403 out of the caller's role or scope
-(ra/authz.py; checked before anything is read or written), 404 for a CA or serial that is not
+(ra/authz.py; checked before anything is read or written; and a CA's or a service unit's
+certificate is never the API's to revoke, hold or release), 404 for a CA or serial that is not
 there (another CA's serial included), 405, 409 for a state change the certificate's state
 refuses (revoking a revoked one, releasing one not on hold) or a request still in progress
 under its Idempotency-Key, 422 for a request the profile or the CA refuses (the field named),
@@ -34,7 +35,6 @@ from ca.errors import (AlreadyExistsError, BackendUnavailableError, CSRError,
                        RequestInProgressError, SubjectError, UnsupportedKeyError)
 from ca.issuance import load_csr
 from ca.keys.base import KeySpec
-from ca.subject import parse_subject
 from ca.validation import format_loc, issues
 from ra import authz, models
 from ra.openapi import document
@@ -268,13 +268,16 @@ class RegistrationApi:
         if parts == ["certificates"]:
             self._allow(method, "GET", "POST")
             if method == "POST":
+                _query(query, ())  # a misplaced ?ca= is an error, not ignored
                 return self._issue(caller, by, body, headers)
             return self._list_certificates(caller, query)
         if len(parts) == 3 and parts[0] == "certificates":
             self._allow(method, "GET")
+            _query(query, ())
             return self._show(caller, parts[1], parts[2])
         if len(parts) == 4 and parts[0] == "certificates" and parts[3] in _ACTIONS:
             self._allow(method, "POST")
+            _query(query, ())
             return self._change(caller, by, parts[1], parts[2], parts[3], body)
         if parts in (["cas"], ["profiles"], ["audit"]):
             self._allow(method, "GET")
@@ -299,7 +302,7 @@ class RegistrationApi:
             raise invalid("Idempotency-Key", "1 to 255 visible ASCII characters", 400)
         if not self.service.has_authority(request.ca):
             raise invalid("ca", f"no CA named {request.ca!r}")
-        if request.profile not in {p["name"] for p in self.service.profiles()}:
+        if request.profile not in self._end_entity_profiles():
             raise invalid("profile", f"no end-entity profile named {request.profile!r}")
         csr = key_type = None
         try:
@@ -313,7 +316,7 @@ class RegistrationApi:
             raise invalid("key_type", str(exc)) from None
         try:
             record, replayed = self.service.issue(
-                by, request.ca, request.profile, parse_subject(request.subject), csr=csr,
+                by, request.ca, request.profile, list(request.subject), csr=csr,
                 key_type=key_type, emails=request.emails, dns_names=request.dns_names,
                 days=request.days, idempotency_key=key,
                 request_sha256=request_digest(request) if key is not None else None)
@@ -333,6 +336,11 @@ class RegistrationApi:
         location = f"{PREFIX}certificates/{record['ca']}/{record['serial']}"
         return Answer(200 if replayed else 201, _dump(models.CertificateRecord, record),
                       (("Location", location),))
+
+    def _end_entity_profiles(self) -> set[str]:
+        """The profiles the API issues from, and so the only certificates it may revoke,
+        hold or release: a CA's certificate, or its OCSP responder's, is the operator's."""
+        return {p["name"] for p in self.service.profiles()}
 
     # --- one certificate -----------------------------------------------------------------
 
@@ -356,6 +364,10 @@ class RegistrationApi:
                            body, empty_ok=True)
         record = self._find(ca, serial)
         authz.check(caller, action, ca, record["profile"])
+        if record["profile"] not in self._end_entity_profiles():
+            raise authz.Forbidden(f"certificate {serial[:64]} is a CA's or a service unit's "
+                                  f"(profile {record['profile']}): the operator revokes it "
+                                  "with tincay revoke, not the registration API")
         try:
             if what == "revoke":
                 record = self.service.revoke(by, ca, serial, request.reason,

@@ -18,12 +18,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
+                      model_validator)
 
-from ca.errors import SubjectError
 from ca.revocation import OPERATOR_REASONS
-from ca.subject import parse_subject
-from ca.validation import FieldError, InputModel, type_name
+from ca.validation import FieldError, InputModel, subject_pairs, type_name
 
 __all__ = ["AuditEvent", "AuditPage", "AuthorityInfo", "AuthorityList", "CertificatePage",
            "CertificateRecord", "CertificateSummary", "EmptyRequest", "FieldIssue",
@@ -32,21 +31,24 @@ __all__ = ["AuditEvent", "AuditPage", "AuthorityInfo", "AuthorityList", "Certifi
 
 REASONS = OPERATOR_REASONS  # what `tincay revoke --reason` takes
 MAX_PEM = 48 * 1024  # a CSR; the adapter caps a whole body at 64 KiB
+MAX_SUBJECT, MAX_ATTRIBUTES = 2048, 32
 _KEY_TYPE = re.compile(r"^[a-z0-9-]{2,32}$")
 _PEM_CSR = re.compile(r"^\s*-----BEGIN (NEW )?CERTIFICATE REQUEST-----[A-Za-z0-9+/=\s]+"
                       r"-----END (NEW )?CERTIFICATE REQUEST-----\s*$")
 
 
-def _subject(value: object) -> str:
-    """A DN string as the CLI's ``--subject`` takes it; it must parse (the profile's rules
-    are checked by the service)."""
-    if not isinstance(value, str):
-        raise FieldError(f"expected a DN string, got {type_name(value)}")
-    try:
-        parse_subject(value)
-    except SubjectError as exc:
-        raise FieldError(str(exc)) from None
-    return value
+def _subject(value: object) -> tuple[tuple[str, str], ...]:
+    """A DN string as the CLI's ``--subject`` takes it, or the attributes as JSON, one
+    ``{"NAME": "value"}`` object each (as hierarchy specs write them): (name, value) pairs
+    either way; the profile's rules are checked by the service."""
+    if isinstance(value, str) and len(value) > MAX_SUBJECT:
+        raise FieldError(f"at most {MAX_SUBJECT} characters")
+    if isinstance(value, list) and len(value) > MAX_ATTRIBUTES:
+        raise FieldError(f"at most {MAX_ATTRIBUTES} attributes")
+    if not isinstance(value, (str, list)):
+        raise FieldError(f"expected a DN string or a list of {{NAME: value}} objects, got "
+                         f"{type_name(value)}")
+    return subject_pairs(value)
 
 
 def _csr(value: object) -> str:
@@ -84,12 +86,18 @@ def _reason(value: object) -> object:
     return value
 
 
-Subject = Annotated[str, BeforeValidator(_subject), Field(max_length=2048,
-                                                             examples=["C=VN, O=Bệnh viện "
-                                                                       "Quận 11, CN=Nguyễn Văn "
-                                                                       "A, UID=CCCD:079073009568"
-                                                                       ])]
-Csr = Annotated[str, BeforeValidator(_csr), Field(max_length=MAX_PEM)]
+Subject = Annotated[tuple[tuple[str, str], ...], BeforeValidator(_subject), WithJsonSchema({
+    "oneOf": [
+        {"type": "string", "maxLength": MAX_SUBJECT,
+         "examples": ["C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, UID=CCCD:079073009568"]},
+        {"type": "array", "maxItems": MAX_ATTRIBUTES,
+         "items": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                   "additionalProperties": {"type": "string"}},
+         "examples": [[{"C": "VN"}, {"CN": "Nguyễn Văn A"}, {"UID": "CCCD:079073009568"}]]}],
+    "description": "A DN string as tincay issue --subject takes it, or one {NAME: value} "
+                   "object per attribute"}, mode="validation")]
+Csr = Annotated[str, BeforeValidator(_csr), Field(
+    max_length=MAX_PEM, json_schema_extra={"pattern": _PEM_CSR.pattern})]  # checked by _csr
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 Reason = Annotated[Literal[REASONS], BeforeValidator(_reason)]  # type: ignore[valid-type]
 Name = Annotated[str, Field(min_length=1, max_length=64)]
@@ -101,11 +109,23 @@ class RaModel(InputModel):
     """Frozen, strict, closed: a registration API request body."""
 
 
+# "exactly one of csr and generate_key: true" (IssueRequest._one_key) said in the document
+# too, so a client generated from it, or Schemathesis, knows the rule before a 422 does
+_ONE_KEY = {"oneOf": [
+    {"required": ["csr"], "properties": {"csr": {"type": "string"},
+                                         "generate_key": {"const": False},
+                                         "key_type": {"type": "null"}}},
+    {"required": ["generate_key"], "properties": {"generate_key": {"const": True},
+                                                  "csr": {"type": "null"}}}]}
+
+
 class IssueRequest(RaModel):
     """``POST /api/v1/certificates``: a certificate under ``ca`` from ``profile``. The key is
     the CSR's (PEM; only its verified public key is used, never its subject or extensions),
     or with ``generate_key`` one the CA makes in its HSM and keeps wrapped (``key_type``:
     default the profile's first)."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_KEY)
 
     ca: Name
     profile: Name

@@ -65,7 +65,9 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any] | Non
 
 _CA = _param("ca", "path", "The issuing CA's name", required=True)
 _SERIAL = _param("serial", "path", "The serial, hex (openssl x509 -serial)", required=True)
-_CURSOR = _param("cursor", "query", "The next_cursor of the previous page")
+_CURSOR = _param("cursor", "query", "The next_cursor of the previous page (opaque; one "
+                 "another listing gave is refused; empty: the first page)",
+                 {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,32}$"})
 _LIMIT = _param("limit", "query", "Items per page", {"type": "integer", "minimum": 1,
                                                     "maximum": 500, "default": 100})
 

@@ -111,3 +111,28 @@ def postgres_database() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def connections_refused(database_url: str) -> Iterator[None]:
+    """PostgreSQL drops every connection to ``database_url``'s database and refuses new ones
+    (as a server restart or a network cut would) until the block ends."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def connections(allowed: bool) -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{url.database}" '
+                                    f'WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            if not allowed:
+                connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                        " WHERE datname = :name"), {"name": url.database})
+    try:
+        connections(False)
+        yield
+    finally:
+        connections(True)
+        admin.dispose()

@@ -66,15 +66,16 @@ def post(url: str, body: Any = None, *, token: str | None = None, raw: bytes | N
     return status, head, json.loads(payload) if payload else None
 
 
-def _port() -> int:
-    for port in PORTS:
+def _port(ports: range = PORTS) -> int:
+    """A free loopback port among ``ports`` (each suite has its own range)."""
+    for port in ports:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise AssertionError("no free port in 9200-9299")
+    raise AssertionError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 # --- the adapter, over the app ca.testing serves ------------------------------------------

@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pytest
 from asn1crypto import ocsp
 
+from tests.conftest import connections_refused
 from tests.test_http import (SERVED_ON_SQLITE_AND_POSTGRES, _is_worker, _post,  # noqa: F401
                              _server_processes, _stamp, _timestamp_query, served_demo)
 from tsa.core import TimeStampResp
@@ -284,9 +285,6 @@ def test_a_worker_restarted_while_postgres_refuses_connections_boots_and_recover
     boots, the workers serve the pre-produced answers and CRLs they hold and refuse the rest
     (tryLater, systemFailure, 503), each says so once in the log; once the database takes
     connections again every answer is good without a restart."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     base, home, env = served_demo
     log = home.parent / "serve.log"
     live, get = _questions(home, tmp_path)
@@ -298,18 +296,7 @@ def test_a_worker_restarted_while_postgres_refuses_connections_boots_and_recover
         time.sleep(0.5)
     assert {_ocsp(base, None, get) for _ in range(12)} == {"successful"}  # held by both workers
     assert {_crl_status(base) for _ in range(12)} == {200}
-    url = make_url(env["TINCAY_DATABASE_URL"])
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-
-    def connections(allowed: bool) -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{url.database}" '
-                                    f'WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
-            if not allowed:
-                connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                        " WHERE datname = :name"), {"name": url.database})
-    try:
-        connections(False)
+    with connections_refused(env["TINCAY_DATABASE_URL"]):
         new_worker = _restart_a_worker(base, log)
         ocsp_seen, tsa_seen, crl_seen = set(), set(), set()
         for _ in range(24):  # new connections each, over both workers
@@ -323,9 +310,6 @@ def test_a_worker_restarted_while_postgres_refuses_connections_boots_and_recover
                             }, tsa_seen
         assert crl_seen == {200, 503}, crl_seen
         assert len(_server_processes(int(base.rsplit(":", 1)[1]))) >= 4
-    finally:
-        connections(True)
-        admin.dispose()
     _until_all_good(base, live, get, query, log)
     text_ = _check_log(log, new_worker)
     assert len(re.findall(r"is unreachable \(pid \d+\)", text_)) >= 2, text_  # both workers

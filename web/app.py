@@ -1,5 +1,5 @@
-"""The WSGI app factory: the OCSP, TSA and CSC endpoints in front of one Flask app (the
-repository, the token endpoint, /healthz), over the CA services of one process.
+"""The WSGI app factory: the OCSP, TSA, CSC and registration API endpoints in front of one
+Flask app (the repository, the token endpoint, /healthz), over the CA services of one process.
 
 The caller composes the services (cli.serve for gunicorn workers, after the fork, so each
 worker opens its own database pool and its own PKCS#11 session: DESIGN.md section 5;
@@ -24,10 +24,12 @@ from ca.services import CertificateAuthority
 from csc.core import CscApi
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
+from ra.core import RegistrationApi
 from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
 from web.csc import CscEndpoint
 from web.oauth import oauth
 from web.ocsp import OcspEndpoint
+from web.ra import RaEndpoint
 from web.repository import repository
 from web.tls import RequireTls
 from web.tsa import TsaEndpoint
@@ -36,8 +38,8 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 
 def create_app(service: CertificateAuthority) -> Flask:
-    """The app over ``service``: /ocsp, /tsa and /csc/ answered before Flask, the rest by
-    Flask."""
+    """The app over ``service``: /ocsp, /tsa, /csc/ and /api/ answered before Flask, the rest
+    by Flask."""
     app = Flask("tincay")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["tincay.service"] = service
@@ -75,7 +77,13 @@ def create_app(service: CertificateAuthority) -> Flask:
     app.wsgi_app = CscEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                                app.extensions["tincay.csc"], service.clients)  # before Flask
 
-    # outermost: /oauth2/ and /csc/ need https (or loopback) before anything reads them
+    # the registration API (/api/v1/): enrolment and lifecycle over ca.services.registration,
+    # for the same registered clients and bearer tokens as the CSC API
+    app.extensions["tincay.ra"] = RegistrationApi(service.registration)
+    app.wsgi_app = RaEndpoint(app.wsgi_app,  # type: ignore[method-assign]
+                              app.extensions["tincay.ra"], service.clients)  # before Flask
+
+    # outermost: /oauth2/, /csc/ and /api/ need https (or loopback) before anything reads them
     app.wsgi_app = RequireTls(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.get("/healthz")

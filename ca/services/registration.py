@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from ca.errors import (IdempotencyKeyReusedError, KeyPolicyError, NotFoundError,
                        RequestInProgressError)
+from ca.hierarchy import SERVICE_KINDS
 from ca.keys.base import KeySpec
 from ca.services.context import ServiceContext, authority_certificate
 from ca.services.issuance import Issuance
@@ -44,6 +45,7 @@ from ca.store.models import CERTIFICATE_STATUSES, AuditEvent, Authority, Certifi
     IdempotencyKey
 
 MAX_PAGE = 500
+_SERVICE_USAGES = set(SERVICE_KINDS.values())  # OCSPSigning, timeStamping
 
 
 def _pem(der: bytes | None) -> str | None:
@@ -228,12 +230,16 @@ class Registration:
                     for a in queries.list_authorities(session)]
 
     def profiles(self) -> list[dict[str, Any]]:
-        """The end-entity profiles one may issue from (CA and self-signed ones are
-        ``tincay init``'s)."""
+        """The subscribers' profiles one may issue from. CA and self-signed ones are
+        ``tincay init``'s, and the service units' (OCSPSigning, timeStamping) too: an API
+        client that could have a delegated OCSP responder certified for a key it holds could
+        sign "good" for any serial of the CA, and one with a time-stamp unit backdate
+        signatures."""
         out = []
         for profile in self.context.profiles:
             if profile.abstract or profile.self_signed or (
-                    profile.basic_constraints and profile.basic_constraints.ca):
+                    profile.basic_constraints and profile.basic_constraints.ca) or (
+                    _SERVICE_USAGES & set(profile.extended_key_usage)):
                 continue
             out.append({"name": profile.name, "description": profile.description,
                         "key_algorithms": [str(k) for k in profile.key_algorithms],
