@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ca import issuance as core
 from ca.errors import (AlreadyExistsError, CSRError, KeyBackendError, KeyPolicyError,
-                       ProfileError, SubjectError, TincayError)
+                       SubjectError, TincayError, UnsupportedKeyError)
 from ca.issuance import CertificateRequest, IssuerInfo, PreparedCertificate
 from ca.issuance.checks import check_dns_names, check_emails
 from ca.keys.base import KeySpec, PublicKey, SigningKey
@@ -81,6 +81,7 @@ class _Request:
     digest: str
     profile: Profile
     subject: x509.Name
+    subject_text: str
     emails: tuple[str, ...]
     dns_names: tuple[str, ...]
     days: int | None
@@ -168,6 +169,8 @@ class Batch:
                                                 error=exc.message)
         for attempt in range(_ATTEMPTS):
             todo, stale = self._claimed(ca, requests, results)
+            todo = [r for r in todo if self._dry_run(r, issuer, urls, results)]
+            todo = self._generate_keys(issuer.name, todo, results)
             todo = [r for r in todo if self._prepare(r, issuer, urls, results)]
             try:
                 self._persist(ca, issuer_id, todo, stale, batch)
@@ -197,8 +200,8 @@ class Batch:
         content = dump_row(raw.fields)
         digest = hashlib.sha256(content.encode()).hexdigest()
         claim = "batch:" + hashlib.sha256(f"{ca}\n{raw.number}\n{content}".encode()).hexdigest()
-        request = _Request(raw.number, claim, digest, profile, subject, emails, dns_names,
-                           row.days)
+        request = _Request(raw.number, claim, digest, profile, subject, format_name(subject),
+                           emails, dns_names, row.days)
         if row.csr is not None:
             csr = _field("csr", lambda: core.load_csr(csr_bytes(row.csr or "", base)))
             request.public_key = csr.public_key()  # type: ignore[assignment]
@@ -242,35 +245,65 @@ class Batch:
             todo.append(request)
         return todo, stale
 
+    def _dry_run(self, request: _Request, issuer: IssuerInfo, urls: core.Urls | None,
+                 results: dict[int, RowResult]) -> bool:
+        """A key_type row checked with a placeholder key before its key is made (a refused
+        row never leaves a key behind); False if refused. CSR rows pass: :meth:`_prepare`
+        checks them."""
+        if request.public_key is not None:
+            return True
+        assert request.spec is not None
+        return self._refusing(request, results, lambda now, until: self.issuance.dry_run(
+            request.profile, request.subject, request.spec, issuer, issuer.name, urls, now,  # type: ignore[arg-type]
+            until, request.emails, request.dns_names))
+
+    def _generate_keys(self, ca: str, requests: list[_Request],
+                       results: dict[int, RowResult]) -> list[_Request]:
+        """The keys of the key_type rows, generated on the HSM and stored wrapped, in one
+        transaction for the chunk; the requests left (a key the token cannot make or wrap
+        refuses its row, on ``key_type``)."""
+        waiting = [r for r in requests if r.public_key is None]
+        keys = self.issuance.subscriber_keys
+        try:
+            made = keys.generate_many([r.spec for r in waiting],  # type: ignore[misc]
+                                      authority=ca) if waiting else []
+        except UnsupportedKeyError:  # one at a time, to name the rows
+            made = []
+            for request in waiting:
+                try:
+                    made.append(keys.generate(request.spec, authority=ca))  # type: ignore[arg-type]
+                except UnsupportedKeyError as exc:
+                    results[request.number] = _error(request, "key_type", exc)
+            waiting = [r for r in waiting if r.number not in results]
+        for request, key in zip(waiting, made):
+            request.public_key, request.key_uri = key.public_key, key.uri
+        return [r for r in requests if r.number not in results]
+
     def _prepare(self, request: _Request, issuer: IssuerInfo, urls: core.Urls | None,
                  results: dict[int, RowResult]) -> bool:
-        """The TBSCertificate of ``request`` (its key generated first for a key_type row,
-        after a dry run: a refused row never leaves a key behind); False if refused."""
+        """The TBSCertificate of ``request``; False if refused."""
+        def prepare(now: Any, until: Any) -> None:
+            request.prepared = core.prepare(CertificateRequest(
+                request.profile, request.subject, request.public_key,  # type: ignore[arg-type]
+                serial=core.new_serial(), not_before=now, not_after=until,
+                emails=request.emails, dns_names=request.dns_names), issuer, urls)
+        return self._refusing(request, results, prepare)
+
+    def _refusing(self, request: _Request, results: dict[int, RowResult],
+                  step: Callable[[Any, Any], None]) -> bool:
+        """``step(now, notAfter)``; False, with the row's error naming its field, if it
+        refuses the row."""
         now = self.context.clock.now()
         try:
-            until = not_after(now, request.days)
-            if request.public_key is None:
-                assert request.spec is not None
-                self.issuance.dry_run(request.profile, request.subject, request.spec, issuer,
-                                      issuer.name, urls, now, until, request.emails,
-                                      request.dns_names)
-                key = self.issuance.subscriber_keys.generate(request.spec,
-                                                             authority=issuer.name)
-                request.public_key, request.key_uri = key.public_key, key.uri
-            request.prepared = core.prepare(CertificateRequest(
-                request.profile, request.subject, request.public_key, serial=core.new_serial(),
-                not_before=now, not_after=until, emails=request.emails,
-                dns_names=request.dns_names), issuer, urls)
+            step(now, not_after(now, request.days))
             return True
         except KeyPolicyError as exc:
             results[request.number] = _error(request, "csr" if request.spec is None
                                              else "key_type", exc)
         except (SubjectError, CSRError) as exc:
             results[request.number] = _error(request, "subject", exc)
-        except KeyBackendError as exc:
-            if request.spec is None:
-                raise
-            results[request.number] = _error(request, "key_type", exc)  # cannot make this key
+        except KeyBackendError:
+            raise
         except TincayError as exc:  # validity beyond the profile or the issuer, mostly
             text = str(exc)
             results[request.number] = _error(
@@ -290,15 +323,17 @@ class Batch:
                     session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(stale)))
                 if not requests:
                     return
+                certificates = Certificate.__table__
                 ids = session.execute(
-                    insert(Certificate).returning(Certificate.id, sort_by_parameter_order=True),
+                    insert(certificates).returning(certificates.c.id,
+                                                   sort_by_parameter_order=True),
                     [_pending_row(issuer_id, r, now) for r in requests]).scalars().all()
                 for request, cert_id in zip(requests, ids):
                     request.cert_id = cert_id
-                session.execute(insert(IdempotencyKey), [
+                session.execute(insert(IdempotencyKey.__table__), [
                     {"client_id": OPERATOR, "key": r.claim, "request_sha256": r.digest,
                      "certificate_id": r.cert_id, "created_at": now} for r in requests])
-                session.execute(insert(AuditEvent), [
+                session.execute(insert(AuditEvent.__table__), [
                     _event(now, "certificate.prepare", ca, r, batch,
                            tbs_sha256=hashlib.sha256(_prepared(r).tbs_der).hexdigest())
                     for r in requests])
@@ -358,7 +393,7 @@ class Batch:
                                      error=str(exc)))
                 results[request.number] = _error(request, "ca", exc)
             if events:
-                session.execute(insert(AuditEvent), events)
+                session.execute(insert(AuditEvent.__table__), events)
 
 
 def _field(name: str, check: Callable[[], Any]) -> Any:
@@ -384,7 +419,7 @@ def _pending_row(issuer_id: int, request: _Request, now: Any) -> dict[str, Any]:
     prepared = _prepared(request)
     san = list(request.emails) + list(request.dns_names)
     return {"issuer_id": issuer_id, "serial_hex": prepared.serial_hex, "status": PENDING,
-            "profile": prepared.profile_name, "subject": format_name(request.subject),
+            "profile": prepared.profile_name, "subject": request.subject_text,
             "san": san or None, "not_before": prepared.not_before,
             "not_after": prepared.not_after, "tbs_der": prepared.tbs_der,
             "key_uri": request.key_uri, "created_at": now}
@@ -395,7 +430,7 @@ def _event(now: Any, action: str, ca: str, request: _Request, batch: str,
     """An audit event of a batch row, naming the operator, the file, the row and its claim."""
     prepared = _prepared(request)
     return {"at": now, "action": action, "authority": ca, "serial_hex": prepared.serial_hex,
-            "subject": format_name(request.subject),
+            "subject": request.subject_text,
             "details": as_json({"profile": prepared.profile_name, **details,
                                 "client": OPERATOR, "batch": batch, "row": request.number,
                                 "idempotency_key": request.claim})}

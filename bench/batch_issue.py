@@ -1,0 +1,205 @@
+"""Bulk issuance (issue 21): certificates issued and persisted per second by ``tincay issue
+--batch`` (ca.services.batch, the service the command runs; the OCSP refresh the command does
+at the end is not counted), beside cryptography's CertificateBuilder with an in-memory P-256
+key in the same run.
+
+In one process on a fresh SoftHSM token and SQLite database (synchronous=FULL), issuing CA
+P-256 on the token:
+
+- rows with CSRs (P-256, inline PEM in a JSON lines file; each parsed and its signature
+  verified), and rows with ``key_type`` (the key generated on the HSM and wrapped under its
+  KEK, ca.services.subscriber_keys), each against the builder: the same subject, validity and
+  key usage, signed with an in-memory key, nothing persisted;
+- a long run of N CSR rows: the rate of the first and the last 10% (flat means about 1.0) and
+  the process's peak RSS.
+
+Sizes: 2,000 CSR rows, 500 key rows, N = 100,000 (``--quick``: 1,000, 200, 5,000);
+``BENCH_BATCH_N`` sets N.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import resource
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parent.parent
+SUBJECT = "C=VN, O=Bệnh viện Quận 11, CN=Bác sĩ {n}, UID=CCCD:0790730{n:05d}"
+CSR_POOL = 200  # distinct requests, cycled: parsing and verifying each costs the same
+
+
+def _csrs() -> list[str]:
+    out = []
+    for n in range(CSR_POOL):
+        key = ec.generate_private_key(ec.SECP256R1())
+        out.append(x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, f"r{n}")])).sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM).decode("ascii"))
+    return out
+
+
+def _write_rows(path: Path, n: int, csrs: list[str] | None, start: int = 0) -> Path:
+    from ca.services.batch_files import as_text
+
+    rows = []
+    for i in range(start, start + n):
+        row: dict[str, Any] = {"profile": "clinician",
+                               "subject": SUBJECT.format(n=i % 100000),
+                               "days": 365}
+        if csrs is None:
+            row["key_type"] = "ec-p256"
+        else:
+            row["csr"] = csrs[i % len(csrs)]
+        rows.append(row)
+    path.write_text(as_text("jsonl", rows), encoding="utf-8")
+    return path
+
+
+def builder_rate(template: x509.Certificate, n: int) -> float:
+    """Certificates/s of cryptography's builder with an in-memory P-256 key, building the
+    certificate the batch builds (``template``, one it issued: its issuer, extensions and
+    validity; a fresh serial and common name each), nothing checked or persisted."""
+    issuer_key = ec.generate_private_key(ec.SECP256R1())
+    subscriber = template.public_key()
+    attributes = [a for a in template.subject if a.oid != NameOID.COMMON_NAME]
+    t0 = time.perf_counter()
+    for i in range(n):
+        subject = x509.Name(attributes + [x509.NameAttribute(NameOID.COMMON_NAME, f"Bác sĩ {i}")])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(template.issuer).public_key(subscriber)  # type: ignore[arg-type]
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(template.not_valid_before_utc)
+                   .not_valid_after(template.not_valid_after_utc))
+        for extension in template.extensions:
+            builder = builder.add_extension(extension.value, extension.critical)
+        builder.sign(issuer_key, hashes.SHA256())
+    return n / (time.perf_counter() - t0)
+
+
+def _template(service: Any) -> x509.Certificate:
+    """A certificate the batch issued, for :func:`builder_rate` to build alike."""
+    from ca.store.models import Certificate
+
+    with service.context.read() as session:
+        der = session.query(Certificate.der).filter(Certificate.status == "issued",
+                                                    Certificate.profile == "clinician").first()
+    return x509.load_der_x509_certificate(der[0])
+
+
+Mark = tuple[int, float, float]  # rows done, perf_counter, process_time
+
+
+def _timed(service: Any, path: Path) -> tuple[float, float, list[Mark]]:
+    """(rows/s, rows per CPU second, a mark after each chunk) of one batch run: the rows of
+    ``path`` through the service ``tincay issue --batch`` runs, chunk by chunk. CPU time
+    (SoftHSM runs in this process) is what the other processes of a shared machine disturb
+    less than wall time."""
+    from ca.services.batch_files import read_rows
+
+    done = 0
+    marks = [(0, time.perf_counter(), time.process_time())]
+    for chunk in service.batch.issue_rows("ca", read_rows(path, "jsonl"), path.parent):
+        assert all(r.status == "issued" for r in chunk), chunk
+        done += len(chunk)
+        marks.append((done, time.perf_counter(), time.process_time()))
+    return (done / (marks[-1][1] - marks[0][1]), done / (marks[-1][2] - marks[0][2]), marks)
+
+
+def _tenths(marks: list[Mark], clock: int) -> tuple[float, float]:
+    """The rates over the first and the last 10% of the rows (to the nearest chunk), by wall
+    (``clock`` 1) or CPU time (2)."""
+    n = marks[-1][0]
+    first = next(m for m in marks if m[0] >= n / 10)
+    last = next(m for m in reversed(marks) if m[0] <= n - n / 10)
+    return (first[0] / (first[clock] - marks[0][clock]),
+            (n - last[0]) / (marks[-1][clock] - last[clock]))
+
+
+def _cpu_builder(template: x509.Certificate, n: int) -> tuple[float, float]:
+    """:func:`builder_rate` by wall and by CPU time."""
+    cpu = time.process_time()
+    wall = builder_rate(template, n)
+    return wall, n / (time.process_time() - cpu)
+
+
+def run(quick: bool = False) -> None:
+    with tempfile.TemporaryDirectory(prefix="tincay-bench-batch-") as tmp:
+        from ca.keys import softhsm
+
+        home = Path(tmp)
+        conf = softhsm.write_config(home)
+        os.environ["SOFTHSM2_CONF"] = str(conf)  # read when the SoftHSM library loads
+        pin = secrets.token_hex(8)
+        softhsm.init_token(conf, "bench-batch", pin, secrets.token_hex(8))
+        sizes = (1_000, 200, 5_000) if quick else (2_000, 500, 100_000)
+        n = int(os.environ.get("BENCH_BATCH_N") or sizes[2])
+        _run(home, pin, sizes[0], sizes[1], n)
+
+
+def _service(home: Path, pin: str, name: str) -> tuple[Any, Any, Any]:
+    from ca.clock import SystemClock
+    from ca.hierarchy import load_hierarchy
+    from ca.keys.pkcs11 import Pkcs11Backend
+    from ca.profiles import load_profiles
+    from ca.services import CertificateAuthority
+    from ca.settings import PinSource, find_softhsm_module
+    from ca.store.db import create_engine_for, make_session_factory, migrate
+
+    keys = Pkcs11Backend(find_softhsm_module(), "bench-batch",
+                         PinSource({"TINCAY_PKCS11_PIN": pin}))
+    engine = create_engine_for(f"sqlite:///{home / (name + '.db')}", create=True)
+    migrate(engine)
+    profiles = load_profiles(REPO / "profiles")
+    service = CertificateAuthority(make_session_factory(engine), keys, profiles, SystemClock(),
+                                   "http://127.0.0.1:8080")
+    spec = load_hierarchy({
+        "name": "bench",
+        "authorities": [
+            {"name": "root", "profile": "root-ca", "key": "ec-p256",
+             "subject": "C=VN, O=Tincay, CN=Bench Root"},
+            {"name": "ca", "parent": "root", "profile": "issuing-ca", "key": "ec-p256",
+             "subject": "C=VN, O=Bệnh viện Quận 11, CN=Bench Issuing CA"}],
+    }, profiles)
+    service.authorities.init_hierarchy(spec)
+    return service, keys, engine
+
+
+def _run(home: Path, pin: str, csr_rows: int, key_rows: int, n: int) -> None:
+    service, keys, engine = _service(home, pin, "bench")
+    csrs = _csrs()
+    _timed(service, _write_rows(home / "warm.jsonl", 50, csrs, start=-50))  # lint keys, caches
+    template = _template(service)
+    before = _cpu_builder(template, max(csr_rows, 1000))
+    csr = _timed(service, _write_rows(home / "csr.jsonl", csr_rows, csrs))
+    keyed = _timed(service, _write_rows(home / "keys.jsonl", key_rows, None, start=csr_rows))
+    after = _cpu_builder(template, max(csr_rows, 1000))
+    wall, cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    print(f"batch issuance: issue --batch, P-256 issuing CA on SoftHSM, SQLite "
+          f"(synchronous=FULL); cryptography's builder with an in-memory P-256 key, the same "
+          f"certificate: {wall:.0f}/s ({before[0]:.0f} before, {after[0]:.0f} after), "
+          f"{cpu:.0f} per CPU second")
+    for label, (rate, per_cpu, _) in ((f"{csr_rows} CSR rows", csr),
+                                      (f"{key_rows} HSM-generated wrapped-key rows", keyed)):
+        print(f"  {label}: {rate:.0f}/s, x{rate / wall:.2f} the builder; {per_cpu:.0f} per "
+              f"CPU second, x{per_cpu / cpu:.2f} (target for CSRs x0.3)")
+    path = _write_rows(home / "long.jsonl", n, csrs, start=csr_rows + key_rows)
+    rate, per_cpu, marks = _timed(service, path)
+    first, last = _tenths(marks, 1)
+    first_cpu, last_cpu = _tenths(marks, 2)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  {n} CSR rows in one batch: {rate:.0f}/s ({per_cpu:.0f} per CPU second); first "
+          f"10% {first:.0f}/s, last 10% {last:.0f}/s, last/first {last / first:.2f}; per CPU "
+          f"second {first_cpu:.0f} and {last_cpu:.0f}, {last_cpu / first_cpu:.2f}; peak RSS "
+          f"{peak_mb:.0f} MB")
+    service.close()
+    keys.close()
+    engine.dispose()
