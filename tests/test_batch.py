@@ -169,6 +169,19 @@ def test_a_clean_batch_exits_zero_and_refuses_mixed_options(
     assert "--batch takes" in cli.err
     cli("issue", "--ca", "nope", "--batch", str(batch), code=1)
     assert "no CA named 'nope'" in cli.err and "Traceback" not in cli.err
+    # a CSV without a subject column, a line that is not JSON: each row names its fault
+    headless = tmp_path / "no-subject.csv"
+    headless.write_text("profile,key_type\nclinician,ec-p256\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    cli("issue", "--ca", name, "--batch", str(headless), "--results", str(out), code=1)
+    assert [(r["status"], r["field"]) for r in results(out)] == [("error", "subject")]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"profile": "clinician", "subject": "CN=x"\n["a list"]\n',
+                      encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    cli("issue", "--ca", name, "--batch", str(broken), "--results", str(out), code=1)
+    assert [(r["row"], r["field"]) for r in results(out)] == [(1, "row"), (2, "row")]
+    assert "not JSON" in results(out)[0]["error"]
     empty = tmp_path / "empty.csv"
     empty.write_text("", encoding="utf-8")
     cli("issue", "--ca", name, "--batch", str(empty), code=1)

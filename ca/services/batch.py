@@ -7,7 +7,10 @@ clean end, a refused row or ``kill -9``) looks the claims up first: a row whose 
 signed is ``already-issued`` with its serial; a claim whose certificate never got its signature
 (the process died between the two transactions) has that pending serial revoked as never issued,
 as ``tincay reconcile`` would, and the row is issued again. So every row ends issued exactly
-once, and no signed certificate exists that the database does not know.
+once, and no signed certificate exists that the database does not know. Two runs of one file
+at the same time stay consistent but waste work: one may revoke the other's pending rows as
+never issued, and the other then reports those rows as errors (its signatures are dropped,
+mark_issued refuses them) while the first issues them.
 
 **Persist-before-sign, batched.** The rule of ca.services.issuance holds per certificate: its
 TBSCertificate is durable before the HSM signs it. What is batched is the commits: a chunk of
