@@ -10,6 +10,8 @@ P-256 on the token:
   verified), and rows with ``key_type`` (the key generated on the HSM and wrapped under its
   KEK, ca.services.subscriber_keys), each against the builder: the same subject, validity and
   key usage, signed with an in-memory key, nothing persisted;
+- 200 CSR issuances one at a time through ``Issuance.issue`` (what one ``tincay issue``
+  does, without the process start), for the batch's gain;
 - a long run of N CSR rows: the rate of the first and the last 10% (flat means about 1.0) and
   the process's peak RSS.
 
@@ -18,7 +20,7 @@ Sizes: 2,000 CSR rows, 500 key rows, N = 100,000 (``--quick``: 1,000, 200, 5,000
 """
 from __future__ import annotations
 
-import datetime as dt
+import json
 import os
 import resource
 import secrets
@@ -48,20 +50,24 @@ def _csrs() -> list[str]:
 
 
 def _write_rows(path: Path, n: int, csrs: list[str] | None, start: int = 0) -> Path:
-    from ca.services.batch_files import as_text
-
-    rows = []
-    for i in range(start, start + n):
-        row: dict[str, Any] = {"profile": "clinician",
-                               "subject": SUBJECT.format(n=i % 100000),
-                               "days": 365}
-        if csrs is None:
-            row["key_type"] = "ec-p256"
-        else:
-            row["csr"] = csrs[i % len(csrs)]
-        rows.append(row)
-    path.write_text(as_text("jsonl", rows), encoding="utf-8")
+    """A JSON lines batch of ``n`` rows, written a row at a time (100,000 rows are not held
+    in this process's memory: its peak RSS is the batch's)."""
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(start, start + n):
+            row: dict[str, Any] = {"profile": "clinician",
+                                   "subject": SUBJECT.format(n=i % 100000), "days": 365}
+            if csrs is None:
+                row["key_type"] = "ec-p256"
+            else:
+                row["csr"] = csrs[i % len(csrs)]
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def _rss_mb() -> float:
+    """The process's resident set now (Linux), in MB."""
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def builder_rate(template: x509.Certificate, n: int) -> float:
@@ -85,6 +91,21 @@ def builder_rate(template: x509.Certificate, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def single_rate(service: Any, csrs: list[str], n: int) -> tuple[float, float]:
+    """Certificates/s (wall, CPU) of ``n`` issuances one at a time through the Python API
+    (ca.services.issuance: two commits each, the CA key looked up each time)."""
+    from ca import issuance
+    from ca.services import KeySource
+    from ca.subject import parse_subject
+
+    sources = [KeySource(csr=issuance.load_csr(pem.encode())) for pem in csrs[:n]]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        service.issuance.issue("ca", "clinician", parse_subject(SUBJECT.format(n=90000 + i)),
+                               sources[i % len(sources)], days=365)
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
 def _template(service: Any) -> x509.Certificate:
     """A certificate the batch issued, for :func:`builder_rate` to build alike."""
     from ca.store.models import Certificate
@@ -95,7 +116,7 @@ def _template(service: Any) -> x509.Certificate:
     return x509.load_der_x509_certificate(der[0])
 
 
-Mark = tuple[int, float, float]  # rows done, perf_counter, process_time
+Mark = tuple[int, float, float, float]  # rows done, perf_counter, process_time, RSS MB
 
 
 def _timed(service: Any, path: Path) -> tuple[float, float, list[Mark]]:
@@ -106,11 +127,11 @@ def _timed(service: Any, path: Path) -> tuple[float, float, list[Mark]]:
     from ca.services.batch_files import read_rows
 
     done = 0
-    marks = [(0, time.perf_counter(), time.process_time())]
+    marks = [(0, time.perf_counter(), time.process_time(), _rss_mb())]
     for chunk in service.batch.issue_rows("ca", read_rows(path, "jsonl"), path.parent):
         assert all(r.status == "issued" for r in chunk), chunk
         done += len(chunk)
-        marks.append((done, time.perf_counter(), time.process_time()))
+        marks.append((done, time.perf_counter(), time.process_time(), _rss_mb()))
     return (done / (marks[-1][1] - marks[0][1]), done / (marks[-1][2] - marks[0][2]), marks)
 
 
@@ -181,6 +202,7 @@ def _run(home: Path, pin: str, csr_rows: int, key_rows: int, n: int) -> None:
     before = _cpu_builder(template, max(csr_rows, 1000))
     csr = _timed(service, _write_rows(home / "csr.jsonl", csr_rows, csrs))
     keyed = _timed(service, _write_rows(home / "keys.jsonl", key_rows, None, start=csr_rows))
+    single = single_rate(service, csrs, 200)
     after = _cpu_builder(template, max(csr_rows, 1000))
     wall, cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     print(f"batch issuance: issue --batch, P-256 issuing CA on SoftHSM, SQLite "
@@ -191,15 +213,19 @@ def _run(home: Path, pin: str, csr_rows: int, key_rows: int, n: int) -> None:
                                       (f"{key_rows} HSM-generated wrapped-key rows", keyed)):
         print(f"  {label}: {rate:.0f}/s, x{rate / wall:.2f} the builder; {per_cpu:.0f} per "
               f"CPU second, x{per_cpu / cpu:.2f} (target for CSRs x0.3)")
+    print(f"  one issue() at a time with CSRs (200): {single[0]:.0f}/s, x{single[0] / wall:.2f}; "
+          f"{single[1]:.0f} per CPU second; the batch's CSR rows x{csr[0] / single[0]:.1f}")
     path = _write_rows(home / "long.jsonl", n, csrs, start=csr_rows + key_rows)
     rate, per_cpu, marks = _timed(service, path)
     first, last = _tenths(marks, 1)
     first_cpu, last_cpu = _tenths(marks, 2)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tenth_rss = next(m for m in marks if m[0] >= n / 10)[3]
     print(f"  {n} CSR rows in one batch: {rate:.0f}/s ({per_cpu:.0f} per CPU second); first "
           f"10% {first:.0f}/s, last 10% {last:.0f}/s, last/first {last / first:.2f}; per CPU "
-          f"second {first_cpu:.0f} and {last_cpu:.0f}, {last_cpu / first_cpu:.2f}; peak RSS "
-          f"{peak_mb:.0f} MB")
+          f"second {first_cpu:.0f} and {last_cpu:.0f}, {last_cpu / first_cpu:.2f}; RSS "
+          f"{marks[0][3]:.0f} MB before, {tenth_rss:.0f} MB after 10%, {marks[-1][3]:.0f} MB "
+          f"at the end; peak {peak_mb:.0f} MB")
     service.close()
     keys.close()
     engine.dispose()
