@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-REPO = Path(__file__).resolve().parent.parent
 SUBJECT = "C=VN, O=Bệnh viện Quận 11, CN=Bác sĩ {n}, UID=CCCD:0790730{n:05d}"
 CSR_POOL = 200  # distinct requests, cycled: parsing and verifying each costs the same
 
@@ -153,49 +151,20 @@ def _cpu_builder(template: x509.Certificate, n: int) -> tuple[float, float]:
 
 
 def run(quick: bool = False) -> None:
-    with tempfile.TemporaryDirectory(prefix="tincay-bench-batch-") as tmp:
-        from ca.keys import softhsm
+    from bench.subscriber_keys import fresh_token
 
+    with tempfile.TemporaryDirectory(prefix="tincay-bench-batch-") as tmp:
         home = Path(tmp)
-        conf = softhsm.write_config(home)
-        os.environ["SOFTHSM2_CONF"] = str(conf)  # read when the SoftHSM library loads
-        pin = secrets.token_hex(8)
-        softhsm.init_token(conf, "bench-batch", pin, secrets.token_hex(8))
+        pin = fresh_token(home, "bench-batch")
         sizes = (1_000, 200, 5_000) if quick else (2_000, 500, 100_000)
         n = int(os.environ.get("BENCH_BATCH_N") or sizes[2])
         _run(home, pin, sizes[0], sizes[1], n)
 
 
-def _service(home: Path, pin: str, name: str) -> tuple[Any, Any, Any]:
-    from ca.clock import SystemClock
-    from ca.hierarchy import load_hierarchy
-    from ca.keys.pkcs11 import Pkcs11Backend
-    from ca.profiles import load_profiles
-    from ca.services import CertificateAuthority
-    from ca.settings import PinSource, find_softhsm_module
-    from ca.store.db import create_engine_for, make_session_factory, migrate
-
-    keys = Pkcs11Backend(find_softhsm_module(), "bench-batch",
-                         PinSource({"TINCAY_PKCS11_PIN": pin}))
-    engine = create_engine_for(f"sqlite:///{home / (name + '.db')}", create=True)
-    migrate(engine)
-    profiles = load_profiles(REPO / "profiles")
-    service = CertificateAuthority(make_session_factory(engine), keys, profiles, SystemClock(),
-                                   "http://127.0.0.1:8080")
-    spec = load_hierarchy({
-        "name": "bench",
-        "authorities": [
-            {"name": "root", "profile": "root-ca", "key": "ec-p256",
-             "subject": "C=VN, O=Tincay, CN=Bench Root"},
-            {"name": "ca", "parent": "root", "profile": "issuing-ca", "key": "ec-p256",
-             "subject": "C=VN, O=Bệnh viện Quận 11, CN=Bench Issuing CA"}],
-    }, profiles)
-    service.authorities.init_hierarchy(spec)
-    return service, keys, engine
-
-
 def _run(home: Path, pin: str, csr_rows: int, key_rows: int, n: int) -> None:
-    service, keys, engine = _service(home, pin, "bench")
+    from bench.subscriber_keys import bench_ca
+
+    service, keys, engine = bench_ca(home, "bench-batch", pin)
     csrs = _csrs()
     _timed(service, _write_rows(home / "warm.jsonl", 50, csrs, start=-50))  # lint keys, caches
     template = _template(service)
