@@ -126,7 +126,7 @@ def _timed(service: Any, path: Path) -> tuple[float, float, list[Mark]]:
 
     done = 0
     marks = [(0, time.perf_counter(), time.process_time(), _rss_mb())]
-    for chunk in service.batch.issue_rows("ca", read_rows(path, "jsonl"), path.parent):
+    for chunk in service.batch.rows.issue_rows("ca", read_rows(path, "jsonl"), path.parent):
         assert all(r.status == "issued" for r in chunk), chunk
         done += len(chunk)
         marks.append((done, time.perf_counter(), time.process_time(), _rss_mb()))

@@ -238,7 +238,7 @@ def test_a_chunk_persisted_but_never_signed_is_revoked_as_never_issued_and_reiss
                                          "csr": csr_pem()}]), encoding="utf-8")
     app = AppContext()
     try:
-        service = app.service.batch
+        service = app.service.batch.rows
         with service.context.read() as session:
             from ca.store import queries
             authority = queries.get_authority(session, name)
