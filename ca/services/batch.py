@@ -26,7 +26,6 @@ the HSM or the database ends the batch (its committed rows stay, a rerun resumes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -62,14 +61,9 @@ class Batch:
 
     def __init__(self, context: ServiceContext, issuance: Issuance,
                  revocation: Revocation) -> None:
-        self.context = context
-        self.issuance = issuance
-        self.revocation = revocation
-
-    @cached_property
-    def rows(self) -> RowIssuance:
-        """The chunk-at-a-time issuance of the rows (ca.services.batch_issuance)."""
-        return RowIssuance(self.context, self.issuance, self.revocation)
+        self.context, self.revocation = context, revocation
+        # the chunk-at-a-time issuance of the rows (ca.services.batch_issuance)
+        self.rows = RowIssuance(context, issuance, revocation)
 
     # --- the files ------------------------------------------------------------------------
 
