@@ -191,7 +191,7 @@ def test_a_clean_batch_exits_zero_and_refuses_mixed_options(
 def test_a_run_killed_mid_batch_then_rerun_issues_every_row_exactly_once(
         ca: tuple[Cli, str], env: dict[str, str], tmp_path: Path, database_url: str) -> None:
     _, name = ca
-    total = 120
+    total = 300
     batch = tmp_path / "many.csv"
     batch.write_text(as_text("csv", [{"profile": "clinician", "subject": subject(n),
                                       "csr": csr_pem()} for n in range(total)]),
