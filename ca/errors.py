@@ -119,6 +119,18 @@ class ExpiredTokenError(InvalidTokenError):
     error = "expired_token"
 
 
+class InvalidClientCertificateError(ClientAuthError):
+    """A TLS client certificate that authenticates no client: bound to none, its client
+    disabled, expired or not yet valid, or revoked or on hold in tincay's database. One
+    ``error`` (invalid_client) for all, as for a wrong secret; the message says which, for
+    the operator's log and the client's developer."""
+
+
+class CertificateBindingError(TincayError):
+    """A certificate that cannot be bound to a client (`tincay client bind`): not a
+    certificate, a CA's, not for TLS client authentication, not valid now, or not issued."""
+
+
 # --- remote-signing credentials (CSC API) ---------------------------------------------------
 
 class CredentialError(TincayError):

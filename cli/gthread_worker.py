@@ -16,7 +16,10 @@ deadline is closed. A chunked body, one past MAX_GATHERED or one sent after
 With TLS (``tincay serve --certfile``), gunicorn wraps the socket in the thread, at the first
 read; here the main loop gathers decrypted bytes, so it also runs the TLS handshake, without
 blocking, under the same header deadline (a client that stalls its handshake holds no
-thread either). The thread gets the connection already wrapped and handshaken.
+thread either). The thread gets the connection already wrapped and handshaken. With a
+client-CA bundle (``--client-ca``) the app is wrapped once so each request's environ carries
+the verified client certificate (web/client_cert.py), read from gunicorn's
+``gunicorn.socket``.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from cli.http_limits import HttpLimits
+from web.client_cert import ENVIRON_KEY, peer_certificate
 
 __all__ = ["TincayThreadWorker"]
 
@@ -79,6 +83,11 @@ class TincayThreadWorker(ThreadWorker):
         # one context per worker (gunicorn's gthread builds one per connection)
         self.tls: ssl.SSLContext | None = ssl_context(self.cfg) if self.cfg.is_ssl else None
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        if self.tls is not None and self.tls.verify_mode != ssl.CERT_NONE:
+            self.wsgi = _with_client_certificate(self.wsgi)
 
     def accept(self, listener: Any) -> None:
         try:
@@ -203,3 +212,15 @@ class TincayThreadWorker(ThreadWorker):
         del self.gathering[conn]
         self.nr_conns -= 1
         conn.close()
+
+
+def _with_client_certificate(app: Any) -> Any:
+    """``app`` with the TLS client certificate of each request under ENVIRON_KEY (gunicorn's
+    environ names the connection's socket; a request without a certificate gets no key)."""
+    def wrapped(environ: dict, start_response: Any) -> Any:
+        der = peer_certificate(environ.get("gunicorn.socket"))
+        if der is not None:
+            environ[ENVIRON_KEY] = der
+        return app(environ, start_response)
+
+    return wrapped

@@ -22,6 +22,9 @@ before the handler starts). gevent's handler knows nothing of gunicorn's
 does, so ``wsgi.url_scheme`` says https for a TLS-terminating proxy among those addresses, and
 only for one (web/tls.py relies on it).
 
+With a client-CA bundle (``--client-ca``) the handler also puts the connection's verified TLS
+client certificate in each request's environ (web/client_cert.py), read once per connection.
+
 The headers are also checked for an ambiguous framing (cli.http_limits.framing_refusal) before
 gevent reads a body by them: refused with 400 or 501, the connection closed.
 """
@@ -36,6 +39,7 @@ import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
 from cli.http_limits import HttpLimits, framing_refusal
+from web.client_cert import ENVIRON_KEY, peer_certificate
 
 __all__ = ["TincayPyWSGIWorker"]
 
@@ -123,6 +127,7 @@ class BoundedHandler(PyWSGIHandler):
     _head: gevent.Timeout  # request line and headers
     _idle: gevent.Timeout | None = None  # between two requests, made at the first reuse
     _body: gevent.Timeout | None = None  # made at the first body
+    _peer: bytes | None | bool = False  # the TLS client certificate, read at the first request
 
     def handle(self) -> None:
         self._head = gevent.Timeout(self.limits.header_timeout, _Expired)
@@ -180,6 +185,10 @@ class BoundedHandler(PyWSGIHandler):
                 body, self._body, self.limits.body_timeout)
         if environ.get("wsgi.url_scheme") != "https" and self.cfg is not None:
             environ["wsgi.url_scheme"] = forwarded_scheme(self.cfg, environ)
+        if self._peer is False:  # once per connection: the handshake is behind us now
+            self._peer = peer_certificate(self.socket)
+        if self._peer:
+            environ[ENVIRON_KEY] = self._peer
         return environ
 
     def handle_one_response(self) -> None:

@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
@@ -81,14 +81,19 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
           maintenance: timedelta | None = None, worker_class: str = WORKER_CLASSES[0],
           app_factory: Callable[[], Any] | None = None,
           limits: HttpLimits | None = None, certfile: str | None = None,
-          keyfile: str | None = None) -> None:
+          keyfile: str | None = None, client_ca: str | None = None,
+          maintenance_args: Sequence[str] = ()) -> None:
     """Serve until interrupted; workers default to the CPU count, ``threads`` counts for
     gthread workers only. With ``certfile`` and ``keyfile`` (PEM), HTTPS only: both worker
-    classes serve TLS (cli/pywsgi_worker.py, cli/gthread_worker.py say how).
+    classes serve TLS (cli/pywsgi_worker.py, cli/gthread_worker.py say how). With
+    ``client_ca`` (a PEM bundle) too, TLS clients are asked for a certificate, verified against
+    the bundle in the handshake (CERT_OPTIONAL: a client may send none), and the verified one
+    reaches the app (web/client_cert.py).
 
     With ``maintenance``, the arbiter also starts ``tincay maintain --interval`` once the
     workers are ready and stops it on exit: one process, one HSM session, no duplicate
-    publishing from several workers.
+    publishing from several workers. ``maintenance_args`` go to it too (--tls-self's renewal,
+    with ``--reload-pid`` the arbiter's, which a SIGHUP makes replace its workers).
     """
     from ca.durations import format_duration
 
@@ -108,9 +113,10 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
                                "worker need: raise ulimit -n (hard) or lower "
                                "TINCAY_HTTP_CONNECTIONS", files, files_needed, limits.connections)
         if maintenance is not None:
+            reload = ["--reload-pid", str(os.getpid())] if maintenance_args else []
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "maintain", "--interval",
-                 format_duration(maintenance)]))
+                 format_duration(maintenance), *maintenance_args, *reload]))
 
     def on_exit(server: Any) -> None:
         for child in children:
@@ -120,7 +126,11 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
             except subprocess.TimeoutExpired:
                 child.kill()
 
-    tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
+    tls: dict[str, Any] = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
+    if certfile and client_ca:
+        import ssl
+
+        tls.update(cert_reqs=ssl.CERT_OPTIONAL, ca_certs=client_ca)
     TincayServer({
         **tls,
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",

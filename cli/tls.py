@@ -13,6 +13,11 @@ The certificate and key are reused while they match (same host names, same issue
 belongs to the certificate) and more than a third of the certificate's validity is left; past
 that, ``tincay serve`` issues a new pair before it starts (the old one stays valid until it
 ends). A server running past the renewal point is renewed at its next start.
+
+With --tls-self, TLS clients are also asked for a certificate issued by one of tincay's own
+CAs (the bundle :func:`own_ca_bundle` writes beside the server's pair), so an API client
+holding a ``tls-client`` certificate bound to it (`tincay client bind`) logs in with it;
+``--client-ca PEM`` names another bundle, with --tls-self or --certfile.
 """
 from __future__ import annotations
 
@@ -147,3 +152,28 @@ def check_pair(certfile: Path, keyfile: Path) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(f"cannot serve TLS with {certfile} and {keyfile}: "
                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
+def own_ca_bundle(service: Any, home: Path) -> Path:
+    """``home``/tls/client-ca.pem: the certificates of every active tincay CA, the bundle
+    `tincay serve --tls-self` verifies TLS client certificates against when no --client-ca
+    names another (rewritten at each start, so a new CA is trusted from its next start)."""
+    certificates = [service.authorities.authority_certificate(a["name"])
+                    for a in service.listings.list_authorities() if a["status"] == "active"]
+    path = private_dir(home / "tls") / "client-ca.pem"
+    _replace(path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates))
+    return path
+
+
+def check_client_ca(path: Path) -> None:
+    """ConfigurationError unless OpenSSL loads at least one CA certificate from ``path``."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"--client-ca {path}: no CA certificate OpenSSL can load "
+                                 f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not context.get_ca_certs():
+        raise ConfigurationError(f"--client-ca {path}: no CA certificate in it")

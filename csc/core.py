@@ -26,7 +26,7 @@ from asn1crypto import tsp as asn1_tsp
 from pydantic import ValidationError
 
 from ca.errors import (BackendUnavailableError, ClientAuthError, DatabaseBusyError,
-                       DatabaseUnavailableError, TincayError)
+                       DatabaseUnavailableError, InvalidTokenError, TincayError)
 from ca.validation import issues
 from csc import models
 from csc.describe import HASHLESS_SIGN_ALGORITHMS, credential_json, service_info
@@ -180,6 +180,9 @@ class CscApi:
             return refusal(503, "temporarily_unavailable",
                            "the signing service is unavailable, try later",
                            (("Retry-After", "30"),))
+        except InvalidTokenError as exc:  # a bearer token checked late (signHash's own)
+            return refusal(401, exc.error, str(exc), (
+                ("WWW-Authenticate", f'Bearer realm="tincay", error="{exc.error}"'),))
         except ClientAuthError as exc:
             status = 401 if exc.error == "invalid_client" else 400
             return refusal(status, exc.error, str(exc),

@@ -42,6 +42,9 @@ ECDSA, RSA_PKCS1 = "1.2.840.10045.2.1", "1.2.840.113549.1.1.1"
 PIN = "hai-bốn-sáu"
 USER = "CCCD:079073009568"
 PORTS = range(9200, 9300)  # this suite's loopback ports
+SIGN_HASH_BODY = {"credentialID": "no-such-credential", "SAD": "no-such-sad",
+                  "hashes": [base64.b64encode(bytes(32)).decode()],
+                  "hashAlgorithmOID": SHA256, "signAlgo": "1.2.840.10045.4.3.2"}
 
 
 def post(url: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None,
@@ -94,8 +97,13 @@ def test_an_expired_token_is_expired_token(served, pki: Hierarchy) -> None:
     with pki.at(pki.clock.now() + dt.timedelta(minutes=11)):
         status, head, body = post(f"{url}/csc/v1/credentials/list", {},
                                   token=grant.access_token)
-    assert (status, body["error"]) == (401, "expired_token")
-    assert 'error="expired_token"' in head["WWW-Authenticate"]
+        assert (status, body["error"]) == (401, "expired_token")
+        assert 'error="expired_token"' in head["WWW-Authenticate"]
+        # signHash checks its token in its own transaction: the same answer
+        status, head, body = post(f"{url}/csc/v2/signatures/signHash", SIGN_HASH_BODY,
+                                  token=grant.access_token)
+        assert (status, body["error"]) == (401, "expired_token")
+        assert 'error="expired_token"' in head["WWW-Authenticate"]
 
 
 def test_info_needs_no_token_and_every_other_method_does(served) -> None:
@@ -106,9 +114,10 @@ def test_info_needs_no_token_and_every_other_method_does(served) -> None:
         assert "signatures/timestamp" in body["methods"]
         assert post(f"{url}/csc/{version}/info")[0] == 200  # no body at all
     for token in (None, "tct_nonsense", "not a b64token!"):
-        status, head, body = post(f"{url}/csc/v2/credentials/list", {}, token=token)
-        assert (status, body["error"]) == (401, "invalid_token")
-        assert head["WWW-Authenticate"].startswith("Bearer ")
+        for method, body in (("credentials/list", {}), ("signatures/signHash", SIGN_HASH_BODY)):
+            status, head, answer = post(f"{url}/csc/v2/{method}", body, token=token)
+            assert (status, answer["error"]) == (401, "invalid_token")
+            assert head["WWW-Authenticate"].startswith("Bearer ")
     status, head, _ = post(f"{url}/csc/v2/credentials/list", headers={
         "Authorization": "Basic Zm9vOmJhcg=="}, body={})
     assert status == 401 and head["WWW-Authenticate"].startswith("Bearer ")

@@ -127,6 +127,7 @@ USAGE: dict[str, tuple[set[str], set[str] | None]] = {
     "ocsp-responder": ({"digital_signature"}, {"ocsp_signing"}),
     "tsa": ({"digital_signature"}, {"time_stamping"}),
     "tls-server": ({"digital_signature"}, {"server_auth"}),
+    "tls-client": ({"digital_signature"}, {"client_auth"}),
 }
 ETSI_TYPES = {"clinician-qualified": "QCP-N-QSCD-NON-EIDAS-FINAL-CERTIFICATE",
               "organization-seal-qualified": "NCP-LEGAL-PERSON-CERTIFICATE"}
@@ -736,7 +737,7 @@ def test_pkilint_cli_agrees_with_the_api_helpers(ec_chain: Chain, tmp_path: Path
     assert hx.pkilint_cli("lint_pkix_cert", path).returncode == 0
     assert hx.pkilint_cli("lint_etsi_cert", path, "-d").returncode == 0
 SHIPPED = ("root-ca", "issuing-ca", "ocsp-responder", "tsa", "clinician", "pharmacist", "teacher",
-           "citizen", "organization-seal", "tls-server", "clinician-qualified",
+           "citizen", "organization-seal", "tls-server", "tls-client", "clinician-qualified",
            "organization-seal-qualified")
 # Warnings that follow from deliberate choices, each with the reason it is accepted.
 ACCEPTED_WARNINGS = {

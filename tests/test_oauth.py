@@ -547,3 +547,70 @@ def test_client_commands(softhsm_env: dict[str, str], tmp_path: Path,
         code=2)
     cli("serve", "--port", "9150", "--tls-self", code=1)  # TINCAY_PUBLIC_URL is an address
     assert "DNS name" in cli.err and len(cli.err.strip().splitlines()) == 1
+
+
+def _served_certificate(port: int) -> Any:
+    """The certificate a new TLS connection to ``port`` is served (not verified: whichever)."""
+    from cryptography import x509
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                             server_hostname=TLS_HOST) as tls:
+        der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der)
+
+
+@pytest.mark.softhsm
+@pytest.mark.parametrize("worker_class,maintenance", [
+    ("gevent_pywsgi", ["--maintenance-interval", "1s"]), ("gthread", ["--no-maintenance", "--maintenance-interval", "1s"])])
+def test_the_tls_self_certificate_is_renewed_while_serving(
+        tmp_path: Path, worker_class: str, maintenance: list[str]) -> None:
+    """`tincay serve --tls-self` keeps its certificate current without a restart: the
+    maintenance process reissues the pair when it is no longer the one to serve (here: the
+    files replaced by a stranger's pair), and SIGHUP makes the arbiter's new workers serve
+    the new certificate, which a verifying client accepts."""
+    from cryptography import x509
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
+    env.update(TINCAY_HOME=str(tmp_path / "home"), HOME=str(tmp_path / "user"),
+               TINCAY_PUBLIC_URL=f"https://{TLS_HOST}:{port}")
+    subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "1",
+                                   "--worker-class", worker_class, "--tls-self",
+                                   *maintenance],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while "Worker ready" not in log_path.read_text():
+                assert time.monotonic() < deadline and server.poll() is None, \
+                    log_path.read_text()
+                time.sleep(0.1)
+            first = _served_certificate(port)
+            certfile, keyfile = tmp_path / "home/tls/server.pem", tmp_path / "home/tls/server.key"
+            assert x509.load_pem_x509_certificates(certfile.read_bytes())[0] == first
+            stranger_cert, stranger_key = _self_signed(tmp_path)  # not tincay's: not current
+            certfile.write_bytes(stranger_cert.read_bytes())
+            keyfile.write_bytes(stranger_key.read_bytes())
+            deadline = time.monotonic() + 60
+            while (served := _served_certificate(port)) in (first,) or \
+                    served.serial_number == x509.load_pem_x509_certificate(
+                        stranger_cert.read_bytes()).serial_number:
+                assert time.monotonic() < deadline and server.poll() is None, \
+                    log_path.read_text()
+                time.sleep(0.2)
+            assert x509.load_pem_x509_certificates(certfile.read_bytes())[0] == served
+            verified = ssl.create_default_context(cafile=str(tmp_path / "home/public/root-ca.pem"))
+            with verified.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                      server_hostname=TLS_HOST) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            assert server.poll() is None  # the same server, never restarted
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    text = log_path.read_text()
+    assert "Handling signal: hup" in text.lower() or "hang up" in text.lower(), text
+    assert "Traceback" not in text, text

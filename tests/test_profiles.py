@@ -21,7 +21,7 @@ from ca.profiles import (Profile, ProfileSet, check_profile_file, load_profiles,
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 SHIPPED = {"root-ca", "intermediate-ca", "issuing-ca", "ocsp-responder", "tsa", "clinician", "pharmacist", "teacher",
-           "citizen", "organization-seal", "tls-server", "clinician-qualified",
+           "citizen", "organization-seal", "tls-server", "tls-client", "clinician-qualified",
            "organization-seal-qualified"}
 ABSTRACT = {"ca-base", "person-base", "service-base"}
 
@@ -59,7 +59,7 @@ def test_every_shipped_profile_loads(shipped: ProfileSet) -> None:
     assert set(shipped.names()) == SHIPPED
     assert shipped.names() == sorted(SHIPPED)
     assert set(shipped.abstract_names()) == ABSTRACT
-    assert len(shipped) == 13
+    assert len(shipped) == 14
     assert {p.name for p in shipped} == SHIPPED
     assert "clinician" in shipped and "person-base" not in shipped and "nope" not in shipped
     for profile in shipped:
@@ -93,6 +93,11 @@ def test_shipped_ca_and_service_profiles(shipped: ProfileSet) -> None:
     tls = shipped.get("tls-server")
     assert tls.extended_key_usage == ("1.3.6.1.5.5.7.3.1",)
     assert tls.dns_san == "required" and tls.validity.max_days <= 199
+    client = shipped.get("tls-client")  # an API client's credential (RFC 8705)
+    assert client.extended_key_usage == ("1.3.6.1.5.5.7.3.2",)
+    assert client.key_usage == frozenset({"digitalSignature"})
+    assert client.dns_san == "forbidden" and client.email_san == "forbidden"
+    assert client.key_algorithms == tls.key_algorithms and client.validity.max_days <= 398
 
 
 def test_shipped_person_and_seal_profiles(shipped: ProfileSet) -> None:

@@ -43,7 +43,7 @@ DOCTOR = [("C", "VN"), ("O", "Bệnh viện Quận 11"), ("T", "BS CK II"),
           ("CN", "Nguyễn Văn A, A101.0001 - 003848/HCM-CCHN"), ("UID", "CCCD:079073009568"),
           ("UID", "MST:0301824642")]
 END_ENTITY_PROFILES = ("clinician", "pharmacist", "teacher", "citizen", "organization-seal",
-                       "tls-server", "ocsp-responder", "tsa", "clinician-qualified",
+                       "tls-server", "tls-client", "ocsp-responder", "tsa", "clinician-qualified",
                        "organization-seal-qualified")
 
 

@@ -7,11 +7,13 @@ import threading
 import time
 from typing import Any
 
+import pyotp
 import pytest
 import sqlalchemy
 from sqlalchemy import select
 
-from ca.errors import CredentialDisabledError, InvalidSadError
+from ca.errors import (CredentialDisabledError, ExpiredTokenError, InvalidSadError,
+                       InvalidTokenError)
 from ca.store.models import ActivationHash, SignatureRecord
 from ca.services.sign_path import Job
 from tests.test_credentials import RSA, SHA256, Setup, _digest, mem  # noqa: F401 - fixture
@@ -49,8 +51,8 @@ def test_a_batch_commits_its_winners_and_undoes_each_refusal(mem: Setup) -> None
     path, now = _path(mem), mem.clock.now()
 
     def job(hashes: list[bytes]) -> Job:
-        return Job(path.work(mem.client.client_id, info.credential_id, sad, hashes, SHA256,
-                             RSA, None, now))
+        return Job(path.work(mem.client, info.credential_id, sad, hashes, SHA256, RSA, None,
+                             now))
 
     jobs = [job([h1, h2]), job([h3, h1]), job([h4])]
     path.commit_batch(jobs, time.monotonic() + 5)
@@ -122,3 +124,50 @@ def test_a_revoked_token_is_refused_at_once(mem: Setup) -> None:  # noqa: F811
     with pytest.raises(Exception) as refused:
         clients.verify(other.access_token)
     assert getattr(refused.value, "error", None) == "invalid_token"
+
+
+def test_a_pending_token_is_checked_in_the_signing_transaction(mem: Setup) -> None:  # noqa: F811
+    """signHash hands its bearer token on unchecked (Clients.pending): the hot path's query
+    checks it; a revoked or expired token or a disabled client gets Clients.verify's own
+    refusal, another client's token the refusal that client gets, and nothing is signed."""
+    clients = mem.world.service.clients
+    registered = clients.add("emr-token")
+    client = registered.client
+    info, uri = mem.creds.create(mem.issue(), "CCCD:001", [client.name], "1357-pin")
+    totp = pyotp.parse_uri(uri)
+    hashes = [_digest(f"h{n}") for n in range(4)]
+    sad = mem.creds.authorize(client, info.credential_id, pin="1357-pin", otp=mem.otp(totp),
+                              hashes=hashes, hash_algorithm_oid=SHA256,
+                              num_signatures=len(hashes)).sad
+
+    def token() -> str:
+        return clients.grant(client.client_id, registered.client_secret).access_token
+
+    def sign(pending: Any, digest: bytes) -> list[bytes]:
+        return mem.creds.sign_hashes(pending, info.credential_id, sad, [digest], SHA256, RSA)
+
+    good = token()
+    assert len(sign(clients.pending(good), hashes[0])) == 1
+    revoked = token()
+    clients.revoke(revoked)
+    with pytest.raises(InvalidTokenError) as refused:
+        sign(clients.pending(revoked), hashes[1])
+    assert not isinstance(refused.value, ExpiredTokenError)
+    other = clients.add("emr-stranger")
+    stranger = clients.grant(other.client.client_id, other.client_secret).access_token
+    with pytest.raises(Exception) as by_token:
+        sign(clients.pending(stranger), hashes[1])
+    with pytest.raises(Exception) as by_client:
+        sign(other.client, hashes[1])
+    assert type(by_token.value) is type(by_client.value)
+    assert not isinstance(by_token.value, InvalidTokenError)
+    mem.clock.advance(clients.token_lifetime)
+    with pytest.raises(ExpiredTokenError):
+        sign(clients.pending(good), hashes[1])
+    late = token()
+    clients.disable("emr-token")
+    with pytest.raises(InvalidTokenError):
+        sign(clients.pending(late), hashes[1])
+    assert [r.hash_hex for r in mem.rows(SignatureRecord)] == [hashes[0].hex()]
+    used = {r.hash_hex: r.used_at for r in mem.rows(ActivationHash)}
+    assert [h for h in hashes if used[h.hex()] is not None] == [hashes[0]]

@@ -131,6 +131,28 @@ def test_the_blob_is_not_a_key_and_a_tampered_one_fails_cleanly(
 
 
 @pytest.mark.softhsm
+@pytest.mark.parametrize("spec_text", ["ec-p256", "ec-p384"])
+def test_a_key_unwrapped_at_its_first_signature_is_checked_by_that_signature(
+        hsm_backend: Any, hsm_wrapping: HsmKeyWrapping, spec_text: str) -> None:
+    """now=False (signHash's cold keys): no test signature; the first real signature is
+    verified against the public key before it is returned, and a swapped blob is refused
+    then, its session object destroyed."""
+    spec = KeySpec.parse(spec_text)
+    public, blob = hsm_wrapping.generate(spec)
+    _, other = hsm_wrapping.generate(spec)
+    sessions = len(_session_private_keys(hsm_backend))
+    stranger = hsm_wrapping.unwrap(other, spec, public, now=False)
+    assert len(_session_private_keys(hsm_backend)) == sessions  # nothing unwrapped yet
+    for _ in range(2):  # refused every time, never a signature by another key
+        with pytest.raises(KeyBackendError, match="not the key of its public key"):
+            _signatures(stranger)
+        assert len(_session_private_keys(hsm_backend)) == sessions  # destroyed again
+    lazy = hsm_wrapping.unwrap(blob, spec, public, now=False)
+    _verify(public, lazy)  # the first signature (the check) and the ones after it
+    assert len(_session_private_keys(hsm_backend)) == sessions + 1
+
+
+@pytest.mark.softhsm
 def test_the_cache_bound_evicts_and_destroys_session_objects(hsm_backend: Any) -> None:
     wrapping = key_wrapping(hsm_backend, cache_size=2)
     spec = KeySpec.parse("ec-p256")

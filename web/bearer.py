@@ -11,7 +11,7 @@ import re
 from typing import Protocol
 
 from ca.errors import ClientAuthError, InvalidTokenError
-from ca.services.clients import ClientInfo
+from ca.services.clients import ClientInfo, PendingToken
 
 # RFC 6750 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
@@ -22,6 +22,8 @@ class TokenVerifier(Protocol):
     """What bearer_client needs of ca.services.clients.Clients."""
 
     def verify(self, token: str) -> ClientInfo: ...
+
+    def pending(self, token: str) -> PendingToken: ...
 
 
 def bearer_token(authorization_header: str | None) -> str:

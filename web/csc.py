@@ -9,7 +9,9 @@ authenticates the caller, and sends the core's answer as JSON. Every method but 
 ``auth/login`` needs ``Authorization: Bearer <token>``, checked by
 ca.services.clients.Clients.verify against the database (so every worker honours and revokes
 the same tokens); a missing, unknown or revoked token is 401 invalid_token, an expired one 401
-expired_token, both with ``WWW-Authenticate: Bearer``. ``auth/login`` takes HTTP Basic (client
+expired_token, both with ``WWW-Authenticate: Bearer``. signHash, the hot path, hands the token
+on unchecked (Clients.pending): its own transaction checks it in the query that reads the
+credential and the SAD, one database round trip fewer per signature (about 5% of its time). ``auth/login`` takes HTTP Basic (client
 id and secret) and answers a bearer token.
 
 Nothing here logs a request: bodies carry PINs, OTPs and SADs, and headers tokens and secrets.
@@ -24,7 +26,7 @@ from typing import Any, Callable
 
 from ca.errors import ClientAuthError, StoreError
 from csc.core import PUBLIC, VERSIONS, Answer, CscApi, refusal
-from web.bearer import TokenVerifier, bearer_client, challenge
+from web.bearer import TokenVerifier, bearer_client, bearer_token, challenge
 from web.oauth import PATHS as OAUTH_PATHS
 from web.oauth import OAuthError, basic_credentials
 from web.protocol import ProtocolEndpoint, media_type, read_body
@@ -32,6 +34,7 @@ from web.protocol import Answer as WsgiAnswer
 
 MAX_BODY = 64 * 1024
 PREFIX = "/csc/"
+SIGN_HASH = "signatures/signHash"
 _JSON = "application/json"
 log = logging.getLogger("tincay.csc")
 
@@ -92,7 +95,10 @@ class CscEndpoint(ProtocolEndpoint):
         caller: Any = None
         if method not in PUBLIC:
             try:
-                caller = bearer_client(self.clients, authorization)
+                if method == SIGN_HASH:  # the token is checked in signHash's own query
+                    caller = self.clients.pending(bearer_token(authorization))
+                else:
+                    caller = bearer_client(self.clients, authorization)
             except ClientAuthError as exc:
                 status, error, headers = challenge(exc)
                 return refusal(status, error["error"], error["error_description"],

@@ -4,15 +4,17 @@
 A registered client (``tincay client add``) trades its id and secret for a short-lived bearer
 token (ca.services.clients.Clients.grant), which the APIs check with web.bearer. The client
 authenticates with HTTP Basic (RFC 6749 2.3.1: id and secret each form-urlencoded, then
-base64) or with ``client_id``/``client_secret`` in the body, never both. The body is a form
+base64) or with ``client_id``/``client_secret`` in the body, never both; or (RFC 8705 2.1,
+tls_client_auth) with ``client_id`` alone in the body over a TLS connection whose client
+certificate is bound to that client (`tincay client bind`, web/client_cert.py). The body is a form
 (application/x-www-form-urlencoded, as RFC 6749 says), or a JSON object, as CSC v2's
 oauth2/token also accepts.
 
 Every mistake is an RFC 6749 5.2 error body, never a traceback: invalid_request (400) for a
 missing or repeated parameter, another content type or a body past 16 KiB;
 unsupported_grant_type (400); invalid_client (401, with a Basic challenge) for credentials that
-do not authenticate, one answer whether the id is unknown, the secret wrong or the client
-disabled. A database outage is 503 temporarily_unavailable. Nothing here logs a request:
+do not authenticate, one answer whether the id is unknown, the secret wrong, the client
+disabled, or the certificate unbound, bound to another client, expired or revoked. A database outage is 503 temporarily_unavailable. Nothing here logs a request:
 bodies and Authorization headers carry secrets.
 """
 from __future__ import annotations
@@ -28,11 +30,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ca.errors import (BackendUnavailableError, ClientAuthError, DatabaseBusyError,
                        DatabaseUnavailableError)
+from web.client_cert import client_certificate
 
 MAX_BODY = 16 * 1024
 GRANT_TYPE = "client_credentials"
 REALM = "tincay"
 PATHS = ("/oauth2/token", "/csc/v2/oauth2/token")
+AUTHENTICATION_REQUIRED = ("client authentication is required: HTTP Basic, client_id and "
+                           "client_secret, or client_id over TLS with a client certificate "
+                           "bound to it")
 
 oauth = Blueprint("oauth", __name__)
 
@@ -189,9 +195,23 @@ def client_credentials(token_request: TokenRequest, header: str | None) -> tuple
             raise OAuthError("invalid_request", "client_id differs from the Basic credentials")
         return basic
     if token_request.client_id is None or token_request.client_secret is None:
-        raise OAuthError("invalid_client", "client authentication is required: HTTP Basic, "
-                         "or client_id and client_secret", 401)
+        raise OAuthError("invalid_client", AUTHENTICATION_REQUIRED, 401)
     return token_request.client_id, token_request.client_secret
+
+
+def certificate_authentication(token_request: TokenRequest, header: str | None) -> bool:
+    """Whether the request asks for tls_client_auth (RFC 8705 2.1): ``client_id`` in the body,
+    no secret anywhere (a secret, when sent, authenticates as before)."""
+    return (header is None and token_request.client_secret is None
+            and token_request.client_id is not None)
+
+
+def certificate_required() -> bytes:
+    """The request's verified TLS client certificate, or invalid_client (401) without one."""
+    der = client_certificate(request.environ)
+    if der is None:
+        raise OAuthError("invalid_client", AUTHENTICATION_REQUIRED, 401)
+    return der
 
 
 def token_answer() -> Response:
@@ -201,10 +221,15 @@ def token_answer() -> Response:
         if token_request.grant_type != GRANT_TYPE:
             raise OAuthError("unsupported_grant_type",
                              f"only the {GRANT_TYPE} grant is supported")
-        client_id, secret = client_credentials(token_request, request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
         clients = current_app.extensions["tincay.service"].clients
         try:
-            grant = clients.grant(client_id, secret)
+            if certificate_authentication(token_request, header):
+                grant = clients.grant_by_certificate(token_request.client_id or "",
+                                                     certificate_required())
+            else:
+                client_id, secret = client_credentials(token_request, header)
+                grant = clients.grant(client_id, secret)
         except ClientAuthError:
             raise OAuthError("invalid_client", "client authentication failed", 401) from None
     except OAuthError as exc:

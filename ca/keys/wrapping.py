@@ -77,6 +77,8 @@ _EPHEMERAL_PRIVATE = {Attribute.TOKEN: False, Attribute.PRIVATE: True, Attribute
                       Attribute.DECRYPT: False, Attribute.UNWRAP: False, Attribute.DERIVE: False}
 _EPHEMERAL_PUBLIC = {Attribute.TOKEN: False, Attribute.VERIFY: False, Attribute.ENCRYPT: False,
                      Attribute.WRAP: False}
+# a prehashed ECDSA digest's hash, by its length (to verify a key's first signature)
+_PREHASHED = {28: hashes.SHA224, 32: hashes.SHA256, 48: hashes.SHA384, 64: hashes.SHA512}
 _UNWRAP_REFUSED = (p11.GeneralError, p11.WrappedKeyInvalid, p11.WrappedKeyLenRange,
                    p11.EncryptedDataInvalid, p11.EncryptedDataLenRange,
                    p11.TemplateInconsistent, p11.AttributeValueInvalid)
@@ -109,8 +111,8 @@ class HsmKeyWrapping:
         self.cache_size = cache_size
         self._session = session
         self._kek: tuple[Any, Any] | None = None  # (pkcs11 session, KEK object)
-        # sha256(blob) -> (pkcs11 session, unwrapped object), least recently used first
-        self._objects: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
+        # sha256(blob) -> its unwrapped session object, least recently used first
+        self._objects: OrderedDict[bytes, _Unwrapped] = OrderedDict()
 
     def run(self, action: Callable[[Any, Any], T]) -> T:
         """``action(session, kek)`` in the process's session; the KEK is found (or made) under
@@ -157,9 +159,11 @@ class HsmKeyWrapping:
 
     def unwrap(self, blob: bytes, spec: KeySpec, public: PublicKey, *,
                now: bool = True) -> PrivateKey:
-        """A signer for ``blob``, unwrapped now (a damaged blob fails here, not at the first
-        signature; ``now=False``: at the first signature, for a key just generated) and again
-        whenever its session object was evicted or lost."""
+        """A signer for ``blob``, unwrapped and checked against ``public`` now (a damaged or
+        swapped blob fails here, not at the first signature); ``now=False``: at the first
+        signature, whose own verification is then the check (for signHash's cold keys: no
+        test signature on the HSM). Unwrapped again whenever its session object was evicted
+        or lost."""
         key = _WrappedKey(self, blob, spec, public)
         if now:
             self.run(key.object)
@@ -170,28 +174,68 @@ class HsmKeyWrapping:
         return len(self._objects)
 
     def object_of(self, blob: bytes, s: Any, kek: Any, spec: KeySpec,
-                  public: PublicKey) -> Any:
+                  public: PublicKey) -> "_Unwrapped":
         """The session object of ``blob`` (call inside :meth:`run`): the cached one, or
-        unwrapped now, evicting (destroying) the least recently used beyond the bound."""
+        unwrapped now, evicting (destroying) the least recently used beyond the bound. An
+        EC or EdDSA object is not checked yet (``checked`` false): :meth:`check` or
+        :meth:`confirm` does it before it signs anything that is returned."""
         ref = hashlib.sha256(blob).digest()
         entry = self._objects.get(ref)
-        if entry is not None and entry[0] is s:
+        if entry is not None and entry.owner is s:
             self._objects.move_to_end(ref)
-            return entry[1]
-        obj = self._unwrap(s, kek, blob, spec, public)
-        self._objects[ref] = (s, obj)
+            return entry
+        entry = _Unwrapped(s, self._unwrap(kek, blob, spec, public))
+        entry.checked = isinstance(public, rsa.RSAPublicKey)  # its modulus was compared
+        self._objects[ref] = entry
         self._objects.move_to_end(ref)
         while len(self._objects) > self.cache_size:
-            _, (owner, old) = self._objects.popitem(last=False)
-            if owner is s:  # a lost session's objects went with it
-                _destroy(old)
-        return obj
+            _, old = self._objects.popitem(last=False)
+            if old.owner is s:  # a lost session's objects went with it
+                _destroy(old.obj)
+        return entry
+
+    def check(self, blob: bytes, entry: "_Unwrapped", public: PublicKey) -> None:
+        """Check an unchecked object with a test signature; a stranger is destroyed and
+        refused."""
+        try:
+            _check_pair(entry.obj, public)
+        except BaseException:
+            self._drop(blob, entry)
+            raise
+        entry.checked = True
+
+    def confirm(self, blob: bytes, entry: "_Unwrapped", public: PublicKey, data: bytes,
+                mechanism: Mechanism, raw: bytes) -> None:
+        """Check an unchecked object by its first signature ``raw`` (of ``data`` with
+        ``mechanism``), before that signature is returned: verifying it costs a fraction of
+        the HSM test signature :meth:`check` makes (a mechanism it cannot verify falls back to
+        :meth:`check`)."""
+        try:
+            if mechanism == Mechanism.ECDSA and isinstance(public, ec.EllipticCurvePublicKey) \
+                    and len(data) in _PREHASHED:
+                half = len(raw) // 2
+                public.verify(utils.encode_dss_signature(int.from_bytes(raw[:half], "big"),
+                                                         int.from_bytes(raw[half:], "big")),
+                              data, ec.ECDSA(utils.Prehashed(_PREHASHED[len(data)]())))
+            elif mechanism == Mechanism.EDDSA and isinstance(public, ed25519.Ed25519PublicKey):
+                public.verify(raw, data)
+            else:
+                self.check(blob, entry, public)
+                return
+        except InvalidSignature:
+            self._drop(blob, entry)
+            raise KeyBackendError("wrapped key is not the key of its public key") from None
+        entry.checked = True
+
+    def _drop(self, blob: bytes, entry: "_Unwrapped") -> None:
+        self.forget(blob)
+        _destroy(entry.obj)
 
     def forget(self, blob: bytes) -> None:
         """Drop the cached object of ``blob`` (its handle went stale)."""
         self._objects.pop(hashlib.sha256(blob).digest(), None)
 
-    def _unwrap(self, s: Any, kek: Any, blob: bytes, spec: KeySpec, public: PublicKey) -> Any:
+    def _unwrap(self, kek: Any, blob: bytes, spec: KeySpec, public: PublicKey) -> Any:
         try:
             obj = kek.unwrap_key(ObjectClass.PRIVATE_KEY, _KEY_TYPES[spec.algorithm], blob,
                                  mechanism=_WRAP, store=False, template=_UNWRAPPED_TEMPLATE)
@@ -200,22 +244,33 @@ class HsmKeyWrapping:
             raise KeyBackendError(f"wrapped {spec} key does not unwrap under "
                                   f"{self.kek_label!r}: damaged, or wrapped under another "
                                   "KEK") from None
-        try:
-            _check_pair(obj, public)
-        except BaseException:
-            _destroy(obj)
-            raise
+        if isinstance(public, rsa.RSAPublicKey):
+            try:
+                _check_pair(obj, public)
+            except BaseException:
+                _destroy(obj)
+                raise
         return obj
 
     def close(self) -> None:
         """Destroy every unwrapped session object of this process."""
         def destroy(s: Any) -> None:
             while self._objects:
-                _, (owner, obj) = self._objects.popitem()
-                if owner is s:
-                    _destroy(obj)
+                _, entry = self._objects.popitem()
+                if entry.owner is s:
+                    _destroy(entry.obj)
         if self._objects:
             self._session.run(destroy)
+
+
+class _Unwrapped:
+    """An unwrapped session object, the session it lives in, and whether it was found to be
+    the key of its public key yet."""
+
+    __slots__ = ("owner", "obj", "checked")
+
+    def __init__(self, owner: Any, obj: Any) -> None:
+        self.owner, self.obj, self.checked = owner, obj, False
 
 
 class _WrappedKey:
@@ -227,20 +282,30 @@ class _WrappedKey:
         self._wrapping, self._blob, self._spec, self._public = wrapping, blob, spec, public
 
     def object(self, s: Any, kek: Any) -> Any:
+        """The session object, unwrapped and checked now."""
+        entry = self._entry(s, kek)
+        if not entry.checked:
+            self._wrapping.check(self._blob, entry, self._public)
+        return entry.obj
+
+    def _entry(self, s: Any, kek: Any) -> _Unwrapped:
         return self._wrapping.object_of(self._blob, s, kek, self._spec, self._public)
 
     def sign(self, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
         def sign(s: Any, kek: Any) -> bytes:
             try:
+                entry = self._entry(s, kek)
                 try:
-                    return self.object(s, kek).sign(data, mechanism=mechanism,
-                                                    mechanism_param=param)
+                    raw = entry.obj.sign(data, mechanism=mechanism, mechanism_param=param)
                 except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
                     self._wrapping.forget(self._blob)  # destroyed elsewhere: unwrap again
-                    return self.object(s, kek).sign(data, mechanism=mechanism,
-                                                    mechanism_param=param)
+                    entry = self._entry(s, kek)
+                    raw = entry.obj.sign(data, mechanism=mechanism, mechanism_param=param)
             except (p11.MechanismInvalid, p11.MechanismParamInvalid) as exc:
                 raise unsupported_mechanism(mechanism, exc) from None
+            if not entry.checked:  # unwrapped for this signature: the signature checks it
+                self._wrapping.confirm(self._blob, entry, self._public, data, mechanism, raw)
+            return raw  # type: ignore[no-any-return]
         return self._wrapping.run(sign)
 
 

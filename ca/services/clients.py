@@ -15,12 +15,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import bindparam, select
 
-from ca.errors import (AlreadyExistsError, ExpiredTokenError, InvalidClientError,
-                       InvalidTokenError, NotFoundError)
+from ca.errors import (AlreadyExistsError, ExpiredTokenError, InvalidClientCertificateError,
+                       InvalidClientError, InvalidTokenError, NotFoundError)
+from ca.services import client_bindings
+from ca.services.client_bindings import CertificateBinding
 from ca.services.context import ServiceContext, as_json
 from ca.store import queries
 from ca.store.hot import HotQuery
@@ -46,6 +48,24 @@ class ClientInfo:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+
+@dataclass(frozen=True)
+class PendingToken:
+    """A bearer token whose check is left to the call it authorises: signHash checks it in
+    the query of its own transaction (ca.services.sign_path) instead of a query of its own
+    first; any other outcome asks :meth:`client`, which is ``Clients.verify``'s answer
+    (InvalidTokenError, ExpiredTokenError)."""
+
+    token: str
+    verify: Callable[[str], ClientInfo]
+
+    @cached_property
+    def token_hash(self) -> str:
+        return secret_digest(self.token)
+
+    def client(self) -> ClientInfo:
+        return self.verify(self.token)
 
 
 @dataclass(frozen=True)
@@ -87,8 +107,10 @@ class Clients:
     # --- the registry (operator commands) ------------------------------------------------
 
     def add(self, name: str, *, role: str | None = None, cas: Sequence[str] = (),
-            profiles: Sequence[str] = ()) -> RegisteredClient:
-        """Register ``name``; the returned secret is the only copy there will ever be."""
+            profiles: Sequence[str] = (), certificate: bytes | None = None) -> RegisteredClient:
+        """Register ``name``; the returned secret is the only copy there will ever be. With
+        ``certificate`` (DER), bound to it in the same transaction (:meth:`bind_certificate`),
+        so a certificate refused leaves no client behind."""
         if not _NAME.match(name):
             raise ValueError(f"client name {name!r}: letters, digits, '.', '_' or '-', "
                              "at most 64, starting with a letter or digit")
@@ -106,6 +128,8 @@ class Clients:
             queries.record_event(session, at=now, action="client.add", details=as_json(
                 {"client": name, "client_id": row.client_id, "role": role,
                  "cas": list(cas), "profiles": list(profiles)}))
+            if certificate is not None:
+                client_bindings.bind(session, row, certificate, now)
             return RegisteredClient(_info(row), secret)
 
     def list(self) -> list[ClientInfo]:
@@ -153,6 +177,10 @@ class Clients:
     def grant(self, client_id: str, client_secret: str) -> AccessGrant:
         """The client-credentials grant: a new bearer token for an authenticated client."""
         client = self.authenticate(client_id, client_secret)
+        return self._mint(client)
+
+    def _mint(self, client: ClientInfo) -> AccessGrant:
+        """A new bearer token for an authenticated client, kept as its hash."""
         token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self.context.clock.now()
         with self.context.transaction() as session:
@@ -179,6 +207,10 @@ class Clients:
             raise ExpiredTokenError("the access token has expired")
         return ClientInfo(client_id, name, status, role, tuple(cas or ()), tuple(profiles or ()),
                           created_at)
+
+    def pending(self, token: str) -> PendingToken:
+        """``token`` to be checked by the call it authorises (signHash, see PendingToken)."""
+        return PendingToken(token, self.verify)
 
     @cached_property
     def _verify_query(self) -> HotQuery:
@@ -209,3 +241,69 @@ class Clients:
                 session.delete(row)
                 count += 1
             return count
+
+    # --- TLS client certificates (RFC 8705; ca/services/client_bindings.py) ----------------
+
+    def bind_certificate(self, name_or_id: str, *, der: bytes | None = None,
+                         ca: str | None = None, serial: str | None = None) -> CertificateBinding:
+        """Let the client authenticate with a TLS client certificate: ``der``, or tincay's
+        certificate ``serial`` of CA ``ca``. CertificateBindingError for one no TLS client
+        could log in with, AlreadyExistsError if it is bound (to any client) already."""
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = self._row(session, name_or_id)
+            if der is None:
+                der = client_bindings.tincay_der(session, ca or "", serial or "")
+            return client_bindings.bind(session, row, der, now)
+
+    def unbind_certificate(self, name_or_id: str, *, der: bytes | None = None,
+                           ca: str | None = None, serial: str | None = None,
+                           fingerprint: str | None = None) -> CertificateBinding:
+        """End a binding, named by the certificate (``der``, or ``ca`` and ``serial``) or by
+        its SHA-256 ``fingerprint``; the certificate itself stays valid."""
+        now = self.context.clock.now()
+        with self.context.transaction() as session:
+            row = self._row(session, name_or_id)
+            if fingerprint is not None:
+                digest = client_bindings.normalize_fingerprint(fingerprint)
+            else:
+                digest = client_bindings.fingerprint(der if der is not None else
+                                                     client_bindings.tincay_der(
+                                                         session, ca or "", serial or "",
+                                                         issued=False))
+            return client_bindings.unbind(session, row, digest, now)
+
+    def certificate_bindings(self, name_or_id: str | None = None) -> list[CertificateBinding]:
+        """The certificates bound to one client, or to every client."""
+        with self.context.transaction() as session:
+            row = self._row(session, name_or_id) if name_or_id is not None else None
+            return client_bindings.bindings(session, row)
+
+    def by_certificate(self, der: bytes) -> ClientInfo:
+        """The active client bound to the TLS client certificate ``der`` (what the handshake
+        verified), or InvalidClientCertificateError: bound to none, its client disabled,
+        expired, or revoked or on hold in tincay's database. One prebuilt query per call, as
+        :meth:`verify`: a revocation, a hold or a disabled client is refused at once."""
+        now = self.context.clock.now()
+        row = self._bound_query.first({"fingerprint": client_bindings.fingerprint(der)})
+        reason = client_bindings.refusal(row, now)
+        if reason is not None or row is None:
+            raise InvalidClientCertificateError(reason)
+        client_id, name, status, role, cas, profiles, created_at = row[2:9]
+        return ClientInfo(client_id, name, status, role, tuple(cas or ()), tuple(profiles or ()),
+                          created_at)
+
+    def grant_by_certificate(self, client_id: str, der: bytes) -> AccessGrant:
+        """The client-credentials grant for a client that authenticated with its TLS client
+        certificate (RFC 8705 2.1 tls_client_auth): ``der`` must be bound to ``client_id``;
+        InvalidClientCertificateError otherwise (:meth:`by_certificate`'s refusals, or a
+        certificate bound to another client)."""
+        client = self.by_certificate(der)
+        if not hmac.compare_digest(client.client_id.encode(), client_id.encode()):
+            raise InvalidClientCertificateError("the client certificate is bound to another "
+                                                "client")
+        return self._mint(client)
+
+    @cached_property
+    def _bound_query(self) -> HotQuery:
+        return self.context.hot_query(client_bindings.BOUND_CLIENT_QUERY)

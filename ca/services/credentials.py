@@ -24,7 +24,7 @@ from ca.errors import (CredentialDisabledError, CredentialError, CredentialNotFo
                        NotFoundError)
 from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
-from ca.services.clients import ClientInfo
+from ca.services.clients import ClientInfo, PendingToken
 from ca.services.context import ServiceContext, as_json
 from ca.services.credential_common import Activation, CredentialInfo, SignatureRecordInfo
 from ca.services.remote_signing import RemoteSigning
@@ -79,7 +79,7 @@ class Credentials:
         """CSC credentials/extendTransaction: a new SAD, the old one invalid."""
         return self.remote.extend(client, credential_id, sad)
 
-    def sign_hashes(self, client: ClientInfo, credential_id: str, sad: str,
+    def sign_hashes(self, client: ClientInfo | PendingToken, credential_id: str, sad: str,
                     hashes: Sequence[bytes], hash_algorithm_oid: str | None,
                     sign_algorithm_oid: str, sign_parameters: bytes | None = None) -> list[bytes]:
         """CSC signatures/signHash: one signature per hash, each logged durably first."""

@@ -31,7 +31,7 @@ from ca.errors import CredentialError, InvalidOtpError, InvalidPinError, Invalid
 from ca.keys.base import PublicKey, SigningKey
 from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
-from ca.services.clients import ClientInfo
+from ca.services.clients import ClientInfo, PendingToken
 from ca.services.context import ServiceContext, as_json
 from ca.services.sign_path import SignPath
 from ca.services.subscriber_keys import SubscriberKeys
@@ -203,22 +203,24 @@ class RemoteSigning:
 
     # --- signatures/signHash --------------------------------------------------------------
 
-    def sign_hashes(self, client: ClientInfo, credential_id: str, sad: str,
+    def sign_hashes(self, client: ClientInfo | PendingToken, credential_id: str, sad: str,
                     hashes: Sequence[bytes], hash_algorithm_oid: str | None,
                     sign_algorithm_oid: str, sign_parameters: bytes | None = None) -> list[bytes]:
         """One signature per hash, in order, each in the signature log before it is returned
         (see the module's docstring for the order and what a failed signing leaves).
 
         A request that passes takes the hot path (ca.services.sign_path: one transaction of
-        prebuilt statements); any other gets its refusal from the ORM path below."""
+        prebuilt statements, which checks a PendingToken too); any other gets its refusal
+        from the ORM path below, after the token's own (InvalidTokenError, ExpiredTokenError)."""
         now = self.context.clock.now()
-        granted = self.sign_path.grant(client.client_id, credential_id, sad, hashes,
-                                       hash_algorithm_oid, sign_algorithm_oid, sign_parameters,
-                                       now)
+        granted = self.sign_path.grant(client, credential_id, sad, hashes, hash_algorithm_oid,
+                                       sign_algorithm_oid, sign_parameters, now)
         if granted is not None:
             return self._sign(granted.key_uri, granted.public_key, granted.scheme,
-                              granted.digests, credential_id, client.name, granted.authority,
-                              granted.serial_hex, granted.record_ids)
+                              granted.digests, credential_id, granted.client,
+                              granted.authority, granted.serial_hex, granted.record_ids)
+        if isinstance(client, PendingToken):
+            client = client.client()
         with self.context.transaction() as session:
             api = common.client_row(session, client)
             row = common.granted(session, api, credential_id)
@@ -251,8 +253,8 @@ class RemoteSigning:
               record_ids: list[int]) -> list[bytes]:
         """The HSM's signatures of the recorded ``digests``; a failure is audited."""
         signatures: list[bytes] = []
-        try:
-            signer = self._signer(key_uri, public)
+        try:  # a cold key unwraps at its first signature, which checks it
+            signer = self.subscriber_keys.signer(key_uri, public, unwrap_now=False)
             for digest in digests:
                 signatures.append(scheme.sign(signer.private_key, digest))
         except Exception as exc:

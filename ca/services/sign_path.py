@@ -32,12 +32,13 @@ from sqlalchemy import and_, bindparam, insert, select, update
 from ca.errors import InvalidSadError
 from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
+from ca.services.clients import ClientInfo, PendingToken
 from ca.services.context import ServiceContext
 from ca.store.group_commit import GroupCommitter
 from ca.store.hot_tx import HotStatement, HotTransaction
-from ca.store.models import (ISSUED, ActivationHash, ApiClient, Authority, Certificate,
-                             CredentialClient, SignatureActivation, SignatureRecord,
-                             SigningCredential)
+from ca.store.models import (ISSUED, AccessToken, ActivationHash, ApiClient, Authority,
+                             Certificate, CredentialClient, SignatureActivation,
+                             SignatureRecord, SigningCredential)
 
 SIGN_WAIT = 5.0  # seconds a signHash waits at most for a lock held elsewhere
 _PUBLIC_KEYS_KEPT = 10_000
@@ -84,20 +85,24 @@ class SignPath:
     @cached_property
     def _statements(self) -> tuple[HotStatement, ...]:
         k, c, a, s = SigningCredential, Certificate, Authority, SignatureActivation
-        find = (select(ApiClient.id, ApiClient.name, ApiClient.status, k.id, k.credential_id,
-                       k.user_id, k.status, k.locked_at, c.id, c.status, c.not_before,
-                       c.not_after, c.key_uri, c.serial_hex, a.name, s.id, s.status,
-                       s.revoked_at, s.expires_at, s.signatures_used, s.num_signatures,
-                       s.hash_algorithm_oid)
-                .select_from(ApiClient)
-                .join(CredentialClient, CredentialClient.client_pk == ApiClient.id)
-                .join(k, k.id == CredentialClient.credential_pk)
-                .join(c, c.id == k.certificate_id)
-                .join(a, a.id == c.issuer_id)
-                .join(s, and_(s.credential_pk == k.id, s.client_pk == ApiClient.id,
-                              s.sad_hash == bindparam("sad_hash")))
-                .where(ApiClient.client_id == bindparam("client_id"),
-                       k.credential_id == bindparam("credential_id")))
+        t = AccessToken
+        found = (select(ApiClient.id, ApiClient.name, ApiClient.status, k.id, k.credential_id,
+                        k.user_id, k.status, k.locked_at, c.id, c.status, c.not_before,
+                        c.not_after, c.key_uri, c.serial_hex, a.name, s.id, s.status,
+                        s.revoked_at, s.expires_at, s.signatures_used, s.num_signatures,
+                        s.hash_algorithm_oid)
+                 .select_from(ApiClient)
+                 .join(CredentialClient, CredentialClient.client_pk == ApiClient.id)
+                 .join(k, k.id == CredentialClient.credential_pk)
+                 .join(c, c.id == k.certificate_id)
+                 .join(a, a.id == c.issuer_id)
+                 .join(s, and_(s.credential_pk == k.id, s.client_pk == ApiClient.id,
+                               s.sad_hash == bindparam("sad_hash")))
+                 .where(k.credential_id == bindparam("credential_id")))
+        by_client = found.where(ApiClient.client_id == bindparam("client_id"))
+        # the bearer token checked in the same query (a PendingToken): no query of its own
+        by_token = found.add_columns(t.revoked_at, t.expires_at).join(
+            t, t.client_pk == ApiClient.id).where(t.token_hash == bindparam("token_hash"))
         der = select(c.der).where(c.id == bindparam("certificate_pk"))
         use = update(ActivationHash).where(
             ActivationHash.activation_pk == bindparam("activation_pk"),
@@ -116,30 +121,37 @@ class SignPath:
             sign_algorithm_oid=bindparam("sign_algorithm_oid"),
             activation_pk=bindparam("activation_pk")).returning(r.id)
         tx = self._tx
-        return tuple(tx.statement(q) for q in (find, der, use, count, record))
+        return tuple(tx.statement(q) for q in (by_client, by_token, der, use, count, record))
 
-    def grant(self, client_id: str, credential_id: str, sad: str, hashes: Sequence[bytes],
-              hash_algorithm_oid: str | None, sign_algorithm_oid: str,
-              sign_parameters: bytes | None, now: datetime) -> Granted | None:
+    def grant(self, client: ClientInfo | PendingToken, credential_id: str, sad: str,
+              hashes: Sequence[bytes], hash_algorithm_oid: str | None,
+              sign_algorithm_oid: str, sign_parameters: bytes | None,
+              now: datetime) -> Granted | None:
         """The request checked, its hashes marked used and counted, its records inserted and
-        committed (shared with concurrent requests); None when the ORM path must answer."""
-        job = Job(self.work(client_id, credential_id, sad, hashes, hash_algorithm_oid,
-                             sign_algorithm_oid, sign_parameters, now))
+        committed (shared with concurrent requests); None when the ORM path must answer.
+        ``client``: the client a bearer token was verified for, or a PendingToken, checked
+        here (active, not revoked, not expired) with everything else."""
+        job = Job(self.work(client, credential_id, sad, hashes, hash_algorithm_oid,
+                            sign_algorithm_oid, sign_parameters, now))
         self._committer.submit(job)
         if job.error is not None:
             raise job.error
         return job.result
 
-    def work(self, client_id: str, credential_id: str, sad: str, hashes: Sequence[bytes],
-             hash_algorithm_oid: str | None, sign_algorithm_oid: str,
-             sign_parameters: bytes | None, now: datetime
+    def work(self, client: ClientInfo | PendingToken, credential_id: str, sad: str,
+             hashes: Sequence[bytes], hash_algorithm_oid: str | None,
+             sign_algorithm_oid: str, sign_parameters: bytes | None, now: datetime
              ) -> Callable[[Any], Granted | None]:
         """One request's part of a batch's transaction (ca.store.hot_tx.HotTransaction.
         run_each runs it in its own savepoint)."""
-        find, der, use, count, record = self._statements
+        by_client, by_token, der, use, count, record = self._statements
+        if isinstance(client, PendingToken):
+            find, who = by_token, {"token_hash": client.token_hash}
+        else:
+            find, who = by_client, {"client_id": client.client_id}
 
         def work(cursor: Any) -> Granted | None:
-            find.run(cursor, {"client_id": client_id, "credential_id": credential_id,
+            find.run(cursor, {**who, "credential_id": credential_id,
                               "sad_hash": common.sad_digest(sad)})
             rows = find.rows(cursor)
             if len(rows) != 1:
@@ -147,7 +159,9 @@ class SignPath:
             (_, client_name, client_status, _, cred_id, user_id, cred_status, locked_at,
              cert_pk, cert_status, not_before, not_after, key_uri, serial_hex, authority,
              activation_pk, sad_status, revoked_at, expires_at, used, allowed,
-             sad_hash_oid) = rows[0]
+             sad_hash_oid, *token) = rows[0]
+            if token and (token[0] is not None or token[1] <= now):
+                return None  # a revoked or expired token: Clients.verify says which
             if (client_status != "active" or cred_status != "active" or locked_at is not None
                     or cert_status != ISSUED or not not_before <= now <= not_after
                     or sad_status != "authorized" or revoked_at is not None

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from functools import cached_property
 from typing import Sequence
 
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import bindparam, select
 
 from ca.errors import KeyBackendError, KeyNotFoundError
 from ca.keys.base import KeySpec, KeyWrapping, PublicKey, SigningKey
@@ -28,6 +30,7 @@ from ca.keys.wrapping import key_wrapping
 from ca.services.context import ServiceContext, as_json
 from ca.settings import key_cache_size
 from ca.store import queries
+from ca.store.hot import HotQuery
 from ca.store.models import SubscriberKey
 
 
@@ -88,11 +91,14 @@ class SubscriberKeys:
                                                                   now=False), public))
         return keys
 
-    def signer(self, key_uri: str, public: PublicKey | None = None) -> SigningKey:
+    def signer(self, key_uri: str, public: PublicKey | None = None, *,
+               unwrap_now: bool = True) -> SigningKey:
         """The key a certificate's ``key_uri`` names, ready to sign: a wrapped key (its row
         read and unwrapped once per process, then cached) or a token object (``pkcs11:`` or a
         label, through the key backend). ``public``: the certificate's public key; a key
-        that is not its key is refused (KeyBackendError)."""
+        that is not its key is refused (KeyBackendError). ``unwrap_now=False`` (signHash):
+        a wrapped key is unwrapped at its first signature, which is then verified against
+        the public key instead of a test signature made on the HSM first."""
         key_id = wrapped_key_id(key_uri)
         if key_id is None:
             return self.context.keys.load(key_uri, public)
@@ -101,7 +107,8 @@ class SubscriberKeys:
             if entry is not None:
                 self._signers.move_to_end(key_id)
         if entry is None:
-            entry = _Cached(self._load(key_id, key_uri))
+            entry = _Cached(self._load(key_id, key_uri, public, unwrap_now))
+            entry.matched = public
             with self._lock:
                 self._signers[key_id] = entry
                 while len(self._signers) > self.cache_size:
@@ -113,20 +120,33 @@ class SubscriberKeys:
             entry.matched = public  # the signHash path hands the same parsed key each time
         return entry.key
 
-    def _load(self, key_id: int, key_uri: str) -> SigningKey:
-        with self.context.read() as session:
-            row = session.get(SubscriberKey, key_id)
-            if row is None:
-                raise KeyNotFoundError(f"no subscriber key {key_uri}")
-            kek_label, spec_text, der, blob = row.kek_label, row.spec, row.public_key_der, \
-                row.wrapped
+    def _load(self, key_id: int, key_uri: str, public: PublicKey | None,
+              unwrap_now: bool) -> SigningKey:
+        """The row read (one prebuilt query, no ORM session: signHash's cold keys) and its
+        key unwrapped; ``public``, when given, must be the row's public key."""
+        row = self._row_query.first({"key_id": key_id})
+        if row is None:
+            raise KeyNotFoundError(f"no subscriber key {key_uri}")
+        kek_label, spec_text, der, blob = row
         wrapping = self.wrapping
         if kek_label != wrapping.kek_label:
             raise KeyBackendError(f"key {key_uri} is wrapped under {kek_label!r}, not under "
                                   f"this backend's {wrapping.kek_label!r}")
-        public: PublicKey = serialization.load_der_public_key(der)  # type: ignore[assignment]
+        if public is None:
+            public = serialization.load_der_public_key(der)  # type: ignore[assignment]
+        elif public_key_der(public) != der:
+            raise KeyBackendError(f"key {key_uri} is not the key of the certificate it was "
+                                  "loaded for")
+        assert public is not None
         spec = KeySpec.parse(spec_text)
-        return SigningKey(key_uri, spec, wrapping.unwrap(blob, spec, public), public)
+        return SigningKey(key_uri, spec, wrapping.unwrap(blob, spec, public, now=unwrap_now),
+                          public)
+
+    @cached_property
+    def _row_query(self) -> HotQuery:
+        k = SubscriberKey
+        return self.context.hot_query(select(k.kek_label, k.spec, k.public_key_der, k.wrapped)
+                                      .where(k.id == bindparam("key_id")))
 
     def exists(self, key_uri: str) -> bool:
         """Whether ``key_uri`` names a stored wrapped key."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.sql import ClauseElement
 
-from ca.errors import DatabaseBusyError
+from ca.errors import DatabaseBusyError, StoreError
 from ca.store.db import SQLITE_BUSY_MS
 from ca.store.hot import _KeptConnections, retry_while_busy
 from ca.store.outage import DatabaseOutage, is_busy
@@ -119,10 +119,22 @@ class HotTransaction:
 
     def run_each(self, works: Sequence[Callable[[Any], Any]], *,
                  deadline: float | None = None) -> list[tuple[Any, Exception | None]]:
-        """Every work in one transaction, each in its own savepoint: a work that raises
-        (a refusal) undoes only its own changes; one commit covers the others. Returns
+        """Every work in one transaction, as if each ran in its own savepoint: a work that
+        raises (a refusal) undoes only its own changes; one commit covers the others. Returns
         (result, None) or (None, exception) per work, in order, once committed. A driver
-        error fails the whole transaction (raised, nothing committed)."""
+        error fails the whole transaction (raised, nothing committed).
+
+        Refusals are rare (two requests racing for one hash), so the batch first runs
+        without savepoints (two statements fewer per work); only when a work refuses is
+        that transaction rolled back and the batch run again, each work in a savepoint.
+        A work must therefore give the same answer when run again after a rollback."""
+        try:
+            return self.run(lambda cursor: [(work(cursor), None) for work in works],
+                            deadline=deadline)
+        except StoreError:
+            raise  # the database's failure, not a work's refusal
+        except Exception:  # noqa: BLE001 - a work refused: rolled back, each in a savepoint
+            pass
         errors = self._connections.errors
 
         def each(cursor: Any) -> list[tuple[Any, Exception | None]]:

@@ -230,6 +230,25 @@ class ApiClient(Base):
     disabled_at: Mapped[Optional[dt.datetime]] = mapped_column(UtcDateTime)
 
 
+class ClientCertificate(Base):
+    """A TLS client certificate bound to a registered client (`tincay client bind`): the client
+    may authenticate with it instead of its secret (RFC 8705 tls_client_auth). Kept by the
+    SHA-256 of its DER, the one thing a TLS handshake hands over that no other certificate
+    shares; issuer, serial and validity are kept for operators and for the expiry check, so
+    the certificate need not be parsed at every request. One certificate, one client."""
+
+    __tablename__ = "client_certificates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_pk: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    issuer: Mapped[str] = mapped_column(Text)
+    serial_hex: Mapped[str] = mapped_column(String(40))
+    not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    bound_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
 class IdempotencyKey(Base):
     """One ``Idempotency-Key`` a client sent with ``POST /api/v1/certificates``: a retry with
     the same key and body gets the certificate it names, never a second one. The unique

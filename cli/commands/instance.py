@@ -95,7 +95,8 @@ def demo(as_json: bool) -> None:
 @click.option("--maintenance-interval", type=DurationType(), default="5m", show_default=True,
               help="How often the maintenance process publishes due CRLs and OCSP answers.")
 @click.option("--no-maintenance", is_flag=True,
-              help="Serve only (another host runs tincay maintain).")
+              help="Serve only (another host runs tincay maintain); with --tls-self the "
+                   "maintenance process only renews that certificate.")
 @click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path),
               help="Serve HTTPS with this PEM certificate (then its CA chain).")
 @click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -108,10 +109,14 @@ def demo(as_json: bool) -> None:
 @click.option("--tls-name", "tls_names", multiple=True,
               help="A DNS name the --tls-self certificate names (repeatable) "
                    "[TINCAY_PUBLIC_URL's host].")
+@click.option("--client-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ask TLS clients for a certificate issued under these PEM CA certificates "
+                   "(API clients bound with `tincay client bind` log in with it) "
+                   "[with --tls-self: tincay's own CAs; with --certfile: none asked].")
 def serve(host: str, port: int, workers: int | None, worker_class: str, threads: int,
           maintenance_interval: timedelta, no_maintenance: bool, certfile: Path | None,
           keyfile: Path | None, tls_self: bool, tls_ca: str | None,
-          tls_names: tuple[str, ...]) -> None:
+          tls_names: tuple[str, ...], client_ca: Path | None) -> None:
     """Serve OCSP, time-stamps, CRLs, CA certificates and the APIs under gunicorn, with a
     maintenance process that keeps CRLs and pre-produced OCSP answers fresh."""
     from ca.settings import service_variables
@@ -125,6 +130,8 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         raise click.UsageError("--certfile and --keyfile go together")
     if (tls_ca or tls_names) and not tls_self:
         raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
+    if client_ca is not None and not (tls_self or certfile):
+        raise click.UsageError("--client-ca needs TLS: --certfile and --keyfile, or --tls-self")
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     app = app_context()
@@ -133,23 +140,38 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         from cli.tls import check_pair
 
         check_pair(certfile, keyfile)
+    if client_ca is not None:
+        from cli.tls import check_client_ca
+
+        check_client_ca(client_ca)
+    renewal: list[str] = []
     if tls_self:
-        certfile, keyfile = _self_issued(app, host, tls_ca, tls_names)
+        certfile, keyfile, renewal = _self_issued(app, host, tls_ca, tls_names)
+        if client_ca is None:
+            from cli.tls import own_ca_bundle
+
+            client_ca = own_ca_bundle(app.service, app.settings.home)
+    if client_ca is not None:
+        progress(f"TLS: asking clients for a certificate under {client_ca}")
     app.close()
     check_free(host, port)  # before saying we serve there
     scheme = "https" if certfile else "http"
     progress(f"serving on {scheme}://{host}:{port} "
              f"(TINCAY_PUBLIC_URL={app.settings.public_url})")
+    if renewal and no_maintenance:  # the certificate is still renewed, nothing published
+        renewal.append("--tls-only")
     run_server(host, port, workers, threads,
-               maintenance=None if no_maintenance else maintenance_interval,
+               maintenance=None if no_maintenance and not renewal else maintenance_interval,
                worker_class=worker_class, limits=limits,
                certfile=str(certfile) if certfile else None,
-               keyfile=str(keyfile) if keyfile else None)
+               keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal,
+               client_ca=str(client_ca) if client_ca else None)
 
 
 def _self_issued(app: Any, host: str, tls_ca: str | None,
-                 tls_names: tuple[str, ...]) -> tuple[Path, Path]:
-    """--tls-self: the stored certificate and key, issued or renewed first if need be."""
+                 tls_names: tuple[str, ...]) -> tuple[Path, Path, list[str]]:
+    """--tls-self: the stored certificate and key, issued or renewed first if need be, and
+    the maintenance process's arguments that renew them while the server runs."""
     from cli.tls import issuing_ca, self_issued, tls_hosts
 
     hosts = [n.lower() for n in tls_names] or tls_hosts(app.settings.public_url, host)
@@ -158,4 +180,5 @@ def _self_issued(app: Any, host: str, tls_ca: str | None,
     what = "issued" if pair.issued else "reusing"
     progress(f"TLS: {what} a {ca} certificate for {', '.join(hosts)} until "
              f"{pair.not_after:%Y-%m-%d} ({pair.certfile})")
-    return pair.certfile, pair.keyfile
+    return pair.certfile, pair.keyfile, ["--tls-ca", ca, *(
+        argument for name in hosts for argument in ("--tls-name", name))]

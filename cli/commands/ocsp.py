@@ -59,26 +59,67 @@ def renew_units(app: Any) -> list[str]:
     return renewed
 
 
+def renew_tls(app: Any, ca: str, names: tuple[str, ...], reload_pid: int | None) -> list[str]:
+    """The --tls-self certificate renewed when due (cli.tls.self_issued: past two thirds of
+    its validity, or no longer for these names or this CA); then SIGHUP to the server's
+    arbiter, whose new workers load the new pair while the old ones finish their
+    connections. Lets `tincay serve --tls-self` run for years without a restart."""
+    import os
+    import signal
+
+    from cli.tls import self_issued
+
+    pair = self_issued(app.service, app.settings.home, list(names), ca)
+    if not pair.issued:
+        return []
+    if reload_pid is not None:
+        os.kill(reload_pid, signal.SIGHUP)
+    return [f"TLS certificate for {', '.join(names)} (until {pair.not_after:%Y-%m-%d})"]
+
+
 @click.command()
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
 @click.option("--interval", type=DurationType(), default="5m", show_default=True,
               help="Time between passes.")
+@click.option("--tls-ca", help="Renew the `tincay serve --tls-self` certificate from this CA "
+                               "when it is due (with --tls-name).")
+@click.option("--tls-name", "tls_names", multiple=True,
+              help="A DNS name that certificate names (repeatable).")
+@click.option("--reload-pid", type=int,
+              help="After renewing it, send SIGHUP to this gunicorn arbiter (tincay serve "
+                   "passes its own) so that new workers serve the new certificate.")
+@click.option("--tls-only", is_flag=True,
+              help="Only renew that certificate: publish nothing (tincay serve "
+                   "--no-maintenance --tls-self runs this).")
 @json_option
-def maintain(once: bool, interval: timedelta, as_json: bool) -> None:
+def maintain(once: bool, interval: timedelta, tls_ca: str | None, tls_names: tuple[str, ...],
+             reload_pid: int | None, tls_only: bool, as_json: bool) -> None:
     """Publish the CRLs and sign the OCSP answers that are due (tincay serve runs this)."""
     import logging
     import signal
     import threading
 
-    from cli.maintenance import run_forever, run_once
+    from cli.maintenance import MaintenanceReport, run_forever, run_once
+
+    if bool(tls_ca) != bool(tls_names) or (tls_only and not tls_ca):
+        raise click.UsageError("--tls-ca and --tls-name go together (and with --tls-only)")
+
+    def renew(app: Any) -> list[str]:
+        renewed = renew_units(app)
+        if tls_ca:
+            renewed += renew_tls(app, tls_ca, tls_names, reload_pid)
+        return renewed
 
     def one_pass() -> Any:
         app = app_context()
+        if tls_only:
+            assert tls_ca is not None
+            return MaintenanceReport(renewed=renew_tls(app, tls_ca, tls_names, reload_pid))
         return run_once(app.service.publication,
                         lambda: preproducer().refresh(),  # built after the renewals
                         lambda: app.service.listings.expiring_authorities(
                             app.settings.ca_expiry_warning),
-                        lambda: renew_units(app))
+                        lambda: renew(app))
 
     if once:
         report = one_pass()
