@@ -167,6 +167,8 @@ def test_a_clean_batch_exits_zero_and_refuses_mixed_options(
     assert "issuing rows.txt" in cli.err  # the progress bar, on stderr
     cli("issue", "--ca", name, "--batch", str(batch), "--profile", "clinician", code=2)
     assert "--batch takes" in cli.err
+    cli("issue", "--ca", name, "--batch", str(batch), "--results", str(batch), code=2)
+    assert "overwrite the batch file" in cli.err and batch.read_text(encoding="utf-8")
     cli("issue", "--ca", "nope", "--batch", str(batch), code=1)
     assert "no CA named 'nope'" in cli.err and "Traceback" not in cli.err
     # a CSV without a subject column, a line that is not JSON: each row names its fault

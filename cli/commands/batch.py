@@ -27,6 +27,9 @@ def run_batch(kind: str, ca: str, batch: Path, results: Path | None,
     from ca.services.batch_files import count_rows, detect_format
 
     if results is not None:
+        if results.resolve() == batch.resolve():
+            raise click.UsageError("--results would overwrite the batch file: give another "
+                                   "file")
         check_writable(str(results))
     app = app_context()
     total = count_rows(batch, detect_format(batch))
