@@ -79,34 +79,39 @@ def _rates(service: Any, n: int, source: Any, subject: Any) -> tuple[float, floa
     return tenth / (marks[1] - marks[0]), tenth / (marks[-1] - marks[-2]), uris
 
 
+def fresh_token(home: Path, label: str) -> str:
+    """A new SoftHSM token ``label`` in ``home`` (this process's SOFTHSM2_CONF); its PIN."""
+    from ca.keys import softhsm
+
+    conf = softhsm.write_config(home)
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # read when the SoftHSM library loads
+    pin = secrets.token_hex(8)
+    softhsm.init_token(conf, label, pin, secrets.token_hex(8))
+    return pin
+
+
 def run(quick: bool = False) -> None:
     n = int(os.environ.get("BENCH_SUBSCRIBER_KEYS") or (10_000 if quick else 100_000))
     with tempfile.TemporaryDirectory(prefix="tincay-bench-keys-") as tmp:
-        from ca.keys import softhsm
-
         home = Path(tmp)
-        conf = softhsm.write_config(home)
-        os.environ["SOFTHSM2_CONF"] = str(conf)  # read when the SoftHSM library loads
-        pin = secrets.token_hex(8)
-        softhsm.init_token(conf, "bench-keys", pin, secrets.token_hex(8))
+        pin = fresh_token(home, "bench-keys")
         baseline = int(os.environ.get("BENCH_SUBSCRIBER_KEYS_BASELINE") or min(n // 10, 1000))
         _run(n, baseline, home, pin)
 
 
-def _run(n: int, baseline: int, home: Path, pin: str) -> None:
-    from pkcs11 import Attribute
-
+def bench_ca(home: Path, token: str, pin: str) -> tuple[Any, Any, Any]:
+    """(service, key backend, engine): a root and an issuing CA ``ca``, both P-256 on the
+    SoftHSM token ``token``, over a fresh SQLite database in ``home`` (bench/batch_issue.py
+    measures on the same set-up)."""
     from ca.clock import SystemClock
     from ca.hierarchy import load_hierarchy
-    from ca.keys.base import KeySpec
     from ca.keys.pkcs11 import Pkcs11Backend
     from ca.profiles import load_profiles
-    from ca.services import CertificateAuthority, KeySource
+    from ca.services import CertificateAuthority
     from ca.settings import PinSource, find_softhsm_module
     from ca.store.db import create_engine_for, make_session_factory, migrate
-    from ca.subject import parse_subject
 
-    keys = Pkcs11Backend(find_softhsm_module(), "bench-keys", PinSource({"TINCAY_PKCS11_PIN": pin}))
+    keys = Pkcs11Backend(find_softhsm_module(), token, PinSource({"TINCAY_PKCS11_PIN": pin}))
     engine = create_engine_for(f"sqlite:///{home / 'bench.db'}", create=True)
     migrate(engine)
     profiles = load_profiles(REPO / "profiles")
@@ -121,6 +126,17 @@ def _run(n: int, baseline: int, home: Path, pin: str) -> None:
              "subject": "C=VN, O=Bệnh viện Quận 11, CN=Bench Issuing CA"}],
     }, profiles)
     service.authorities.init_hierarchy(spec)
+    return service, keys, engine
+
+
+def _run(n: int, baseline: int, home: Path, pin: str) -> None:
+    from pkcs11 import Attribute
+
+    from ca.keys.base import KeySpec
+    from ca.services import KeySource
+    from ca.subject import parse_subject
+
+    service, keys, engine = bench_ca(home, "bench-keys", pin)
 
     def token_objects() -> int:
         return keys.session.run(lambda s: len(list(s.get_objects({Attribute.TOKEN: True}))),

@@ -9,9 +9,11 @@ Issuance is split in two steps, after Boulder's issuance package:
   signature algorithm identifier. The service persists that TBS (and may lint the preview
   certificate) *before* the real signature exists, so a crash never leaves a signed certificate
   the database does not know.
-* :func:`sign` signs the same builder with the issuer's key (HSM or memory), checks that the TBS
-  is byte-for-byte the one prepared, and verifies the signature (an HSM fault must not leave the
-  building as a certificate).
+* :func:`sign` has the issuer's key (HSM or memory) sign the prepared TBS octets themselves and
+  frames them with the preview's signatureAlgorithm (what the builder would ask the key for,
+  without encoding the certificate twice), checks that the TBS is byte-for-byte the one
+  prepared, and verifies the signature (an HSM fault must not leave the building as a
+  certificate).
 
 Nothing here touches a database, a clock or the network: times, serials and URLs come in as
 arguments. The package imports no flask, sqlalchemy or click (a test keeps it so).

@@ -18,7 +18,8 @@ from ca.issuance.extensions import extensions
 from ca.issuance.keys import check_key
 from ca.issuance.request import CertificateRequest, IssuerInfo, PreparedCertificate, Urls
 from ca.issuance.serials import check_serial
-from ca.issuance.signature import lint_key, sign_builder, signature_params, verify_signature
+from ca.issuance.signature import (lint_key, sign_builder, sign_data, signature_params,
+                                   verify_signature, with_signature)
 
 
 def prepare(request: CertificateRequest, issuer: IssuerInfo,
@@ -64,14 +65,19 @@ def prepare(request: CertificateRequest, issuer: IssuerInfo,
 def sign(prepared: PreparedCertificate, issuer: IssuerInfo) -> x509.Certificate:
     """Sign exactly what :func:`prepare` built, with the issuer's real (HSM or memory) key.
 
-    Refuses a different issuer key, a TBS that differs from ``prepared.tbs_der`` (what the
-    service persisted) and a signature that does not verify. Key backend errors propagate.
+    The key signs the persisted TBSCertificate octets themselves, framed with the preview's
+    signatureAlgorithm: what ``CertificateBuilder.sign`` would ask the key for, without
+    encoding the certificate a second time (half the CPU of a batch's certificate). Refuses a
+    different issuer key, a TBS that differs from ``prepared.tbs_der`` (what the service
+    persisted) and a signature that does not verify. Key backend errors propagate.
     """
     if spki(issuer.key.public_key) != prepared.issuer_spki:
         raise IssuanceError(f"certificate {prepared.serial_hex} was prepared for another issuer "
                             f"key than {issuer.key.uri}")
-    cert = sign_builder(prepared.builder, issuer.key.private_key, prepared.hash_algorithm,
-                        prepared.rsa_padding)
+    signature = sign_data(issuer.key.private_key, prepared.tbs_der, prepared.hash_algorithm,
+                          prepared.rsa_padding)
+    cert = x509.load_der_x509_certificate(with_signature(prepared.preview, prepared.tbs_der,
+                                                         signature))
     if cert.tbs_certificate_bytes != prepared.tbs_der:
         raise IssuanceError(f"certificate {prepared.serial_hex}: the signed TBSCertificate "
                             "differs from the prepared one; refusing to hand it out")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from ca.der import SEQUENCE, read, tlv
 from ca.errors import IssuanceError, ProfileError
 from ca.keys.base import KeySpec, PrivateKey, PublicKey
 from ca.keys.memory import generate_private_key
@@ -73,6 +74,34 @@ def sign_builder(builder: x509.CertificateBuilder, key: PrivateKey,
     if rsa_padding is not None:
         return builder.sign(key, algorithm, rsa_padding=rsa_padding)  # type: ignore[arg-type]
     return builder.sign(key, algorithm)  # type: ignore[arg-type]
+
+
+def sign_data(key: PrivateKey, data: bytes, algorithm: hashes.HashAlgorithm | None,
+              rsa_padding: padding.AsymmetricPadding | None) -> bytes:
+    """``key``'s signature over ``data`` as a certificate carries it: what
+    ``CertificateBuilder.sign`` asks the key for over the TBSCertificate it encoded."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        assert rsa_padding is not None and algorithm is not None
+        return key.sign(data, rsa_padding, algorithm)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        assert algorithm is not None
+        return key.sign(data, ec.ECDSA(algorithm))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    raise IssuanceError(f"cannot sign with {type(key).__name__}")  # pragma: no cover
+
+
+def with_signature(preview: x509.Certificate, tbs_der: bytes, signature: bytes) -> bytes:
+    """The DER of ``preview`` (signed by a lint key over ``tbs_der``) with ``signature`` in
+    place of the lint key's: the same TBSCertificate and signatureAlgorithm octets, re-framed
+    (RFC 5280 4.1: SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue })."""
+    der = preview.public_bytes(serialization.Encoding.DER)
+    _, start, end = read(der, 0, len(der))
+    _, _, tbs_end = read(der, start, end)
+    if der[start:tbs_end] != tbs_der:
+        raise IssuanceError("the preview does not hold the prepared TBSCertificate")
+    _, _, algorithm_end = read(der, tbs_end, end)
+    return tlv(SEQUENCE, tbs_der, der[tbs_end:algorithm_end], tlv(0x03, b"\x00" + signature))
 
 
 def verify_signature(cert: x509.Certificate, public_key: PublicKey) -> None:

@@ -15,6 +15,7 @@
 - ``subscriber_keys`` subscribers' keys wrapped under the HSM's KEK, and signers for them
 - ``registration`` the registration API's state: issuance under an Idempotency-Key, cursor
                     pages of certificates and audit events
+- ``batch``         bulk issuance and revocation from a file, resumable (``--batch``)
 
 Each service owns its transactions. :class:`CertificateAuthority` builds them all over one
 context for the composition roots (the CLI, the app factory, ca.testing); a consumer keeps
@@ -37,6 +38,7 @@ from ca.services.results import (CertificateStatus, CrlInfo, IssuedCertificate, 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.profiles import ProfileSet
     from ca.services.authorities import Authorities
+    from ca.services.batch import Batch
     from ca.services.clients import Clients
     from ca.services.credentials import Credentials
     from ca.services.issuance import Issuance
@@ -50,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.subscriber_keys import SubscriberKeys
     from ca.services.token_log import TokenLog
 
-__all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
+__all__ = ["Authorities", "Batch", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
            "Credentials", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
            "Publication", "Reconciliation", "Registration", "Renewal", "Revocation",
@@ -60,7 +62,7 @@ __all__ = ["Authorities", "CertificateAuthority", "Clients", "CertificateStatus"
 
 # Each service's module is imported when first used: `tincay ca list` needs the listings, not
 # the issuance core, the CRL encoder or the hierarchy loader (bench/cli_startup.py).
-_MODULES = {"Authorities": "authorities", "Clients": "clients", "Credentials": "credentials",
+_MODULES = {"Authorities": "authorities", "Batch": "batch", "Clients": "clients", "Credentials": "credentials",
             "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
             "Reconciliation": "reconciliation", "Registration": "registration",
@@ -117,6 +119,7 @@ class CertificateAuthority:
         "Credentials", "subscriber_keys")
     registration: Registration = _Service(  # type: ignore[assignment]
         "Registration", "issuance", "revocation")
+    batch: Batch = _Service("Batch", "issuance", "revocation")  # type: ignore[assignment]
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from functools import cached_property
+from typing import Sequence
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, select
@@ -66,20 +67,29 @@ class SubscriberKeys:
         """A new subscriber key of ``spec``, stored wrapped; its ``key.generate`` audit event
         (with the key's URI and id, for ``tincay reconcile``) in the same transaction as its
         row. The signer unwraps at its first signature: issuance needs only the public key."""
+        return self.generate_many([spec], authority=authority)[0]
+
+    def generate_many(self, specs: Sequence[KeySpec], *, authority: str) -> list[SigningKey]:
+        """:meth:`generate` for each of ``specs``, their rows and events in one transaction
+        (``tincay issue --batch``: one commit, one fsync, per chunk of rows, not per key)."""
         context, wrapping = self.context, self.wrapping
-        public, blob = wrapping.generate(spec)
+        made = [(spec, *wrapping.generate(spec)) for spec in specs]
+        keys = []
         with context.transaction() as session:
-            row = SubscriberKey(kek_label=wrapping.kek_label, spec=str(spec),
-                                public_key_der=public_key_der(public), wrapped=blob,
-                                created_at=context.clock.now())
-            session.add(row)
-            session.flush()
-            key_id, uri = row.id, wrapped_uri(row.id)
-            queries.record_event(session, at=context.clock.now(), action="key.generate",
-                                 authority=authority,
-                                 details=as_json({"key_uri": uri, "spec": str(spec),
-                                                  "key_id": key_id, "wrapped": True}))
-        return SigningKey(uri, spec, wrapping.unwrap(blob, spec, public, now=False), public)
+            for spec, public, blob in made:
+                row = SubscriberKey(kek_label=wrapping.kek_label, spec=str(spec),
+                                    public_key_der=public_key_der(public), wrapped=blob,
+                                    created_at=context.clock.now())
+                session.add(row)
+                session.flush()
+                key_id, uri = row.id, wrapped_uri(row.id)
+                queries.record_event(session, at=context.clock.now(), action="key.generate",
+                                     authority=authority,
+                                     details=as_json({"key_uri": uri, "spec": str(spec),
+                                                      "key_id": key_id, "wrapped": True}))
+                keys.append(SigningKey(uri, spec, wrapping.unwrap(blob, spec, public,
+                                                                  now=False), public))
+        return keys
 
     def signer(self, key_uri: str, public: PublicKey | None = None, *,
                unwrap_now: bool = True) -> SigningKey:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cli.commands.batch import BATCH_HELP, issue_batch
 from cli.commands.ocsp import preproduce
 from cli.output import emit, emit_one, progress
 from cli.shell import (FORMATS, OutputError, app_context, check_writable,
@@ -20,8 +21,8 @@ from cli.shell import (FORMATS, OutputError, app_context, check_writable,
 
 @click.command()
 @click.option("--ca", "ca_name", required=True, help="The issuing CA.")
-@click.option("--profile", "profile_name", required=True, help="Certificate profile.")
-@click.option("--subject", required=True,
+@click.option("--profile", "profile_name", help="Certificate profile.")
+@click.option("--subject",
               help="Subject, e.g. 'CN=Nguyễn Văn A,UID=CCCD:012345678901,C=VN'.")
 @click.option("--csr", "csr_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PKCS#10 request (PEM or DER); only its public key is used.")
@@ -37,13 +38,39 @@ from cli.shell import (FORMATS, OutputError, app_context, check_writable,
 @click.option("--email", "emails", multiple=True, help="rfc822Name SAN (repeatable).")
 @click.option("--dns", "dns_names", multiple=True, help="dNSName SAN (repeatable).")
 @click.option("--days", type=click.IntRange(min=1), help="Validity in days (profile default).")
-@click.option("--out", required=True, help="Where to write the certificate (PEM), - for stdout.")
+@click.option("--out", help="Where to write the certificate (PEM), - for stdout.")
+@click.option("--batch", "batch_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Issue one certificate per row of this file instead: columns profile, "
+                   "subject, and key_type (made on the HSM, wrapped) or csr (PEM text or a "
+                   "path relative to the file); optional email, dns (';'-separated) and days. "
+                   + BATCH_HELP + " A rerun issues only the rows not issued before.")
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --batch: one line per row (row, serial, status issued / "
+                   "already-issued / error, field, error), in the batch file's format.")
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=200, show_default=True,
+              help="With --batch: rows persisted (and then recorded) per transaction.")
 @json_option
-def issue(ca_name: str, profile_name: str, subject: str, csr_file: Path | None,
+def issue(ca_name: str, profile_name: str | None, subject: str | None, csr_file: Path | None,
           generate_key: bool, key_type: str | None, key_storage: str | None,
-          emails: tuple[str, ...],
-          dns_names: tuple[str, ...], days: int | None, out: str, as_json: bool) -> None:
-    """Issue a certificate from a profile, for a CSR or a key generated on the HSM."""
+          emails: tuple[str, ...], dns_names: tuple[str, ...], days: int | None,
+          out: str | None, batch_file: Path | None, results: Path | None, batch_size: int,
+          as_json: bool) -> None:
+    """Issue a certificate from a profile, for a CSR or a key generated on the HSM; or, with
+    --batch, one per row of a file (exit status 1 if any row failed)."""
+    if batch_file is not None:
+        if profile_name or subject or csr_file or generate_key or key_type or key_storage \
+                or emails or dns_names or days or out or as_json:
+            raise click.UsageError("--batch takes its profile, subject, keys and SANs from "
+                                   "the file: give only --ca, --results and --batch-size")
+        issue_batch(ca_name, batch_file, results, batch_size)
+        return
+    if results is not None:
+        raise click.UsageError("--results goes with --batch")
+    for option, value in (("--profile", profile_name), ("--subject", subject), ("--out", out)):
+        if value is None:
+            raise click.UsageError(f"Missing option '{option}' (or give --batch FILE).")
+    assert profile_name is not None and subject is not None and out is not None
     from ca import issuance
     from ca.errors import CSRError
     from ca.keys.base import KeySpec

@@ -6,10 +6,12 @@ Revocation and release refresh the serial's pre-produced OCSP answer at once
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
+from cli.commands.batch import BATCH_HELP, revoke_batch
 from cli.commands.ocsp import preproduce
 from cli.output import emit_one
 from cli.params import DurationType
@@ -17,17 +19,36 @@ from cli.shell import FORMATS, app_context, aware, json_option, write_output
 
 
 @click.command()
-@click.argument("serial")
+@click.argument("serial", required=False)
 @click.option("--ca", "ca_name", required=True, help="The CA that issued the certificate.")
-@click.option("--reason", required=True,
+@click.option("--reason",
               help="RFC 5280 reason: unspecified, keyCompromise, cACompromise, "
                    "affiliationChanged, superseded, cessationOfOperation, certificateHold, "
                    "privilegeWithdrawn, aACompromise.")
 @click.option("--invalidity-date", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="When the key is known or suspected to have been compromised (UTC).")
+@click.option("--batch", "batch_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Revoke the certificate of each row of this file instead: columns serial "
+                   "(hex), reason, optional invalidity_date (ISO 8601, UTC). " + BATCH_HELP)
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --batch: one line per row (row, serial, status revoked / "
+                   "already-revoked / error, field, error), in the batch file's format.")
 @json_option
-def revoke(serial: str, ca_name: str, reason: str, invalidity_date: Any, as_json: bool) -> None:
-    """Revoke a certificate (SERIAL in hex as `openssl x509 -serial` prints it)."""
+def revoke(serial: str | None, ca_name: str, reason: str | None, invalidity_date: Any,
+           batch_file: Path | None, results: Path | None, as_json: bool) -> None:
+    """Revoke a certificate (SERIAL in hex as `openssl x509 -serial` prints it), or with
+    --batch those a file lists (exit status 1 if any row failed)."""
+    if batch_file is not None:
+        if serial or reason or invalidity_date or as_json:
+            raise click.UsageError("--batch takes serials and reasons from the file: give "
+                                   "only --ca and --results")
+        revoke_batch(ca_name, batch_file, results)
+        return
+    if results is not None:
+        raise click.UsageError("--results goes with --batch")
+    if serial is None or reason is None:
+        raise click.UsageError("give SERIAL and --reason (or --batch FILE)")
     record = app_context().service.revocation.revoke(ca_name, serial, reason,
                                                      invalidity_date=aware(invalidity_date))
     preproduce(ca_name, record["serial"])
