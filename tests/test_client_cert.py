@@ -348,3 +348,35 @@ def test_certificate_client_reads_the_environ(database_url: str, profiles: Any, 
         world.service.close()
         world.engine.dispose()
 
+
+
+@pytest.mark.softhsm
+def test_the_registration_api_takes_the_certificate_per_request(served: Served,
+                                                                tmp_path: Path) -> None:
+    """No token at all: the registration API authenticates each request by the connection's
+    bound client certificate (bound after the server started: read at every call); an unbound
+    one is a 401 problem, and a bearer token sent beside a certificate is the one that counts."""
+    pair = _client_pair(tmp_path, "hr-auditor", served.env)
+    served.tincay("client", "add", "hr-auditor", "--role", "auditor", "--cert-file",
+                  str(pair.cert))
+
+    def get(path: str, pair: Pair | None, headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], dict]:
+        connection = _Pinned(TLS_HOST, served.port, timeout=10, context=served.context(pair))
+        try:
+            connection.request("GET", path, headers=headers or {})
+            reply = connection.getresponse()
+            return reply.status, dict(reply.getheaders()), json.loads(reply.read())
+        finally:
+            connection.close()
+
+    status, _, cas = get("/api/v1/cas", pair)
+    assert status == 200 and "issuing-ca" in [ca["name"] for ca in cas["items"]], cas
+    status, _, audit = get("/api/v1/audit", pair)
+    assert status == 200, audit
+    for refused in (served.pairs["unbound"], None):
+        status, head, problem = get("/api/v1/cas", refused)
+        assert status == 401 and head["Content-Type"] == "application/problem+json", problem
+        assert head["WWW-Authenticate"].startswith("Bearer ")
+    status, _, problem = get("/api/v1/cas", pair, {"Authorization": "Bearer tct_nonsense"})
+    assert status == 401, problem  # the token sent is judged, not the certificate

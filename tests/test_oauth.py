@@ -517,14 +517,14 @@ def test_client_commands(softhsm_env: dict[str, str], tmp_path: Path,
     monkeypatch.setenv("TINCAY_DATABASE_URL", url)
     monkeypatch.setenv("TINCAY_PUBLIC_URL", "http://127.0.0.1:8080")
     cli = Cli(capsys)
-    added = cli.json("client", "add", "emr-q11", "--role", "signer", "--ca", "issuing-ca",
+    added = cli.json("client", "add", "emr-q11", "--role", "ra-officer", "--ca", "issuing-ca",
                      "--profile", "clinician", "--profile", "nurse")
     assert set(added) == {"name", "client_id", "client_secret"}
     assert added["name"] == "emr-q11" and len(added["client_secret"]) >= 40
     text = cli("client", "add", "school")
     assert "client_secret" in text and "only this once" in cli.err
     [emr, school] = cli.json("client", "list")
-    assert emr["name"] == "emr-q11" and emr["status"] == "active" and emr["role"] == "signer"
+    assert emr["name"] == "emr-q11" and emr["status"] == "active" and emr["role"] == "ra-officer"
     assert emr["cas"] == ["issuing-ca"] and emr["profiles"] == ["clinician", "nurse"]
     assert "client_secret" not in emr and added["client_secret"] not in json.dumps([emr, school])
     assert cli.json("client", "disable", "emr-q11")["status"] == "disabled"
@@ -537,6 +537,8 @@ def test_client_commands(softhsm_env: dict[str, str], tmp_path: Path,
         cli(*args, code=code)
         assert message in cli.err and "Traceback" not in cli.err
         assert len(cli.err.strip().splitlines()) == 1, cli.err
+    cli("client", "add", "typo", "--role", "ra-oficer", code=2)  # a role no API knows
+    assert "ra-officer" in cli.err and "Traceback" not in cli.err
     # TLS options that cannot work are refused before anything is served
     missing = str(tmp_path / "nope.pem")
     cli("serve", "--port", "9150", "--certfile", missing, "--keyfile", missing, code=1)

@@ -15,8 +15,11 @@ through: ``.../hold`` and ``.../release`` need none, and the core answers 400 to
 without one), 400 for a query string that does not parse; the bearer token (web/bearer.py,
 checked against the database by ca.services.clients.Clients.verify, so every worker honours
 and revokes the same tokens): a refused one is 401 with ``WWW-Authenticate: Bearer``, a
-database that cannot answer is 503 with ``Retry-After``. ``/api/v1/openapi.json`` needs no
-token.
+database that cannot answer is 503 with ``Retry-After``. A request without an
+``Authorization`` header over a TLS connection that presented a client certificate
+(web/client_cert.py: `tincay serve --client-ca`, or --tls-self) is the client that certificate
+is bound to (`tincay client bind`), checked at every call; a bound certificate never
+overrides a bearer token that is sent. ``/api/v1/openapi.json`` needs no token.
 
 Nothing here logs a request: bodies carry subjects' identity numbers, headers tokens.
 """
@@ -25,12 +28,13 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import parse_qs
 
 from ca.errors import ClientAuthError, StoreError
 from ra.core import PREFIX, Answer, RegistrationApi, problem
 from web.bearer import TokenVerifier, bearer_client, challenge
+from web.client_cert import CertificateAuthenticator, certificate_client, client_certificate
 from web.protocol import ProtocolEndpoint, media_type, read_body
 from web.protocol import Answer as WsgiAnswer
 
@@ -71,13 +75,17 @@ def query_parameters(environ: dict) -> dict[str, list[str]] | Answer:
                              "parameters, UTF-8, percent-encoded)")
 
 
+class Authenticator(TokenVerifier, CertificateAuthenticator, Protocol):
+    """What the endpoint needs of ca.services.clients.Clients."""
+
+
 class RaEndpoint(ProtocolEndpoint):
     """``/api/...`` answered here, the rest passed to ``app``. ``clients`` checks bearer
-    tokens (ca.services.clients.Clients)."""
+    tokens and TLS client certificates (ca.services.clients.Clients)."""
 
     log = log
 
-    def __init__(self, app: Callable, api: RegistrationApi, clients: TokenVerifier) -> None:
+    def __init__(self, app: Callable, api: RegistrationApi, clients: Authenticator) -> None:
         super().__init__(app)
         self.api = api
         self.clients = clients
@@ -105,8 +113,12 @@ class RaEndpoint(ProtocolEndpoint):
             return query
         caller: Any = None
         if path != OPENAPI:
+            authorization = environ.get("HTTP_AUTHORIZATION")
             try:
-                caller = bearer_client(self.clients, environ.get("HTTP_AUTHORIZATION"))
+                if authorization is None and client_certificate(environ) is not None:
+                    caller = certificate_client(environ, self.clients)
+                else:
+                    caller = bearer_client(self.clients, authorization)
             except ClientAuthError as exc:
                 status, error, headers = challenge(exc)
                 return problem(status, "unauthorized", "Unauthorized",

@@ -20,6 +20,7 @@ import click
 from ca.errors import TincayError
 from cli.output import emit, emit_one
 from cli.shell import app_context, json_option
+from ra.authz import ROLES
 
 
 class ClientNameError(TincayError):
@@ -84,7 +85,8 @@ def _certificate_choice(cert_file: Path | None, ca: str | None, serial: str | No
 
 @client_group.command(name="add")
 @click.argument("name")
-@click.option("--role", help="What the client may do, for the APIs that check it.")
+@click.option("--role", type=click.Choice(sorted(ROLES)),
+              help="What the client may do in the registration API (CSC clients need none).")
 @click.option("--ca", "cas", multiple=True, help="A CA the client may use (repeatable).")
 @click.option("--profile", "profiles", multiple=True,
               help="A profile the client may use (repeatable).")
