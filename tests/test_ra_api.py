@@ -235,6 +235,51 @@ def test_concurrent_retries_under_one_key_issue_one_certificate(api: Api, admin:
     assert again.status == 200 and again.body["serial"] in serials
 
 
+class WorkerKilled(BaseException):
+    """A worker that dies mid-request (gunicorn's timeout, kill -9): nothing after it runs."""
+
+
+def test_a_request_that_died_mid_way_is_taken_over_after_a_while(
+        api: Api, admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request dies after its pending certificate was committed and before its signature:
+    its claim says which serial. Retries are 409 while it could still be alive; past
+    STALE_CLAIM the next one revokes that serial as never issued and issues anew, once."""
+    from ra.core import RegistrationApi
+    from ca.services.registration import STALE_CLAIM
+
+    key, body = {"Idempotency-Key": "died-1"}, issue_body(csr=csr_pem())
+    registration = api.service.registration
+    issuance = registration.issuance
+
+    def die(*args: Any, **kwargs: Any) -> Any:
+        raise WorkerKilled
+
+    with monkeypatch.context() as patched:
+        patched.setattr(issuance, "complete", die)  # after the pending row's commit
+        patched.setattr(registration, "_forget", lambda claim: None)  # no cleanup either
+        with pytest.raises(WorkerKilled):
+            RegistrationApi(registration).handle(
+                "POST", "/api/v1/certificates", api.service.clients.verify(admin),
+                json.dumps(body).encode(), headers=key)
+    with api.service.context.read() as session:
+        (claim,) = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "died-1"))
+        dead = session.get(Certificate, claim.certificate_id)
+        assert dead is not None and dead.status == "pending" and dead.der is None
+        dead_serial = dead.serial_hex
+    busy = api.call("POST", "/certificates", body, token=admin, headers=key)
+    assert busy.status == 409 and busy.headers["Retry-After"]
+    with api.pki.at(api.pki.clock.now() + STALE_CLAIM + dt.timedelta(seconds=1)):
+        taken = api.call("POST", "/certificates", body, token=admin, headers=key)
+        assert taken.status == 201 and taken.body["serial"] != dead_serial, taken.body
+        again = api.call("POST", "/certificates", body, token=admin, headers=key)
+    assert again.status == 200 and again.body["serial"] == taken.body["serial"]
+    with api.service.context.read() as session:
+        rows = {c.serial_hex: c for c in session.scalars(select(Certificate).where(
+            Certificate.serial_hex.in_([dead_serial, taken.body["serial"]])))}
+        assert rows[dead_serial].status == "revoked" and rows[dead_serial].der is None
+        assert rows[taken.body["serial"]].status == "issued"
+
+
 # --- reading -------------------------------------------------------------------------------
 
 def test_listing_with_filters_and_cursor_pages(api: Api, admin: str) -> None:

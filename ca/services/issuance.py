@@ -45,13 +45,16 @@ class Issuance:
     def issue(self, ca: str, profile_name: str, subject_pairs: Sequence[tuple[str, str]],
               source: KeySource, *, emails: Sequence[str] = (), dns_names: Sequence[str] = (),
               days: int | None = None, progress: Progress | None = None,
-              requested_by: Mapping[str, Any] | None = None) -> IssuedCertificate:
+              requested_by: Mapping[str, Any] | None = None,
+              on_pending: Callable[[Session, Certificate], None] | None = None
+              ) -> IssuedCertificate:
         """Issue an end-entity certificate under ``ca`` from a profile.
 
         The subject comes from the operator, checked against the profile; a CSR contributes only
         its (verified) public key, never its subject or extensions. ``requested_by``: who asked
         (the registration API's client and idempotency key), added to the audit events'
-        details.
+        details. ``on_pending(session, row)`` runs in the transaction that commits the pending
+        row (the registration API links its Idempotency-Key claim to it there).
         """
         context = self.context
         profile = context.profiles.get(profile_name)
@@ -87,9 +90,12 @@ class Issuance:
         say(progress, f"issuing {profile.name} certificate under {ca}")
 
         def record(session: Session, prepared: PreparedCertificate) -> Certificate:
-            return self.record_pending(session, queries.get_authority(session, ca), prepared,
-                                       subject, tuple(emails) + tuple(dns_names), key_uri,
-                                       requested_by)
+            row = self.record_pending(session, queries.get_authority(session, ca), prepared,
+                                      subject, tuple(emails) + tuple(dns_names), key_uri,
+                                      requested_by)
+            if on_pending is not None:
+                on_pending(session, row)
+            return row
 
         cert, row = self.certify(profile, subject, public_key, issuer_info, urls, now, until,
                                  tuple(emails), tuple(dns_names), record, serial=serial,

@@ -7,11 +7,13 @@ the same ``Idempotency-Key``; it must get the certificate it already has, never 
 (an HR system issuing twice leaves a valid certificate nobody holds). The key is claimed first,
 in a transaction of its own, by inserting (client, key, body hash) into ``idempotency_keys``,
 whose unique constraint is the lock: of two concurrent requests one inserts, the other's
-insert fails and it reads the winner's row. The winner then issues and settles the row with the
-certificate's id; if issuance is refused the claim is deleted, so the client can correct the
-request and use the key again. A claim still unsettled is a request in progress
-(RequestInProgressError: retry); a settled one with another body hash is
-IdempotencyKeyReusedError.
+insert fails and it reads the winner's row. The winner then issues, and the transaction that
+commits its pending certificate points the claim at it; if issuance is refused the claim is
+deleted, so the client can correct the request and use the key again. A claim whose
+certificate is signed answers every retry with it; one with another body hash is
+IdempotencyKeyReusedError; one not signed yet is a request in progress (RequestInProgressError:
+retry), unless it is older than any request lives (STALE_CLAIM: its request died with its
+worker), when the next retry revokes its pending serial as never issued and issues anew.
 
 **Cursors.** Pages are in id order, oldest first, and a cursor is the last id served: a
 certificate issued meanwhile has a larger id, so it shows on a later page, and none is served
@@ -23,11 +25,12 @@ transaction as the change (the ``by`` details passed to issuance and revocation)
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +41,7 @@ from ca.keys.base import KeySpec
 from ca.services.context import ServiceContext, authority_certificate
 from ca.services.issuance import Issuance
 from ca.services.listings import describe_authority, describe_certificate
+from ca.services.reconciliation import NEVER_ISSUED_REASON
 from ca.services.results import KeySource
 from ca.services.revocation import Revocation
 from ca.store import queries
@@ -45,7 +49,20 @@ from ca.store.models import CERTIFICATE_STATUSES, AuditEvent, Authority, Certifi
     IdempotencyKey
 
 MAX_PAGE = 500
+# a claim whose certificate is still unsigned this long after it was made is abandoned: no
+# request lives that long (gunicorn ends a worker silent for 30 s; HSM and database waits are
+# bounded well below it)
+STALE_CLAIM = timedelta(minutes=2)
 _SERVICE_USAGES = set(SERVICE_KINDS.values())  # OCSPSigning, timeStamping
+
+
+def _link(session: Session, claim: int, row: Certificate) -> None:
+    """The claim points at its certificate from the transaction that commits the pending row:
+    a request that dies later leaves a claim that says which serial it was issuing."""
+    session.flush()
+    found = session.get(IdempotencyKey, claim)
+    if found is not None:
+        found.certificate_id = row.id
 
 
 def _pem(der: bytes | None) -> str | None:
@@ -94,18 +111,19 @@ class Registration:
             source = KeySource(generate=spec)
         details = {**by, "idempotency_key": idempotency_key}
         try:
-            issued = self.issuance.issue(ca, profile, subject_pairs, source, emails=emails,
-                                         dns_names=dns_names, days=days, requested_by=details)
+            issued = self.issuance.issue(
+                ca, profile, subject_pairs, source, emails=emails, dns_names=dns_names,
+                days=days, requested_by=details,
+                on_pending=None if claim is None else lambda session, row: _link(
+                    session, claim, row))
         except BaseException:
             if claim is not None:
                 self._forget(claim)
             raise
-        if claim is not None:
-            self._settle(claim, ca, issued.serial_hex)
         return self.certificate(ca, issued.serial_hex), False
 
-    def _claim(self, client_id: str, key: str,
-               request_sha256: str) -> tuple[int | None, dict[str, Any] | None]:
+    def _claim(self, client_id: str, key: str, request_sha256: str, *, again: bool = True
+               ) -> tuple[int | None, dict[str, Any] | None]:
         """(our claim's id, None), or (None, the certificate an earlier request issued)."""
         try:
             with self.context.transaction() as session:
@@ -127,20 +145,33 @@ class Registration:
             if found.request_sha256 != request_sha256:
                 raise IdempotencyKeyReusedError("this Idempotency-Key was used with another "
                                                 "request body")
-            if found.certificate_id is None:
-                raise RequestInProgressError("a request with this Idempotency-Key is still "
-                                             "being served; retry shortly")
-            cert = session.get(Certificate, found.certificate_id)
-            assert cert is not None
-            return None, self._record(session, cert)
+            cert = None if found.certificate_id is None else session.get(
+                Certificate, found.certificate_id)
+            if cert is not None and cert.der is not None:
+                return None, self._record(session, cert)
+            claim_id, claimed_at = found.id, found.created_at
+            pending = None if cert is None else (cert.issuer.name, cert.serial_hex)
+        if not again or self.context.clock.now() - claimed_at < STALE_CLAIM:
+            raise RequestInProgressError("a request with this Idempotency-Key is still being "
+                                         "served; retry shortly")
+        return self._take_over(client_id, key, request_sha256, claim_id, pending)
 
-    def _settle(self, claim: int, ca: str, serial_hex: str) -> None:
+    def _take_over(self, client_id: str, key: str, request_sha256: str, claim_id: int,
+                   pending: tuple[str, str] | None) -> tuple[int | None, dict[str, Any] | None]:
+        """A claim older than any request lives (STALE_CLAIM) whose certificate was never
+        signed: its request ended mid-way (a worker killed). Its pending serial is revoked as
+        never issued (as `tincay reconcile` would), the claim let go, and claimed anew; a
+        serial signed meanwhile after all is the answer."""
+        if pending is not None and self.revocation.revoke_never_issued(
+                *pending, NEVER_ISSUED_REASON, via="api") is None:
+            with self.context.read() as session:
+                cert = queries.get_certificate(session, queries.get_authority(
+                    session, pending[0]), pending[1])
+                if cert.der is not None:
+                    return None, self._record(session, cert)
         with self.context.transaction() as session:
-            row = session.get(IdempotencyKey, claim)
-            cert = queries.get_certificate(session, queries.get_authority(session, ca),
-                                           serial_hex)
-            if row is not None:
-                row.certificate_id = cert.id
+            session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == claim_id))
+        return self._claim(client_id, key, request_sha256, again=False)
 
     def _forget(self, claim: int) -> None:
         with self.context.transaction() as session:
