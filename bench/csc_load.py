@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.http_load import (CONNECTIONS, TINCAY, WORKERS, _ceiling_server, _cli, _wait,
-                             _wrk, bench_instance)
+from bench.http_load import (CONNECTIONS, _ceiling_server, _cli, _wrk, bench_instance,
+                             serving)
 
 HASHES_PER_SAD = 10
 PIN = "246810"
@@ -49,12 +49,7 @@ def run(quick: bool = False) -> None:
         home = Path(tmp) / "home"
         env, port = bench_instance(home, "ec-p256")
         enrolled, kdf_ms = _enrol(env, credentials)
-        server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers",
-                                   str(WORKERS), "--no-maintenance"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait(base)
+        with serving(env, port) as base:
             token = _token(base, enrolled["client_id"], enrolled["client_secret"])
             sads, authorize_rate = _authorize_all(base, token, enrolled["credentials"])
             pools = _sign_pools(home, sads, ROUNDS)
@@ -74,9 +69,6 @@ def run(quick: bool = False) -> None:
                     logged = _logged(env) - before
                     rows.append((signed / wall, tsa, top, logged, signed, len(pool.read_text(
                         encoding="utf-8").splitlines())))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     _report(rows, authorize_rate, kdf_ms, credentials)
 
 

@@ -109,12 +109,7 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
     subprocess.run(["openssl", "ts", "-query", "-data", str(data), "-sha256", "-cert", "-out",
                     str(tsq)], check=True, capture_output=True)
     raw1, raw2 = _raw_signatures(env, key)
-    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", str(WORKERS),
-                               "--no-maintenance"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait(base)
+    with serving(env, port) as base:
         get_path = "/ocsp/" + urllib.parse.quote(base64.b64encode(plain.read_bytes()).decode(),
                                                  safe="")
         targets = {
@@ -124,14 +119,10 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
             LOGGED_TSA: (base + "/tsa", tsq, "application/timestamp-query"),
         }
         with _ceiling_server() as ceiling, _reference_server("bench.unlogged_tsa", env) as bare:
-            targets[UNLOGGED_TSA] = (bare + "/tsa", tsq,
-                                                     "application/timestamp-query")
+            targets[UNLOGGED_TSA] = (bare + "/tsa", tsq, "application/timestamp-query")
             results = {name: _paired(ceiling, seconds, *target)
                        for name, target in targets.items()}
         logged = json.loads(_cli(env, "tsa", "log", "--json", "--limit", "1000000"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return {"raw": (raw1, raw2), "rates": results, "logged": len(logged)}
 
 
@@ -326,6 +317,22 @@ def _cli(env: dict[str, str], *args: str) -> str:
     if done.returncode:
         raise RuntimeError(f"tincay {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[str]:
+    """`tincay serve` (WORKERS workers, no maintenance) on ``port`` for the block: its base
+    URL once it answers; stopped afterwards."""
+    server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", str(WORKERS),
+                               "--no-maintenance"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(base)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def _wait(base: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.batch_issue import SUBJECT, _csrs, builder_rate
-from bench.http_load import TINCAY, WORKERS, _cli, _rate, _wait, bench_instance
+from bench.http_load import WORKERS, _cli, _rate, bench_instance, serving
 
 CLIENTS = 8
 ROUNDS = 3
@@ -34,12 +34,7 @@ def run(quick: bool = False) -> None:
         home = Path(tmp) / "home"
         env, port = bench_instance(home, "ec-p256")
         added = json.loads(_cli(env, "client", "add", "bench-hr", "--role", "admin", "--json"))
-        server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers",
-                                   str(WORKERS), "--no-maintenance"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait(base)
+        with serving(env, port) as base:
             token = _token(base, added["client_id"], added["client_secret"])
             script = _script(home, token)
             rows = []
@@ -49,9 +44,6 @@ def run(quick: bool = False) -> None:
                 persisted = (_issued(env) - before) / seconds
                 builder = builder_rate(_template(env), 2000 if quick else 5000)
                 rows.append((persisted, wrk, builder))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     _report(rows, seconds)
 
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.errors import InvalidClientCertificateError
+from tests.test_csc_http import _port as csc_port
 from tests.test_oauth import FORM, TINCAY, TLS_HOST, _Pinned, _self_signed, basic
 from tests.test_service import demo, profiles  # noqa: F401 - the module-scoped fixtures
 
@@ -45,14 +46,7 @@ HOLDERS = {"hr": "hr-system", "hr2": "hr-system", "emr": "emr", "unbound": None,
 
 
 def _port() -> int:
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 9500-9599")
+    return csc_port(PORTS)
 
 
 @dataclass
