@@ -58,14 +58,16 @@ COMMAND_TIMEOUT = 2.0  # seconds a checker command may take before it counts as 
 
 @dataclass(frozen=True)
 class ClockCheck:
-    """How the TSA checks its clock: ``mode`` off, kernel or command; ``margin`` added to the
-    kernel's maxerror (the time the signature and the token log take, a site's own safety);
-    ``every`` how long an answer is reused."""
+    """How the TSA controls its clock: ``mode`` off, kernel or command; ``margin`` added to
+    the kernel's maxerror (the time the signature and the token log take, a site's own
+    safety); ``every`` how long an answer is reused; ``mark_file`` where the workers of one
+    host share their genTime mark (tsa/gen_time.py), None for a mark per process."""
 
     mode: Literal["off", "kernel", "command"] = "off"
     command: tuple[str, ...] = ()
     margin: timedelta = timedelta(0)
     every: timedelta = timedelta(seconds=1)
+    mark_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode == "command" and not self.command:

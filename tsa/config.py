@@ -18,6 +18,7 @@ from ca.validation import (DurationVariable, FieldError, InputModel, read_variab
                            variable_text)
 from tsa.clock_sync import ClockCheck, ClockGuard, ClockReading, clock_source
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit
+from tsa.gen_time import HostMark
 
 log = logging.getLogger("tincay.tsa")
 
@@ -94,6 +95,7 @@ class TsaEnvironment(InputModel):
         None, alias="TINCAY_TSA_CLOCK_COMMAND")
     clock_margin: DurationVariable = Field(None, alias="TINCAY_TSA_CLOCK_MARGIN")
     clock_interval: DurationVariable = Field(None, alias="TINCAY_TSA_CLOCK_INTERVAL")
+    mark_file: Text = Field(None, alias="TINCAY_TSA_MARK_FILE")
 
 
 def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
@@ -113,7 +115,9 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
     - ``TINCAY_TSA_CLOCK_CHECK`` (off, the default; kernel; command), with
       ``TINCAY_TSA_CLOCK_COMMAND``, ``TINCAY_TSA_CLOCK_MARGIN`` (default 0s) and
       ``TINCAY_TSA_CLOCK_INTERVAL`` (default 1s): whether tokens wait for a synchronised
-      clock (tsa/clock_sync.py).
+      clock (tsa/clock_sync.py);
+    - ``TINCAY_TSA_MARK_FILE``: the file through which the workers of one host share their
+      genTime mark (tsa/gen_time.py; ``tincay serve`` sets one under TINCAY_HOME).
 
     ConfigurationError naming the variable for anything it cannot use.
     """
@@ -125,14 +129,8 @@ def tsa_settings(env: Mapping[str, str]) -> tuple[str | None, TsaPolicy]:
             fields[key] = getattr(variables, key)
     if variables.default_policy is not None:
         fields["default_policy"] = variables.default_policy
-    for name, key, value in (("TINCAY_TSA_ACCURACY", "accuracy", variables.accuracy),
-                             ("TINCAY_TSA_HASHES", "hashes", variables.hashes)):
-        if value is not None:
-            try:
-                TsaPolicy(**{key: value})  # the policy's own checks, reported by variable
-            except ValueError as exc:
-                raise ConfigurationError(f"{name}: {exc}") from None
-            fields[key] = value
+    _checked(TsaPolicy, fields, (("TINCAY_TSA_ACCURACY", "accuracy", variables.accuracy),
+                                 ("TINCAY_TSA_HASHES", "hashes", variables.hashes)))
     try:
         policy = TsaPolicy(**fields)
     except ValueError as exc:  # the margin against the accuracy
@@ -145,22 +143,36 @@ def _clock_check(variables: TsaEnvironment) -> ClockCheck:
     if mode == "command" and not variables.clock_command:
         raise ConfigurationError("TINCAY_TSA_CLOCK_COMMAND: not set, and "
                                  "TINCAY_TSA_CLOCK_CHECK=command needs it")
-    fields: dict[str, Any] = {"mode": mode, "command": variables.clock_command or ()}
-    for name, key, value in (("TINCAY_TSA_CLOCK_MARGIN", "margin", variables.clock_margin),
-                             ("TINCAY_TSA_CLOCK_INTERVAL", "every", variables.clock_interval)):
-        if value is not None:
-            try:
-                ClockCheck(**{key: value})
-            except ValueError as exc:
-                raise ConfigurationError(f"{name}: {exc}") from None
-            fields[key] = value
+    fields: dict[str, Any] = {"mode": mode, "command": variables.clock_command or (),
+                              "mark_file": variables.mark_file}
+    _checked(ClockCheck, fields, (("TINCAY_TSA_CLOCK_MARGIN", "margin", variables.clock_margin),
+                                  ("TINCAY_TSA_CLOCK_INTERVAL", "every",
+                                   variables.clock_interval)))
     return ClockCheck(**fields)
 
 
+def _checked(kind: type, fields: dict[str, Any],
+             values: tuple[tuple[str, str, Any], ...]) -> None:
+    """Each set (variable, field, value) into ``fields``, first through ``kind``'s own checks
+    alone, so a refusal names its variable."""
+    for name, key, value in values:
+        if value is not None:
+            try:
+                kind(**{key: value})
+            except ValueError as exc:
+                raise ConfigurationError(f"{name}: {exc}") from None
+            fields[key] = value
+
+
 def timestamp_authority(authorities: Authorities, unit: str | None = None,
-                        policy: TsaPolicy | None = None) -> TimeStampAuthority | None:
+                        policy: TsaPolicy | None = None, *,
+                        previous: TimeStampAuthority | None = None
+                        ) -> TimeStampAuthority | None:
     """The TSA for the unit named ``unit`` (default: the first TSA unit), None if there is
-    no TSA unit at all; ConfigurationError if ``unit`` names none."""
+    no TSA unit at all; ConfigurationError if ``unit`` names none. Its genTime mark starts at
+    the latest genTime the unit's log holds. ``previous``: the TSA this one replaces (the
+    unit renewed), whose clock guard (so no second transition event), mark file and genTime
+    mark carry over."""
     units = [u for u in authorities.service_units("tsa") if unit is None or u.name == unit]
     if not units:
         if unit is not None:
@@ -168,13 +180,30 @@ def timestamp_authority(authorities: Authorities, unit: str | None = None,
         return None
     chosen = units[0]
     policy = policy or TsaPolicy()
-    return TimeStampAuthority(
+    if previous is not None and previous.unit.name != chosen.name:
+        previous = None
+    authority = TimeStampAuthority(
         TsaUnit(chosen.name, chosen.certificate,
                 authorities.signing_key(chosen.key_uri, chosen.certificate),
                 tuple(chosen.chain)),
-        policy, authorities.context.clock, clock_guard=_clock_guard(authorities, chosen.name,
-                                                                    policy),
-        not_before=TokenLog(authorities.context).latest_gen_time(chosen.name))
+        policy, authorities.context.clock,
+        clock_guard=previous.clock_guard if previous is not None else
+        _clock_guard(authorities, chosen.name, policy),
+        not_before=TokenLog(authorities.context).latest_gen_time(chosen.name),
+        host_mark=previous.gen_times.host if previous is not None else
+        _host_mark(policy.clock.mark_file))
+    if previous is not None:
+        authority.gen_times.raise_to(previous.gen_times.mark)
+    return authority
+
+
+def _host_mark(path: str | None) -> HostMark | None:
+    if path is None:
+        return None
+    try:
+        return HostMark(path)
+    except ValueError as exc:
+        raise ConfigurationError(f"TINCAY_TSA_MARK_FILE: {exc}") from None
 
 
 def _clock_guard(authorities: Authorities, unit: str, policy: TsaPolicy) -> ClockGuard | None:
@@ -209,11 +238,6 @@ def refreshed_authority(authorities: Authorities, current: TimeStampAuthority | 
     units = [u for u in authorities.service_units("tsa") if unit is None or u.name == unit]
     if current is not None and units and units[0].certificate == current.unit.certificate:
         return current
-    fresh = timestamp_authority(authorities, unit, policy or
-                                (current.policy if current is not None else None))
-    if fresh is not None and current is not None and fresh.unit.name == current.unit.name:
-        # the same unit under its renewed certificate: the same clock state (no second
-        # transition event) and never a genTime before the ones the replaced TSA issued
-        fresh.clock_guard = current.clock_guard or fresh.clock_guard
-        fresh.gen_times.raise_to(current.gen_times.mark)
-    return fresh
+    return timestamp_authority(authorities, unit, policy or
+                               (current.policy if current is not None else None),
+                               previous=current)

@@ -33,7 +33,7 @@ from ca.errors import KeyBackendError
 from ca.keys.base import SigningKey
 from ca.timestamps import TimestampRecord
 from tsa.clock_sync import ClockCheck, ClockGuard, clock_source
-from tsa.gen_time import GenTimes
+from tsa.gen_time import GenTimes, HostMark
 from tsa.requests import DIGEST_SIZES, Rejected, RequestReader, TsaQuestion
 from tsa.tokens import TokenEncoder
 
@@ -140,12 +140,13 @@ class TimeStampAuthority:
     ``clock_guard``: whether the clock is in sync (tsa/clock_sync.py); by default the one
     ``policy.clock`` names, None when it is off. While it says out of sync every request is
     answered timeNotAvailable. ``not_before``: the latest genTime already logged for the
-    unit, below which no genTime goes (tsa/gen_time.py)."""
+    unit, below which no genTime goes; ``host_mark``: the mark shared with the host's other
+    workers (tsa/gen_time.py)."""
 
     def __init__(self, unit: TsaUnit, policy: TsaPolicy, clock: Clock,
                  serials: Callable[[], int] = time_ordered_serial, *,
-                 clock_guard: ClockGuard | None = None,
-                 not_before: datetime | None = None) -> None:
+                 clock_guard: ClockGuard | None = None, not_before: datetime | None = None,
+                 host_mark: HostMark | None = None) -> None:
         _check_unit(unit)
         self.unit = unit
         self.policy = policy
@@ -168,7 +169,8 @@ class TimeStampAuthority:
         if clock_guard is None and (source := clock_source(policy.clock, policy.accuracy)):
             clock_guard = ClockGuard(source, every=policy.clock.every.total_seconds())
         self.clock_guard = clock_guard
-        self.gen_times = GenTimes(clock, policy.accuracy, policy.fraction_digits, not_before)
+        self.gen_times = GenTimes(clock, policy.accuracy, policy.fraction_digits, not_before,
+                                  host_mark)
         self._hash_of = getattr(hashlib, self.hash)  # hashlib.sha256: a third faster than new()
 
     @property
