@@ -34,7 +34,9 @@ What is guaranteed, and where:
   would need a database row locked per token, the very round trip the token log's group
   commit was built to avoid.
 
-The mark file costs about 4 us a token (one fcntl lock, a read and a write of 8 bytes).
+The mark file costs about 6 us a token (measured: 8.2 us against 2.0 us for the per-process
+mark; one fcntl lock and unlock, a read of 8 bytes, a write when the mark moves), about 1% of
+a token.
 """
 from __future__ import annotations
 
