@@ -327,3 +327,56 @@ def test_tincay_serve_refuses_a_bad_clock_setting_with_a_message(tmp_path: Path)
                           text=True, timeout=60)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "TINCAY_TSA_CLOCK_CHECK" in done.stderr
+
+
+# --- under tincay serve: two gunicorn workers ------------------------------------------------
+
+@pytest.mark.softhsm
+def test_two_workers_stop_and_resume_together_and_share_the_mark(tmp_path: Path) -> None:
+    """``tincay serve --workers 2`` with a checker command: every request refused while it
+    says out of sync, whichever worker answers; each transition at most once per worker in
+    the audit log; and the mark file tincay serve put in TINCAY_HOME holds the latest genTime."""
+    import json
+
+    port, flag = 9612, tmp_path / "in-sync"
+    flag.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
+    env.update(TINCAY_HOME=str(tmp_path / "home"), HOME=str(tmp_path / "user"),
+               TINCAY_PUBLIC_URL=f"http://127.0.0.1:{port}", TINCAY_TSA_CLOCK_CHECK="command",
+               TINCAY_TSA_CLOCK_COMMAND=f"test -e {shlex.quote(str(flag))}",
+               TINCAY_TSA_CLOCK_INTERVAL="0s")
+    subprocess.run([TINCAY, "demo"], env=env, check=True, capture_output=True, timeout=120)
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2",
+                                   "--no-maintenance"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while (tmp_path / "serve.log").read_text().count("Worker ready") < 2:
+            assert time.monotonic() < deadline and server.poll() is None, \
+                (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+
+        def post() -> bytes:
+            asked = urllib.request.Request(f"http://127.0.0.1:{port}/tsa", data=request(),
+                                           headers={"Content-Type":
+                                                    "application/timestamp-query"})
+            with urllib.request.urlopen(asked, timeout=10) as reply:
+                return reply.read()
+
+        assert all(status(post()) == ("granted", None) for _ in range(10))
+        flag.unlink()
+        assert all(status(post()) == ("rejection", {"time_not_available"}) for _ in range(20))
+        flag.touch()
+        granted = [post() for _ in range(20)]
+        assert all(status(r) == ("granted", None) for r in granted)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    events = json.loads(subprocess.run([TINCAY, "audit", "--json", "--limit", "1000"], env=env,
+                                       check=True, capture_output=True, timeout=60).stdout)
+    actions = [e["action"] for e in events if e["action"] in EVENTS]
+    assert 1 <= actions.count("tsa.clock_unsynchronised") <= 2
+    assert 1 <= actions.count("tsa.clock_synchronised") <= 2
+    with HostMark(tmp_path / "home" / "tsa-gen-time.mark").locked() as mark:
+        assert mark[0] == max(gen_time(r) for r in granted)
