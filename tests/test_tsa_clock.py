@@ -22,7 +22,7 @@ from ca.testing import Hierarchy
 from tsa.clock_sync import (STA_UNSYNC, TIME_ERROR, ClockCheck, ClockGuard, ClockReading,
                             CommandClockSource, KernelClockSource, KernelTime,
                             read_kernel_time)
-from tsa.config import timestamp_authority, tsa_settings
+from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
 from tsa.core import TimeStampAuthority, TimeStampResp, TsaPolicy
 from tsa.gen_time import HostMark
 
@@ -285,6 +285,22 @@ def test_workers_of_one_host_share_the_mark(tmp_path: Path) -> None:
     assert dt.datetime.fromisoformat(done.stdout.strip()) == NOW + dt.timedelta(seconds=10)
     with HostMark(mark_file).locked() as mark:
         assert mark[0] == NOW + dt.timedelta(hours=1, seconds=10)
+
+
+def test_a_renewed_unit_keeps_the_clock_state_and_the_mark() -> None:
+    """The TSA over a renewed unit certificate (what a worker's refresh builds) takes over
+    the clock guard (no second transition event) and the genTime mark, even of a token not
+    yet in the log (and the mark file, when there is one)."""
+    with Hierarchy.from_spec(at=NOW) as pki:
+        authority = _authority(pki)
+        pki.clock.set(NOW + dt.timedelta(seconds=30))
+        authority.respond(request())  # granted, not logged
+        pki.clock.set(NOW + dt.timedelta(seconds=29))
+        pki.service.renewal.renew(authority.unit.name)
+        fresh = refreshed_authority(pki.service.authorities, authority)
+        assert fresh is not None and fresh.unit.certificate != authority.unit.certificate
+        assert fresh.clock_guard is authority.clock_guard
+        assert gen_time(fresh.respond(request()).response) == NOW + dt.timedelta(seconds=30)
 
 
 # --- settings ----------------------------------------------------------------------------------
