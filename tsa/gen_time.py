@@ -6,10 +6,12 @@ tsa/config.py when the worker builds its TSA, and carried over when a renewed un
 replaces it), then raises it with every token. When the clock reads earlier than the mark
 (an NTP step back, a host whose clock lags another's on a shared database):
 
-- by at most the accuracy, the token gets the mark itself. The clock is then still within
-  the accuracy of the mark, and the sync check (tsa/clock_sync.py) holds the clock within the
-  accuracy of UTC, so the token stays inside the accuracy it states, give or take that lag;
-  refusing here would turn every harmless step of a few milliseconds into refusals;
+- by at most the accuracy, the token gets the mark itself: a time the TSA stamped moments
+  ago, later than its clock reads now by no more than the accuracy. Such a genTime can be off
+  by the clock's error plus that lag, which is why the lag is bounded by the accuracy and why
+  a site that counts every millisecond sets TINCAY_TSA_CLOCK_MARGIN to cover it; refusing
+  instead would turn every harmless step of a few milliseconds into refusals (ntpd and
+  chrony step only past 128 ms by default, and slew, never reading backwards, below that);
 - by more, :class:`Rejected` timeNotAvailable until the clock catches up: either the earlier
   tokens or the clock now are wrong by more than the accuracy, and a genTime that claims the
   mark would then claim a time the TSA cannot vouch for.
@@ -23,9 +25,8 @@ What is guaranteed, and where:
   puts one in TINCAY_HOME unless told otherwise): they share the mark through
   :class:`HostMark`, so no worker issues a genTime earlier than one any of them issued, and
   a step back of the clock is clamped or refused for all of them alike. Without one, each
-  worker has its own mark, and only a step back of the system clock lets one worker issue a
-  genTime earlier than another's recent token (by at most the accuracy: one further back is
-  refused once that worker has issued past it);
+  worker has its own mark: they read the same clock, so only a step back of it lets one
+  worker issue a genTime earlier than another's recent token, by as much as the step;
 - hosts on one PostgreSQL database: each host's genTimes are ordered as above; between
   hosts, a genTime can be earlier than another host's token logged moments before by at
   most the two clocks' disagreement, which the sync check (required on such a deployment)
