@@ -137,8 +137,6 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     tsa_settings(os.environ)  # and a bad TINCAY_TSA_*, before a worker fails to boot on it
     app = app_context()
-    if app.settings.home.is_dir():  # the workers share their TSA genTime mark (tsa/gen_time.py)
-        os.environ.setdefault("TINCAY_TSA_MARK_FILE", str(app.settings.home / "tsa-gen-time.mark"))
     app.engine  # migrate once, before the workers fork  # noqa: B018
     if certfile is not None and keyfile is not None:
         from cli.tls import check_pair
@@ -169,7 +167,9 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
                worker_class=worker_class, limits=limits,
                certfile=str(certfile) if certfile else None,
                keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal,
-               client_ca=str(client_ca) if client_ca else None)
+               client_ca=str(client_ca) if client_ca else None,
+               tsa_mark_file=str(app.settings.home / "tsa-gen-time.mark")
+               if app.settings.home.is_dir() else None)
 
 
 def _self_issued(app: Any, host: str, tls_ca: str | None,
