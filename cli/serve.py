@@ -82,7 +82,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
           app_factory: Callable[[], Any] | None = None,
           limits: HttpLimits | None = None, certfile: str | None = None,
           keyfile: str | None = None, client_ca: str | None = None,
-          maintenance_args: Sequence[str] = ()) -> None:
+          maintenance_args: Sequence[str] = (), tsa_mark_file: str | None = None) -> None:
     """Serve until interrupted; workers default to the CPU count, ``threads`` counts for
     gthread workers only. With ``certfile`` and ``keyfile`` (PEM), HTTPS only: both worker
     classes serve TLS (cli/pywsgi_worker.py, cli/gthread_worker.py say how). With
@@ -94,6 +94,10 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
     workers are ready and stops it on exit: one process, one HSM session, no duplicate
     publishing from several workers. ``maintenance_args`` go to it too (--tls-self's renewal,
     with ``--reload-pid`` the arbiter's, which a SIGHUP makes replace its workers).
+
+    ``tsa_mark_file``: the workers' TINCAY_TSA_MARK_FILE unless the environment names one
+    (tsa/gen_time.py: the genTime mark the workers of this host share), set in this process's
+    environment only now, right before gunicorn forks them.
     """
     from ca.durations import format_duration
 
@@ -126,6 +130,8 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
             except subprocess.TimeoutExpired:
                 child.kill()
 
+    if tsa_mark_file and not os.environ.get("TINCAY_TSA_MARK_FILE"):
+        os.environ["TINCAY_TSA_MARK_FILE"] = tsa_mark_file
     tls: dict[str, Any] = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
     if certfile and client_ca:
         import ssl

@@ -671,9 +671,11 @@ def test_gen_time_never_goes_back_and_carries_only_warranted_digits() -> None:
         assert first["gen_time"].native == NOW + dt.timedelta(microseconds=120000)
         assert first["gen_time"].contents.endswith(b".12Z")
         assert first["accuracy"].native == {"seconds": None, "millis": 10, "micros": None}
-        clock.set(NOW - dt.timedelta(hours=1))  # the clock steps back
+        clock.set(NOW + dt.timedelta(microseconds=113000))  # steps back within the accuracy
         assert tst_info(fine.respond(request()).response)["gen_time"].native == \
             first["gen_time"].native
+        clock.set(NOW - dt.timedelta(hours=1))  # steps back further: no trusted time
+        assert status(fine.respond(request()).response) == ("rejection", {"time_not_available"})
         clock.set(NOW + dt.timedelta(minutes=1, microseconds=999999))
         coarse = _authority(pki, TsaPolicy(), clock)
         assert b"." not in tst_info(coarse.respond(request()).response)["gen_time"].contents

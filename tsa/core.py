@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Callable
 
@@ -29,10 +28,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca import signing
-from ca.clock import Clock, ensure_utc
+from ca.clock import Clock
 from ca.errors import KeyBackendError
 from ca.keys.base import SigningKey
 from ca.timestamps import TimestampRecord
+from tsa.clock_sync import ClockCheck, ClockGuard, clock_source
+from tsa.gen_time import GenTimes, HostMark
 from tsa.requests import DIGEST_SIZES, Rejected, RequestReader, TsaQuestion
 from tsa.tokens import TokenEncoder
 
@@ -55,7 +56,8 @@ class TsaPolicy:
     fractional seconds only as finely as the accuracy warrants. ``include_chain``: tokens
     that ask for certificates carry the TSA certificate and its issuing CAs (not the root, a
     verifier brings its own), as public TSAs do: jarsigner, osslsigncode and signify build the
-    path only from what the token carries."""
+    path only from what the token carries. ``clock``: how the TSA checks its clock is in sync
+    before it issues (tsa/clock_sync.py; off by default)."""
 
     default_policy: str | None = None
     accepted_policies: tuple[str, ...] = ()
@@ -63,10 +65,14 @@ class TsaPolicy:
     hashes: tuple[str, ...] = ("sha256", "sha384", "sha512")
     include_chain: bool = True
     tsa_name: bool = False
+    clock: ClockCheck = ClockCheck()
 
     def __post_init__(self) -> None:
         if not timedelta(microseconds=1) <= self.accuracy <= timedelta(seconds=1):
             raise ValueError("accuracy must be between 1 microsecond and 1 second")
+        if self.clock.mode == "kernel" and self.clock.margin >= self.accuracy:
+            raise ValueError(f"the clock margin ({self.clock.margin}) leaves nothing of the "
+                             f"accuracy ({self.accuracy})")
         unknown = [h for h in self.hashes if h not in DIGEST_SIZES]
         if unknown or not self.hashes:
             raise ValueError(f"hashes: {unknown or 'none'} (choose from "
@@ -129,14 +135,21 @@ _SERIAL_RANDOM_BITS = 63
 
 
 class TimeStampAuthority:
-    """One TSA unit answering RFC 3161 requests; thread-safe."""
+    """One TSA unit answering RFC 3161 requests; thread-safe.
+
+    ``clock_guard``: whether the clock is in sync (tsa/clock_sync.py); by default the one
+    ``policy.clock`` names, None when it is off. While it says out of sync every request is
+    answered timeNotAvailable. ``not_before``: the latest genTime already logged for the
+    unit, below which no genTime goes; ``host_mark``: the mark shared with the host's other
+    workers (tsa/gen_time.py)."""
 
     def __init__(self, unit: TsaUnit, policy: TsaPolicy, clock: Clock,
-                 serials: Callable[[], int] = time_ordered_serial) -> None:
+                 serials: Callable[[], int] = time_ordered_serial, *,
+                 clock_guard: ClockGuard | None = None, not_before: datetime | None = None,
+                 host_mark: HostMark | None = None) -> None:
         _check_unit(unit)
         self.unit = unit
         self.policy = policy
-        self.clock = clock
         self.serials = serials
         self.default_policy = policy.default_policy or _first_policy(unit.certificate)
         self._reader = RequestReader(policy.hashes,
@@ -153,17 +166,29 @@ class TimeStampAuthority:
             policy.tsa_name)
         self._valid = (unit.certificate.not_valid_before_utc,
                        unit.certificate.not_valid_after_utc)
-        self._gen_time_step = 10 ** (6 - policy.fraction_digits)  # in microseconds
-        self._last = datetime.min.replace(tzinfo=timezone.utc)
-        self._lock = threading.Lock()
+        if clock_guard is None and (source := clock_source(policy.clock, policy.accuracy)):
+            clock_guard = ClockGuard(source, every=policy.clock.every.total_seconds())
+        self.clock_guard = clock_guard
+        self.gen_times = GenTimes(clock, policy.accuracy, policy.fraction_digits, not_before,
+                                  host_mark)
         self._hash_of = getattr(hashlib, self.hash)  # hashlib.sha256: a third faster than new()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock genTime comes from (the genTime source's)."""
+        return self.gen_times.clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self.gen_times.clock = clock
 
     def respond(self, request_der: bytes, requester: str | None = None) -> TsaResult:
         """Answer one request; a rejection for anything refused, never an exception.
         ``requester`` (the client's address) goes into the granted token's record."""
         try:
+            self._check_clock()
             request = self.parse(request_der)
-            gen_time = self._gen_time()
+            gen_time = self.gen_times.next()
             token = TimestampRecord(self.unit.name, self.serials(), gen_time, request.algorithm,
                                     request.digest, request.policy or self.default_policy,
                                     request.nonce, requester)
@@ -188,20 +213,13 @@ class TimeStampAuthority:
         """Check a TimeStampReq; :class:`Rejected` with the fitting failInfo otherwise."""
         return self._reader.read(request_der)
 
-    def _gen_time(self) -> datetime:
-        """Now, never earlier than the last genTime of this process, truncated to the digits
-        the accuracy warrants."""
-        try:
-            now = ensure_utc(self.clock.now())
-        except Exception as exc:  # noqa: BLE001 - any clock fault means no trusted time
-            raise Rejected("timeNotAvailable", f"no trusted time: {exc}") from None
-        step = self._gen_time_step
-        now = now.replace(microsecond=now.microsecond // step * step)
-        with self._lock:
-            if now < self._last:
-                now = self._last
-            self._last = now
-        return now
+    def _check_clock(self) -> None:
+        """Rejected timeNotAvailable while the clock guard says out of sync: every request,
+        well-formed or not, so a client learns first that no token can be had now. The reason
+        goes to the log and the audit event, not to clients (a checker's own words)."""
+        if self.clock_guard is not None and not self.clock_guard.reading().synchronised:
+            raise Rejected("timeNotAvailable", "the TSA clock is not synchronised within its "
+                           "accuracy, try later")
 
     def _granted(self, request: TsaQuestion, token: TimestampRecord) -> bytes:
         encoder = self._encoder

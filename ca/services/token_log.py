@@ -6,7 +6,7 @@ from datetime import datetime
 from functools import cached_property, partial
 from typing import Any
 
-from ca.services.context import ServiceContext
+from ca.services.context import ServiceContext, as_json
 from ca.store import queries
 from ca.store.group_commit import GroupCommitter
 from ca.store.hot import HotInsert
@@ -45,6 +45,20 @@ class TokenLog:
                      "policy": t.policy, "nonce": t.nonce_hex, "requester": t.requester}
                     for t in queries.find_timestamp_tokens(session, unit=unit, since=since,
                                                            serial=serial, limit=limit)]
+
+    def latest_gen_time(self, unit: str) -> datetime | None:
+        """The latest genTime logged for ``unit`` (any worker, any host), None for none: where
+        a starting TSA puts its genTime mark (tsa/gen_time.py)."""
+        with self.context.read() as session:
+            latest = queries.find_timestamp_tokens(session, unit=unit, limit=1)
+            return latest[0].gen_time if latest else None
+
+    def record_event(self, action: str, unit: str, details: dict[str, Any]) -> None:
+        """An audit event about TSA unit ``unit`` (``tsa.clock_unsynchronised``,
+        ``tsa.clock_synchronised``), committed before this returns."""
+        with self.context.transaction() as session:
+            queries.record_event(session, at=self.context.clock.now(), action=action,
+                                 details=as_json({"unit": unit, **details}))
 
     @cached_property
     def _committer(self) -> GroupCommitter[TimestampRecord]:

@@ -123,6 +123,7 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
     from cli.http_limits import HttpLimits
     from cli.serve import check_free
     from cli.serve import serve as run_server
+    from tsa.config import tsa_settings
 
     if tls_self and (certfile or keyfile):
         raise click.UsageError("give either --tls-self or --certfile and --keyfile")
@@ -134,6 +135,7 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         raise click.UsageError("--client-ca needs TLS: --certfile and --keyfile, or --tls-self")
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
+    tsa_settings(os.environ)  # and a bad TINCAY_TSA_*, before a worker fails to boot on it
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
     if certfile is not None and keyfile is not None:
@@ -165,7 +167,9 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
                worker_class=worker_class, limits=limits,
                certfile=str(certfile) if certfile else None,
                keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal,
-               client_ca=str(client_ca) if client_ca else None)
+               client_ca=str(client_ca) if client_ca else None,
+               tsa_mark_file=str(app.settings.home / "tsa-gen-time.mark")
+               if app.settings.home.is_dir() else None)
 
 
 def _self_issued(app: Any, host: str, tls_ca: str | None,
