@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.test_csc_http import HELPER, PIN, SHA256, USER, Otp, post
 from tests.test_http import (SERVED_ON_SQLITE_AND_POSTGRES, TINCAY, _stamp,  # noqa: F401
                              _timestamp_query, served_demo)
+from tests.conftest import connections_refused
 from tests.test_outages import _ocsp, _questions
 from tsa.core import TimeStampResp
 
@@ -205,34 +206,20 @@ def test_readyz_is_503_naming_the_database_while_it_is_unreachable(served_demo: 
     """PostgreSQL refuses the CA database's connections (tests/test_outages.py's outage): every
     worker's /readyz answers 503 naming the database check, /metrics still answers (the
     counters, tincay_database_up 0, no expiry gauges); connections allowed again, 200."""
-    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     base, home, env = served_demo
     assert {_readyz(base)[0] for _ in range(6)} == {200}
-    url = make_url(env["TINCAY_DATABASE_URL"])
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-
-    def connections(allowed: bool) -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{url.database}" '
-                                    f'WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
-            if not allowed:
-                connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                        " WHERE datname = :name"), {"name": url.database})
-    try:
-        connections(False)
+    password = make_url(env["TINCAY_DATABASE_URL"]).password
+    with connections_refused(env["TINCAY_DATABASE_URL"]):
         for _ in range(6):  # new connections each, over both workers
             status, body = _readyz(base)
             assert status == 503 and body["failed"] == ["database"], body
             assert body["checks"] == {"database": "unreachable", "hsm": "ok"}, body
-            assert url.password is None or url.password not in json.dumps(body)
+            assert password is None or password not in json.dumps(body)
             _, samples = _scrape(base)
             assert _value(samples, "tincay_database_up") == 0
             assert not any(name == "tincay_certificate_expiry_days" for name, _ in samples)
-    finally:
-        connections(True)
-        admin.dispose()
     deadline = time.monotonic() + 30
     while {_readyz(base)[0] for _ in range(6)} != {200}:
         assert time.monotonic() < deadline
