@@ -224,3 +224,45 @@ def test_readyz_is_503_naming_the_database_while_it_is_unreachable(served_demo: 
     while {_readyz(base)[0] for _ in range(6)} != {200}:
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def _summed(samples: dict, sample: str) -> float:
+    """A sample summed over its label values (the HSM metrics' token label)."""
+    return sum(value for (name, _), value in samples.items() if name == sample)
+
+
+@pytest.mark.softhsm
+def test_readyz_names_the_hsm_while_the_token_is_gone_and_its_errors_are_counted(
+        served_demo: Served, tmp_path: Path) -> None:
+    """The SoftHSM token's storage moved away under the running server (as a network HSM's
+    link goes down): /readyz answers 503 naming the HSM check on every worker, time-stamps are
+    refused (systemFailure, counted), HSM errors are counted; the token back, /readyz is 200
+    again and the re-opened sessions are counted as reconnects."""
+    base, home, env = served_demo
+    _, query = _timestamp_query(tmp_path)
+    assert TimeStampResp.load(_stamp(base, query))["status"]["status"].native == "granted"
+    _, before = _scrape(base)
+    tokens = home / "softhsm" / "tokens"
+    away = tokens.with_name("tokens.away")
+    tokens.rename(away)
+    try:
+        for _ in range(6):  # new connections each, over both workers
+            status, body = _readyz(base)
+            assert status == 503 and body == {"ready": False, "failed": ["hsm"], "checks": {
+                "database": "ok", "hsm": "unavailable"}}, body
+            assert TimeStampResp.load(_stamp(base, query))["status"]["status"].native == \
+                "rejection"
+    finally:
+        away.rename(tokens)
+    _, during = _scrape(base)
+    assert _summed(during, "tincay_hsm_errors_total") >= 2  # a lost session in each worker
+    assert _value(during, "tincay_tsa_tokens_total", outcome="refused",
+                  reason="systemFailure") - _value(before, "tincay_tsa_tokens_total",
+                                                   outcome="refused", reason="systemFailure") \
+        == 6
+    deadline = time.monotonic() + 30
+    while {_readyz(base)[0] for _ in range(6)} != {200}:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    _, after = _scrape(base)
+    assert _summed(after, "tincay_hsm_reconnects_total") >= 2  # both workers signed again
