@@ -23,9 +23,8 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_csc_http import HELPER, PIN, SHA256, USER, Otp, post
-from tests.test_http import (SERVED_ON_SQLITE_AND_POSTGRES, TINCAY, _stamp,  # noqa: F401
-                             _timestamp_query, served_demo)
 from tests.conftest import connections_refused
+from tests.test_http import TINCAY, _stamp, _timestamp_query, served_demo  # noqa: F401
 from tests.test_outages import _ocsp, _questions
 from tsa.core import TimeStampResp
 
@@ -113,7 +112,9 @@ def _server_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.softhsm
-@SERVED_ON_SQLITE_AND_POSTGRES
+@pytest.mark.parametrize("served_demo", [  # both worker classes, each database
+    "gevent_pywsgi", "gthread", pytest.param("gevent_pywsgi+postgres", marks=pytest.mark.postgres)],
+    indirect=True)
 def test_metrics_sum_the_workers_counts_and_read_the_expiry_dates(
         served_demo: Served, tmp_path: Path) -> None:
     base, home, env = served_demo
@@ -196,7 +197,9 @@ def _readyz(base: str) -> tuple[int, dict[str, Any]]:
         with urllib.request.urlopen(f"{base}/readyz", timeout=10) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        body = exc.read()
+        assert exc.code == 503, body
+        return exc.code, json.loads(body)
 
 
 @pytest.mark.softhsm

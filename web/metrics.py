@@ -20,6 +20,7 @@ names the failed check, never an error message (a database URL can carry a passw
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
 
@@ -32,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ca import metrics, signing
 from ca.errors import DatabaseBusyError, StoreError, TincayError
 
+log = logging.getLogger("tincay")
 monitoring = Blueprint("monitoring", __name__)
 _PREFIXES = (("/ocsp", "ocsp"), ("/tsa", "tsa"), ("/oauth2/", "oauth"),
              ("/csc/v2/oauth2/", "oauth"), ("/csc/", "csc"), ("/api/", "api"),
@@ -154,7 +156,10 @@ def _hsm_check(extensions: dict) -> str:
         return "none"
     try:
         signing.sign(keys[0], _PROBE, "sha256")
-    except TincayError:
+    except TincayError:  # the token gone, the session lost, the key missing
+        return "unavailable"
+    except Exception:  # noqa: BLE001 - not ready either way; a probe never answers 500
+        log.exception("readiness: the HSM probe failed")
         return "unavailable"
     return "ok"
 
