@@ -20,6 +20,7 @@ names the failed check, never an error message (a database URL can carry a passw
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -129,7 +130,7 @@ def readyz() -> Response:
     checks = {"database": _database_check(current_app.extensions["tincay.service"]),
               "hsm": _hsm_check(current_app.extensions)}
     failed = [name for name, outcome in checks.items() if outcome not in ("ok", "none")]
-    return Response(_json({"ready": not failed, "checks": checks, "failed": failed}),
+    return Response(json.dumps({"ready": not failed, "checks": checks, "failed": failed}) + "\n",
                     status=503 if failed else 200, mimetype="application/json",
                     headers={"Cache-Control": "no-store"})
 
@@ -162,9 +163,3 @@ def _hsm_check(extensions: dict) -> str:
         log.exception("readiness: the HSM probe failed")
         return "unavailable"
     return "ok"
-
-
-def _json(body: dict) -> str:
-    import json
-
-    return json.dumps(body) + "\n"
