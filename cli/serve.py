@@ -29,10 +29,12 @@ TINCAY_HTTP_*), cli/pywsgi_worker.py (gevent's handler under them) and cli/gthre
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
@@ -108,6 +110,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
     limits = limits or HttpLimits.from_env(os.environ)  # TINCAY_HTTP_*
     files_before, files, files_needed = raise_open_files(limits.connections)
     children: list[subprocess.Popen] = []
+    counted_in = _metrics_directory()
 
     def when_ready(server: Any) -> None:
         server.log.info("Open files per process: %s (was %s); %s connections per worker",
@@ -129,6 +132,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        shutil.rmtree(counted_in, ignore_errors=True)
 
     if tsa_mark_file and not os.environ.get("TINCAY_TSA_MARK_FILE"):
         os.environ["TINCAY_TSA_MARK_FILE"] = tsa_mark_file
@@ -160,6 +164,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "post_worker_init": _worker_ready,
         "logger_class": _Log,
         "on_exit": on_exit,
+        "child_exit": _worker_exited,
     }, app_factory, limits).run()
 
 
@@ -173,6 +178,24 @@ def _worker_ready(worker: Any) -> None:
     the second time during interpreter shutdown, and printed a SystemExit traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker.log.info("Worker ready (pid: %s)", worker.pid)
+
+
+def _metrics_directory() -> str:
+    """A fresh private directory (mode 0700) for this server's metrics, which every worker
+    (and the maintenance process) counts in and a scrape sums (ca.metrics): made before the
+    fork, removed on exit, so no count of an earlier server is ever summed in."""
+    from ca import metrics
+
+    directory = tempfile.mkdtemp(prefix="tincay-metrics-")
+    metrics.use_directory(directory)
+    return directory
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """A worker exited: its live gauges leave the sums (its counters stay, ca.metrics)."""
+    from ca import metrics
+
+    metrics.process_exited(worker.pid)
 
 
 def check_free(host: str, port: int) -> None:

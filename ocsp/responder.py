@@ -29,7 +29,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca import der, signing
+from ca import der, metrics, signing
 from ca.clock import Clock
 from ca.errors import (BackendUnavailableError, DatabaseUnavailableError, KeyBackendError,
                        StoreError)
@@ -163,7 +163,13 @@ class Responder:
         A nonce-less question asked before (byte for byte) goes straight to its stored
         answer: no parsing, one indexed query, the whole of the hot path. Only when that
         answer is missing or stale (a revocation since) is the request parsed and signed live.
+        Each answer is counted by kind (ca.metrics: pre-produced, signed, or the error sent).
         """
+        answer, kind = self._answer(request_der)
+        metrics.ocsp_answer(kind)
+        return answer
+
+    def _answer(self, request_der: bytes) -> tuple[bytes, str]:
         if self.reload_keys is not None:
             self._reload_if_due()
         route = self._routes.get(request_der) if self.cache is not None else None
@@ -171,19 +177,20 @@ class Responder:
             if route is not None:
                 hit = self.cache.preproduced(route[0].ca_name, route[1])  # type: ignore[union-attr]
                 if hit is not None:
-                    return hit
+                    return hit, "preproduced"
         except (BackendUnavailableError, StoreError) as exc:
             _deferred(exc)
-            return TRY_LATER
+            return TRY_LATER, "try_later"
         try:
             parsed = self.parse(request_der)
         except MalformedRequest as exc:
             log.info("malformed OCSP request: %s", exc)
-            return MALFORMED
+            return MALFORMED, "malformed"
         try:
             key = self.match(parsed.cert_ids)
             if key is None:
-                return UNAUTHORIZED if self.keys_known else TRY_LATER
+                return (UNAUTHORIZED, "unauthorized") if self.keys_known else \
+                    (TRY_LATER, "try_later")
             if route is None and self.cache is not None and parsed.nonce is None and \
                     len(parsed.cert_ids) == 1:
                 cert_id = parsed.cert_ids[0]
@@ -194,16 +201,16 @@ class Responder:
                     self._routes[request_der] = (key, serial)
                     hit = self.cache.preproduced(key.ca_name, serial)
                     if hit is not None:
-                        return hit
+                        return hit, "preproduced"
             answers = [(cert_id, self.source.status(key.ca_name, cert_id.serial))
                        for cert_id in parsed.cert_ids]
-            return self.sign(key, answers, parsed.nonce, self.clock.now())
+            return self.sign(key, answers, parsed.nonce, self.clock.now()), "signed"
         except (KeyBackendError, StoreError) as exc:  # the HSM (its key) or the database
             _deferred(exc)
-            return TRY_LATER
+            return TRY_LATER, "try_later"
         except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered per RFC
             log.exception("OCSP responder failed")
-            return INTERNAL_ERROR
+            return INTERNAL_ERROR, "internal_error"
 
     def _reload_if_due(self) -> None:
         """Read the served CAs' keys again when the last reload is older than

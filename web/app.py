@@ -27,6 +27,7 @@ from ocsp.sources import StoreSource, responder_keys
 from ra.core import RegistrationApi
 from tsa.config import refreshed_authority, timestamp_authority, tsa_settings
 from web.csc import CscEndpoint
+from web.metrics import Metered, monitoring
 from web.oauth import oauth
 from web.ocsp import OcspEndpoint
 from web.ra import RaEndpoint
@@ -85,6 +86,9 @@ def create_app(service: CertificateAuthority) -> Flask:
 
     # outermost: /oauth2/, /csc/ and /api/ need https (or loopback) before anything reads them
     app.wsgi_app = RequireTls(app.wsgi_app)  # type: ignore[method-assign]
+    # around it all: every request counted and timed (web/metrics.py)
+    app.wsgi_app = Metered(app.wsgi_app)  # type: ignore[method-assign]
+    app.register_blueprint(monitoring)  # /metrics, /readyz
 
     @app.get("/healthz")
     def healthz() -> Response:

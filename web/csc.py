@@ -24,6 +24,7 @@ import logging
 from http import HTTPStatus
 from typing import Any, Callable
 
+from ca import metrics
 from ca.errors import ClientAuthError, StoreError
 from csc.core import PUBLIC, VERSIONS, Answer, CscApi, refusal
 from web.bearer import TokenVerifier, bearer_client, bearer_token, challenge
@@ -75,7 +76,13 @@ class CscEndpoint(ProtocolEndpoint):
         return path.startswith(PREFIX) and path not in OAUTH_PATHS
 
     def answer(self, environ: dict, path: str) -> WsgiAnswer:
-        return wsgi_answer(self.call(environ, path))
+        answer = self.call(environ, path)
+        if path.endswith(SIGN_HASH):  # remote signing's outcomes, counted (ca.metrics)
+            if answer.status == 200:
+                metrics.csc_signature("granted")
+            else:
+                metrics.csc_signature("refused", str((answer.body or {}).get("error", "")))
+        return wsgi_answer(answer)
 
     def call(self, environ: dict, path: str) -> Answer:
         """One CSC call: checks, authentication, then the core."""

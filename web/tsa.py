@@ -20,6 +20,7 @@ from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ca import metrics
 from ca.errors import DatabaseBusyError, DatabaseUnavailableError, TincayError
 from ca.services import TokenLog
 from tsa.core import TimeStampAuthority, rejection
@@ -85,24 +86,33 @@ class TsaEndpoint(ProtocolEndpoint):
 
     def stamp(self, request_der: bytes, requester: str | None = None) -> bytes:
         """TimeStampReq DER -> TimeStampResp DER, a granted token recorded durably first (a
-        token that could not be recorded becomes a systemFailure rejection). Shared by
+        token that could not be recorded becomes a systemFailure rejection), each outcome counted
+        (ca.metrics: granted, or refused by failInfo or by the log's failure). Shared by
         ``/tsa`` and the CSC API's signatures/timestamp (web/csc.py)."""
         self._refresh()
         if self.authority is None:
+            metrics.tsa_token("refused", "database_unreachable" if not self.known
+                              else "no_unit")
             return rejection("systemFailure", "the database is unreachable, try later"
                              if not self.known else "no time-stamp unit is configured here")
         result = self.authority.respond(request_der, requester)
-        if result.granted is not None:
-            token = result.granted
-            try:
-                self.token_log.record(token)
-            except DatabaseBusyError as exc:
-                log.warning("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
-                return rejection("systemFailure", "the token log is busy, try later")
-            except DatabaseUnavailableError:  # logged once by the store, not per request
-                return rejection("systemFailure",
-                                 "the token log's database is unreachable, try later")
-            except (TincayError, SQLAlchemyError) as exc:
-                log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
-                return rejection("systemFailure", "the token could not be recorded")
+        if result.granted is None:
+            metrics.tsa_token("refused", result.fail_info or "rejected")
+            return result.response
+        token = result.granted
+        try:
+            self.token_log.record(token)
+        except DatabaseBusyError as exc:
+            log.warning("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
+            metrics.tsa_token("refused", "token_log_busy")
+            return rejection("systemFailure", "the token log is busy, try later")
+        except DatabaseUnavailableError:  # logged once by the store, not per request
+            metrics.tsa_token("refused", "token_log_unreachable")
+            return rejection("systemFailure",
+                             "the token log's database is unreachable, try later")
+        except (TincayError, SQLAlchemyError) as exc:
+            log.error("time-stamp token %x not recorded, not sent: %s", token.serial, exc)
+            metrics.tsa_token("refused", "token_log_failed")
+            return rejection("systemFailure", "the token could not be recorded")
+        metrics.tsa_token("granted")
         return result.response

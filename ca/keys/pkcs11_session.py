@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11
 
+from ca import metrics
 from ca.errors import (BackendUnavailableError, ConfigurationError, KeyBackendError, PinError,
                        TokenNotFoundError, UnsupportedKeyError)
 from ca.keys.base import CURVES, PublicKey
@@ -123,7 +124,8 @@ class TokenSession:
 
     def lost(self) -> None:
         """Forget the session after the token stopped answering (call under the process lock);
-        the next call re-initialises the module and opens a new one."""
+        the next call re-initialises the module and opens a new one. Counted (ca.metrics)."""
+        metrics.hsm_error(self.token_label)
         self.drop()
         _STALE_MODULES.add(self.module)
 
@@ -177,12 +179,16 @@ class TokenSession:
         del self._expected[label]
 
     def _open(self) -> None:
+        """Log in; a failure and a session re-opened after a lost token are counted."""
         try:
             self._login()
         except (TokenNotFoundError, BackendUnavailableError):
             _STALE_MODULES.add(self.module)  # it may not see the token until re-initialised
+            metrics.hsm_error(self.token_label)
             raise
-        _STALE_MODULES.discard(self.module)
+        if self.module in _STALE_MODULES:
+            metrics.hsm_reconnect(self.token_label)
+            _STALE_MODULES.discard(self.module)
 
     def _login(self) -> None:
         self._keys = {}

@@ -3,15 +3,16 @@ the audit log, as plain dicts built while the session is open (no ORM row escape
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ca.errors import IssuanceError, NotFoundError
 from ca.services.context import ServiceContext
 from ca.store import queries
-from ca.store.models import Authority, Certificate, ServiceUnit
+from ca.store.models import Authority, Certificate, CrlRecord, ServiceUnit
 
 
 class Listings:
@@ -84,6 +85,29 @@ class Listings:
                     warnings.append(f"CA {authority.name} {when} "
                                     f"({cert.not_after:%Y-%m-%d %H:%M:%S} UTC): plan its renewal")
         return warnings
+
+    def certificate_expiries(self) -> list[tuple[str, str, datetime]]:
+        """(kind, name, notAfter) of every active CA's and every service unit's current
+        certificate, kind "ca" or the unit's ("ocsp", "tsa"): two joins over a handful of
+        rows, cheap enough for every metrics scrape (web/metrics.py)."""
+        with self.context.read() as session:
+            cas = session.execute(
+                select(Authority.name, Certificate.not_after)
+                .join(Certificate, Authority.certificate_id == Certificate.id)
+                .where(Authority.status == "active")).all()
+            units = session.execute(
+                select(ServiceUnit.kind, ServiceUnit.name, Certificate.not_after)
+                .join(Certificate, ServiceUnit.certificate_id == Certificate.id)).all()
+        return [("ca", name, not_after) for name, not_after in cas] + \
+            [(kind, name, not_after) for kind, name, not_after in units]
+
+    def latest_crl_times(self) -> list[tuple[str, datetime]]:
+        """(CA, thisUpdate of its newest complete CRL) for every CA that published one."""
+        with self.context.read() as session:
+            return [(name, this_update) for name, this_update in session.execute(
+                select(Authority.name, func.max(CrlRecord.this_update))
+                .join(CrlRecord, CrlRecord.issuer_id == Authority.id)
+                .where(CrlRecord.delta_base.is_(None)).group_by(Authority.name)).all()]
 
 
 def describe_authority(authority: Authority) -> dict[str, Any]:

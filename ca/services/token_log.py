@@ -6,6 +6,7 @@ from datetime import datetime
 from functools import cached_property, partial
 from typing import Any
 
+from ca import metrics
 from ca.services.context import ServiceContext, as_json
 from ca.store import queries
 from ca.store.group_commit import GroupCommitter
@@ -63,7 +64,7 @@ class TokenLog:
     @cached_property
     def _committer(self) -> GroupCommitter[TimestampRecord]:
         return GroupCommitter(partial(queries.add_timestamp_tokens, self._insert),
-                              timeout=TOKEN_LOG_WAIT)
+                              timeout=TOKEN_LOG_WAIT, on_commit=metrics.token_log_commit)
 
     @cached_property
     def _insert(self) -> HotInsert:

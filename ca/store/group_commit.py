@@ -70,8 +70,12 @@ class GroupCommitter(Generic[T]):
     """
 
     def __init__(self, transaction: Transaction[T], *, max_batch: int = 256,
-                 timeout: float = 30.0, gather: float = 0.002) -> None:
+                 timeout: float = 30.0, gather: float = 0.002,
+                 on_commit: Callable[[int, float], None] | None = None) -> None:
         self._transaction = transaction
+        # told (batch size, seconds the transaction took) after each commit: the token log's
+        # metrics (ca.metrics), which show whether batching works and what a commit costs
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._timeout = timeout
         self._gather = gather  # under gevent: a leader's longest wait for more records
@@ -123,8 +127,11 @@ class GroupCommitter(Generic[T]):
         for entry in batch:
             entry.error = StoreError("the transaction was interrupted")
         try:
+            started = time.perf_counter()
             self._transaction([entry.item for entry in batch], batch[0].deadline)
             self.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(len(batch), time.perf_counter() - started)
             for entry in batch:
                 entry.error = None
         except Exception as exc:  # noqa: BLE001 - not hidden: handed to the waiting caller
