@@ -12,16 +12,15 @@ with an in-memory key and persists nothing: the ceiling of issuance itself.
 """
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench.batch_issue import SUBJECT, _csrs, builder_rate
+from bench.csc_load import _token  # the platform's one client registry: any token serves
 from bench.http_load import WORKERS, _cli, _rate, bench_instance, serving
 
 CLIENTS = 8
@@ -45,15 +44,6 @@ def run(quick: bool = False) -> None:
                 builder = builder_rate(_template(env), 2000 if quick else 5000)
                 rows.append((persisted, wrk, builder))
     _report(rows, seconds)
-
-
-def _token(base: str, client_id: str, secret: str) -> str:
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    request = urllib.request.Request(f"{base}/oauth2/token", b"grant_type=client_credentials",
-                                     {"Content-Type": "application/x-www-form-urlencoded",
-                                      "Authorization": f"Basic {basic}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["access_token"]
 
 
 def _script(home: Path, token: str) -> Path:

@@ -81,15 +81,20 @@ class Served:
             context.load_cert_chain(pair.cert, pair.key)
         return context
 
-    def post(self, path: str, body: bytes, headers: dict[str, str],
-             pair: Pair | None = None) -> tuple[int, dict]:
+    def call(self, method: str, path: str, body: bytes | None, headers: dict[str, str],
+             pair: Pair | None = None) -> tuple[int, dict[str, str], dict]:
         connection = _Pinned(TLS_HOST, self.port, timeout=10, context=self.context(pair))
         try:
-            connection.request("POST", path, body=body, headers=headers)
+            connection.request(method, path, body=body, headers=headers)
             reply = connection.getresponse()
-            return reply.status, json.loads(reply.read())
+            return reply.status, dict(reply.getheaders()), json.loads(reply.read())
         finally:
             connection.close()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str],
+             pair: Pair | None = None) -> tuple[int, dict]:
+        status, _, answer = self.call("POST", path, body, headers, pair)
+        return status, answer
 
     def token(self, client: str, pair: Pair | None) -> tuple[int, dict]:
         """A tls_client_auth token request: client_id in the body, no secret."""
@@ -356,13 +361,7 @@ def test_the_registration_api_takes_the_certificate_per_request(served: Served,
 
     def get(path: str, pair: Pair | None, headers: dict[str, str] | None = None
             ) -> tuple[int, dict[str, str], dict]:
-        connection = _Pinned(TLS_HOST, served.port, timeout=10, context=served.context(pair))
-        try:
-            connection.request("GET", path, headers=headers or {})
-            reply = connection.getresponse()
-            return reply.status, dict(reply.getheaders()), json.loads(reply.read())
-        finally:
-            connection.close()
+        return served.call("GET", path, None, headers or {}, pair)
 
     status, _, cas = get("/api/v1/cas", pair)
     assert status == 200 and "issuing-ca" in [ca["name"] for ca in cas["items"]], cas
