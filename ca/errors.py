@@ -101,6 +101,12 @@ class ClientAuthError(TincayError):
 
     error = "invalid_client"
 
+    def www_authenticate(self, realm: str = "tincay") -> str:
+        """The ``WWW-Authenticate`` challenge a 401 for this refusal carries: Basic for a
+        client that failed to authenticate itself (RFC 6749 5.2), Bearer naming the error for
+        a refused access token (RFC 6750 3). One wording for every adapter and the CSC core."""
+        return f'Basic realm="{realm}"'
+
 
 class InvalidClientError(ClientAuthError):
     """Unknown client id, wrong secret or a disabled client: one message for all three, so a
@@ -111,6 +117,9 @@ class InvalidTokenError(ClientAuthError):
     """The bearer token is unknown, revoked, or its client was disabled."""
 
     error = "invalid_token"
+
+    def www_authenticate(self, realm: str = "tincay") -> str:
+        return f'Bearer realm="{realm}", error="{self.error}"'
 
 
 class ExpiredTokenError(InvalidTokenError):
