@@ -107,6 +107,11 @@ class ClientAuthError(TincayError):
         a refused access token (RFC 6750 3). One wording for every adapter and the CSC core."""
         return f'Basic realm="{realm}"'
 
+    def bearer_challenge(self, realm: str = "tincay") -> str:
+        """The RFC 6750 3 challenge, for an API whose way in is a bearer token (a client
+        certificate that authenticates no client is refused with it too)."""
+        return f'Bearer realm="{realm}", error="{self.error}"'
+
 
 class InvalidClientError(ClientAuthError):
     """Unknown client id, wrong secret or a disabled client: one message for all three, so a
@@ -119,7 +124,7 @@ class InvalidTokenError(ClientAuthError):
     error = "invalid_token"
 
     def www_authenticate(self, realm: str = "tincay") -> str:
-        return f'Bearer realm="{realm}", error="{self.error}"'
+        return self.bearer_challenge(realm)
 
 
 class ExpiredTokenError(InvalidTokenError):

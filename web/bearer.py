@@ -49,4 +49,4 @@ def challenge(exc: ClientAuthError, realm: str = "tincay") -> tuple[int, dict[st
     """The 401 an adapter answers a refused token with (RFC 6750 3): status, JSON body
     ({"error", "error_description"}) and the WWW-Authenticate header."""
     return 401, {"error": exc.error, "error_description": str(exc)}, {
-        "WWW-Authenticate": exc.www_authenticate(realm)}
+        "WWW-Authenticate": exc.bearer_challenge(realm)}
