@@ -147,6 +147,16 @@ class CertificateBindingError(TincayError):
 
 # --- remote-signing credentials (CSC API) ---------------------------------------------------
 
+class CredentialRequestError(TincayError, ValueError):
+    """A new credential's enrolment data breaks a rule (the user id, the PIN, the clients
+    that may use it, multisign). ``field`` names the member at fault, so the registration API
+    can say which; the CLI prints the message as for any ValueError."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class CredentialError(TincayError):
     """A remote-signing request the service refuses. ``error`` is the CSC error code and
     ``status`` the HTTP status an adapter answers with; every subclass sets both."""
