@@ -28,33 +28,39 @@ Notes from building it:
   peer looked 3x slower than tincay (700/s at -c32) for a reason no operator would keep;
 - Debian bookworm's cfssl (1.2.0, a 2016 snapshot) answers every RFC 5019 GET with 400 (its
   handler decodes the URL path with its leading "/"), so only the POST pair against CFSSL runs;
-- wrk's socket errors are counted per run as "dropped", not fatal: ``tincay serve`` (gevent
-  pywsgi workers, TINCAY_HTTP_KEEPALIVE=5s) closes each of wrk's 32 kept-alive connections
-  about once per 5-6 s of continuous load, a request in flight (wrk: read error): 32 per 10-s
-  run on pre-produced and nonce OCSP and /healthz, none on the slower TSA, none in 4-s runs or
-  with one connection, none with TINCAY_HTTP_KEEPALIVE=60s (TINCAY_HTTP_HEADER_TIMEOUT=60s
-  does not help): the keep-alive deadline of cli/pywsgi_worker.py fires on busy connections.
+- wrk's socket errors are counted per run as "dropped", not fatal. They found a bug in
+  ``tincay serve``'s gevent worker, fixed with this bench (cli/pywsgi_worker.py
+  ``_restarted``): gevent resumes a cancelled timer with the time it had left, so the 5-s
+  keep-alive bound, one Timeout re-started per request, closed each of wrk's 32 connections
+  once per 5-6 s of load with a request in flight: 32 dropped every 10-s run on OCSP and
+  /healthz (none on the TSA, whose connections wait in the app, not between requests).
 
-Measured on 2026-12-03 (2 cores shared with three other sessions' tests and benches, load
-average 7-11 throughout: figures move by 2x between runs; the paired ratios are what compare),
-``python -m bench peers``, five 10-s runs a side per pair:
-- TSA: tincay 1,635 falling to 906 tokens/s over the five runs (1,902 to 833 in an earlier
-  run) against the Java TSA's 4,071-5,954 (3,419-4,796): x0.23 (0.21-0.40), earlier x0.26
-  (0.22-0.54); target x1.0 missed. tincay's rate falls run after run while the Java peer's
-  does not (the token log grows by ~15,000 rows a run; not explained yet);
-- pre-produced POST vs CFSSL: 5,241-7,355 against 4,934-7,167/s, x0.83 (0.75-1.12), target
-  x1.5 missed; median p99 138 ms against CFSSL's 44 ms, none over 2 s, 32 dropped a run;
-- pre-produced vs OpenSSL's responder: GET x1.35 (0.87-1.75), POST x1.36 (0.91-1.71),
-  target x1.2 met on the median only;
-- nonce OCSP signed live vs the Java/BC responder: 2,199-3,581 against 5,503-6,189/s, x0.55
-  (0.38-0.64), target x1.0 missed; tincay's p99 290-734 ms against 33-81 ms.
-Where tincay's CPU goes (py-spy, 200 Hz, both workers, under wrk -c32; on-CPU samples):
-TSA: HSM signature (C_Sign and its wrapper) 18%, the token log's insert and group commit 23%,
-socket send 19%, HTTP request parsing 8% (email.feedparser 5%), environ and
-forwarded_scheme 4% (an ipaddress parse per request), TSA core without the signature ~9%;
-pre-produced POST: socket send 42% (one sendall per answer: the loopback syscall), header
-parsing 13%, environ 10% (forwarded_scheme alone 6%), the SQLite lookup 7%, Flask + metrics +
-protocol endpoint ~7%, access log 2%.
+Measured on 2026-12-03, ``python -m bench peers`` (five 10-s runs a side per pair), on 2 cores
+shared with three other sessions' tests and benches (load average 9-12): figures move by up
+to 2x between runs; the paired ratios are what compare. After the keep-alive fix:
+- TSA: tincay 1,636-2,173 tokens/s (every token fsynced into its log before the reply)
+  against the Java TSA's 6,852-7,563: x0.24 (0.22-0.29); target x1.0 missed. Three runs
+  before the fix: x0.26 (0.22-0.54), x0.23 (0.21-0.40) and x0.34 (0.15-0.56), tincay falling from 1,635 to 906
+  and 1,902 to 833 over five runs while the Java peer's rate held. Not the log's size: a bare
+  SQLite test (16-row fsynced commits, the log's indexes, random serials) kept 0.6-1.8 ms a
+  commit from 24,000 to 192,000 rows; unexplained (machine load?);
+- pre-produced POST vs CFSSL: 5,877-9,599 against 7,121-8,926/s, x1.12 (0.77-1.29; before
+  the fix x0.83 and x1.12), target x1.5 missed; median p99 70.5 ms against CFSSL's 42.0 ms
+  (missed), no request over 2 s, nothing dropped (160 a five-run pair before the fix);
+- pre-produced vs OpenSSL's responder: GET x1.54 (1.12-2.14), POST x1.23 (1.10-1.68), target
+  x1.2 met (before the fix: GET x1.35 and x1.56, POST x1.36);
+- nonce OCSP signed live vs the Java/BC responder: 2,624-4,018 against 5,996-7,747/s, x0.46
+  (0.40-0.52; before the fix x0.55), target x1.0 missed; tincay's p99 199-589 ms against
+  27-40 ms.
+Where tincay's CPU goes (py-spy record --rate 200 --nonblocking on both workers under wrk
+-c32, before the fix; on-CPU samples): TSA: the HSM signature (C_Sign and its wrapper) 18%, the
+token log's insert and group commit 23%, socket send 19%, HTTP request parsing 8%
+(email.feedparser 5%), environ and forwarded_scheme 4%, the TSA core beside the signature ~9%;
+pre-produced POST: socket send 42% (one sendall an answer: the loopback syscall, which does
+the receiving side's work too), header parsing 13%, environ 10% (forwarded_scheme 6%: gunicorn's
+default secure_scheme_headers make it parse the peer's address with ipaddress and read the
+allowed networks on every request), the SQLite lookup 7%, Flask + metrics + protocol endpoint
+about 7%, the access log 2%.
 """
 from __future__ import annotations
 
@@ -69,14 +75,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from bench.http_load import (CONNECTIONS, _cli, _free_port, _ocsp_request, _wait, bench_instance,
                              openssl_peer, openssl_wrk, serving)

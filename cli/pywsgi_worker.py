@@ -63,7 +63,7 @@ _PHRASES = {400: "Bad Request", 408: "Request Timeout", 501: "Not Implemented"}
 
 class _BoundedInput:
     """``wsgi.input`` whose reads must be done by the handler's body deadline: ``timer``, one
-    gevent.Timeout per connection, runs from the first read until the body is complete (a
+    gevent.Timeout per request body, runs from the first read until the body is complete (a
     Content-Length body: no timer left running into the app); a chunked body, whose end shows
     only at its last chunk, gets a timer per read for what is left of the deadline. After the
     deadline every read fails and :attr:`expired` tells the handler to close the connection."""
