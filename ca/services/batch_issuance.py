@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -286,13 +285,11 @@ class RowIssuance:
         failed: list[tuple[_Request, TincayError]] = []
         for request in requests:
             try:
-                cert = core.sign(_prepared(request), issuer)
+                signed.append((request, core.sign_der(_prepared(request), issuer)))
             except KeyBackendError:
                 raise  # the HSM: the batch stops, its pending rows resume on the rerun
             except TincayError as exc:
                 failed.append((request, exc))
-                continue
-            signed.append((request, cert.public_bytes(serialization.Encoding.DER)))
         if not requests:
             return
         now = self.context.clock.now()
