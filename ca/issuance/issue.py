@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from ca.errors import IssuanceError
 from ca.issuance.checks import (check_dns_names, check_emails, check_issuer, issuer_name,
                                 validity)
-from ca.issuance.encoding import spki
+from ca.issuance.encoding import kept_spki
 from ca.issuance.extensions import extensions
 from ca.issuance.keys import check_key
 from ca.issuance.request import CertificateRequest, IssuerInfo, PreparedCertificate, Urls
@@ -50,7 +50,7 @@ def prepare(request: CertificateRequest, issuer: IssuerInfo,
         tbs_der=tbs, algorithm_der=algorithm_der, issuer_spec=issuer_spec,
         serial=request.serial, not_before=not_before, not_after=not_after,
         profile_name=profile.name, issuer_name=issuer.name,
-        issuer_spki=spki(issuer.key.public_key), hash_algorithm=algorithm,
+        issuer_spki=kept_spki(issuer.key.public_key), hash_algorithm=algorithm,
         rsa_padding=rsa_padding)
 
 
@@ -69,7 +69,7 @@ def sign_der(prepared: PreparedCertificate, issuer: IssuerInfo) -> bytes:
     Refuses a different issuer key and a signature that does not verify under the issuer's
     public key (an HSM fault). Key backend errors propagate.
     """
-    if spki(issuer.key.public_key) != prepared.issuer_spki:
+    if kept_spki(issuer.key.public_key) != prepared.issuer_spki:
         raise IssuanceError(f"certificate {prepared.serial_hex} was prepared for another issuer "
                             f"key than {issuer.key.uri}")
     signature = sign_data(issuer.key.private_key, prepared.tbs_der, prepared.hash_algorithm,
