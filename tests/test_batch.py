@@ -348,6 +348,7 @@ def test_rows_checked_in_worker_processes_end_as_in_one_process(
         try:
             service = app.service.batch
             service.rows.workers = workers
+            service.rows.wait_for_workers = True  # else the first chunks may not wait for them
             out = tmp_path / f"out-{workers}.jsonl"
             service.issue_file(name, batch, out, chunk=3)
             return results(out), service.rows.rows_in_workers

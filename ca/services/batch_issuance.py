@@ -13,8 +13,8 @@ claims, the transactions and the HSM stay here.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -26,7 +26,7 @@ from ca.errors import AlreadyExistsError, KeyBackendError, TincayError, Unsuppor
 from ca.issuance import IssuerInfo, PreparedCertificate
 from ca.services.batch_files import RawRow, RowError, RowResult
 from ca.services.batch_rows import Request, check_row, prepare_row, refusing, row_error
-from ca.services.batch_workers import Checked, RowWorkers
+from ca.services.batch_workers import Checked, Part, RowWorkers
 from ca.services.context import ServiceContext, as_json
 from ca.services.issuance import Issuance
 from ca.services.reconciliation import NEVER_ISSUED_REASON
@@ -51,7 +51,8 @@ class RowIssuance:
         self.revocation = revocation
         # worker processes for the rows' pure part; 0: all in this process
         self.workers = batch_workers() if workers is None else workers
-        self.rows_in_workers = 0  # rows a worker saw, over this object's batches
+        self.rows_in_workers = 0  # rows a worker checked, over this object's batches
+        self.wait_for_workers = False  # True: never check a row here that a worker has
 
     def issue_rows(self, ca: str, rows: Iterable[RawRow], base: Path, *, chunk: int = CHUNK,
                    batch: str = "-") -> Iterator[list[RowResult]]:
@@ -65,36 +66,37 @@ class RowIssuance:
         first = next(chunks, None)
         if first is None:
             return
-        yield self._issue_chunk(ca, issuer_id, issuer, urls, first, base, batch)
-        if not self.workers:
-            for more in chunks:
-                yield self._issue_chunk(ca, issuer_id, issuer, urls, more, base, batch)
+        second = next(chunks, None)
+        if second is None or not self.workers:
+            for done in ([first] if second is None else itertools.chain([first, second],
+                                                                          chunks)):
+                yield self._issue_chunk(ca, issuer_id, issuer, urls, done, base, batch)
             return
+        # a second chunk: worth starting the workers, which begin while the first is issued
         workers = RowWorkers(self.workers, self.context.profiles, ca, issuer, urls, base)
         try:
-            ahead: deque[tuple[list[RawRow], list[Future[list[Checked]]]]] = deque()
-            while True:
+            ahead: deque[tuple[list[RawRow], list[Part]]] = deque(
+                [(second, workers.submit(second, self.context.clock.now()))])
+            yield self._issue_chunk(ca, issuer_id, issuer, urls, first, base, batch)
+            while ahead:
                 while len(ahead) < _AHEAD:
                     more = next(chunks, None)
                     if more is None:
                         break
                     ahead.append((more, workers.submit(more, self.context.clock.now())))
-                if not ahead:
-                    return
                 done, parts = ahead.popleft()
-                checked = [c for part in parts for c in part.result()]
                 yield self._issue_chunk(ca, issuer_id, issuer, urls, done, base, batch,
-                                        checked)
+                                        workers.collect(parts, self.wait_for_workers))
         finally:
             workers.close()
 
     def _issue_chunk(self, ca: str, issuer_id: int, issuer: IssuerInfo, urls: core.Urls | None,
                      rows: list[RawRow], base: Path, batch: str,
-                     checked: list[Checked] | None = None) -> list[RowResult]:
+                     checked: list[Checked | None] | None = None) -> list[RowResult]:
         results: dict[int, RowResult] = {}
         raws = {raw.number: raw for raw in rows}
         requests = self._requests(ca, rows, base, checked, results)
-        self.rows_in_workers += len(checked or ())
+        self.rows_in_workers += sum(c is not None for c in checked or ())
         for attempt in range(_ATTEMPTS):
             todo, stale = self._claimed(ca, requests, results)
             todo = [r for r in todo if self._dry_run(r, issuer, urls, results)]
@@ -112,7 +114,7 @@ class RowIssuance:
         return [results[raw.number] for raw in rows]
 
     def _requests(self, ca: str, rows: list[RawRow], base: Path,
-                  checked: list[Checked] | None, results: dict[int, RowResult]
+                  checked: list[Checked | None] | None, results: dict[int, RowResult]
                   ) -> list[Request]:
         """The chunk's rows that passed their checks (checked here, or by the workers)."""
         requests: list[Request] = []

@@ -87,21 +87,40 @@ class IssuerFacts:
                           publishes_deltas=self.publishes_deltas)
 
 
+Part = tuple[list[RawRow], "Future[list[Checked]]"]
+
+
 class RowWorkers:
     """``count`` spawned processes checking and preparing the rows of one batch."""
 
     def __init__(self, count: int, profiles: ProfileSet, ca: str, issuer: IssuerInfo,
                  urls: core.Urls | None, base: Path) -> None:
         self.count = count
+        self.ready = False  # a part came back: the workers are up
         self._pool = ProcessPoolExecutor(
             count, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
             initargs=(os.getpid(), profiles, ca, IssuerFacts.of(issuer), urls, base))
 
-    def submit(self, rows: list[RawRow], now: datetime) -> list[Future[list[Checked]]]:
-        """``rows`` split over the workers; the futures of their parts, in row order."""
+    def submit(self, rows: list[RawRow], now: datetime) -> list[Part]:
+        """``rows`` split over the workers: each part's rows and the future of its results."""
         size = -(-len(rows) // self.count)
-        return [self._pool.submit(_check_rows, rows[i:i + size], now)
+        return [(rows[i:i + size], self._pool.submit(_check_rows, rows[i:i + size], now))
                 for i in range(0, len(rows), size)]
+
+    def collect(self, parts: list[Part], wait: bool = False) -> list[Checked | None]:
+        """The results of the parts, in row order. Until the workers have answered once
+        (spawning one takes 0.3-0.7 s of imports) a part not done yet is not waited for:
+        None for each of its rows, which the caller checks itself (what the worker makes of
+        it is dropped), so starting workers never holds a batch up. ``wait``: always wait."""
+        out: list[Checked | None] = []
+        for rows, future in parts:
+            if wait or self.ready or future.done():
+                out.extend(future.result())
+                self.ready = True
+            else:
+                future.cancel()
+                out.extend([None] * len(rows))
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
