@@ -79,14 +79,17 @@ class RowIssuance:
                 [(second, workers.submit(second, self.context.clock.now()))])
             yield self._issue_chunk(ca, issuer_id, issuer, urls, first, base, batch)
             while ahead:
-                while len(ahead) < _AHEAD:
+                done, parts = ahead.popleft()
+                checked = workers.collect(parts, self.wait_for_workers)
+                # until the workers first answer, one chunk at a time is theirs (what they
+                # make of a chunk checked here meanwhile is dropped: bounded waste)
+                while len(ahead) < (_AHEAD if workers.ready else 1):
                     more = next(chunks, None)
                     if more is None:
                         break
                     ahead.append((more, workers.submit(more, self.context.clock.now())))
-                done, parts = ahead.popleft()
                 yield self._issue_chunk(ca, issuer_id, issuer, urls, done, base, batch,
-                                        workers.collect(parts, self.wait_for_workers))
+                                        checked)
         finally:
             workers.close()
 
