@@ -250,7 +250,7 @@ def _baselines(template: x509.Certificate, csrs: list[str], n: int) -> tuple[Rat
 
 def _workers(service: Any) -> str:
     """What the batch's rows run in, for the heading."""
-    workers = service.batch.rows.workers
+    workers = getattr(service.batch.rows, "workers", 0)  # 0 before the workers existed
     return (f"CSR rows checked and prepared in {workers} worker process"
             f"{'es' if workers > 1 else ''} beside the main one (TINCAY_BATCH_WORKERS; "
             f"{os.cpu_count()} cores)" if workers else "one process (TINCAY_BATCH_WORKERS=0)")
