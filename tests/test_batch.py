@@ -349,6 +349,7 @@ def test_rows_checked_in_worker_processes_end_as_in_one_process(
             service = app.service.batch
             service.rows.workers = workers
             service.rows.wait_for_workers = True  # else the first chunks may not wait for them
+            service.rows.workers_after = 3  # from the second chunk on (default: row 2,000)
             out = tmp_path / f"out-{workers}.jsonl"
             service.issue_file(name, batch, out, chunk=3)
             return results(out), service.rows.rows_in_workers

@@ -38,6 +38,7 @@ from ca.store.models import ISSUED, PENDING, AuditEvent, Certificate, Idempotenc
 OPERATOR = "operator"  # the claims' client id: the CA operator at the CLI
 CHUNK = 200  # rows per pair of transactions
 _ATTEMPTS = 3  # a serial collision (2^-159) or a concurrent run's claim: prepare again
+WORKERS_AFTER = 2000  # rows issued in this process before the workers start
 _AHEAD = 2  # chunks the workers check and prepare ahead of the one being committed
 
 
@@ -53,6 +54,9 @@ class RowIssuance:
         self.workers = batch_workers() if workers is None else workers
         self.rows_in_workers = 0  # rows a worker checked, over this object's batches
         self.wait_for_workers = False  # True: never check a row here that a worker has
+        # rows issued here before workers start: spawning one costs 0.3-0.7 s of CPU
+        # (imports), which a batch of a few chunks would not win back on a busy machine
+        self.workers_after = WORKERS_AFTER
 
     def issue_rows(self, ca: str, rows: Iterable[RawRow], base: Path, *, chunk: int = CHUNK,
                    batch: str = "-") -> Iterator[list[RowResult]]:
@@ -63,15 +67,18 @@ class RowIssuance:
             issuer = self.context.issuer_info(authority)  # the key found once per batch
         urls = self.context.urls(issuer)
         chunks = _chunks(rows, chunk)
-        first = next(chunks, None)
-        if first is None:
-            return
-        second = next(chunks, None)
-        if second is None or not self.workers:
-            for done in ([first] if second is None else itertools.chain([first, second],
-                                                                          chunks)):
-                yield self._issue_chunk(ca, issuer_id, issuer, urls, done, base, batch)
-            return
+        done_here = 0
+        while True:  # in this process until the batch is big enough for workers to pay
+            first = next(chunks, None)
+            if first is None:
+                return
+            second = next(chunks, None) if self.workers else None
+            if second is not None and done_here + len(first) >= self.workers_after:
+                break
+            yield self._issue_chunk(ca, issuer_id, issuer, urls, first, base, batch)
+            done_here += len(first)
+            if second is not None:
+                chunks = itertools.chain([second], chunks)
         # a second chunk: worth starting the workers, which begin while the first is issued
         workers = RowWorkers(self.workers, self.context.profiles, ca, issuer, urls, base)
         try:
