@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -373,3 +374,50 @@ def test_rows_checked_in_worker_processes_end_as_in_one_process(
                 (one["status"], one["field"], one["error"])
     third, _ = run(1)
     assert [r["status"] for r in third if r["row"] in issued] == ["already-issued"] * 5
+
+
+_HOLDS_WORKERS = """
+import multiprocessing, sys, time
+from pathlib import Path
+from ca.services.batch_files import read_rows
+from cli.context import AppContext
+
+rows = AppContext().service.batch.rows
+rows.workers, rows.workers_after, rows.wait_for_workers = 1, 0, True
+path = Path(sys.argv[2])
+chunks = rows.issue_rows(sys.argv[1], read_rows(path, "jsonl"), path.parent, chunk=5)
+next(chunks), next(chunks)  # the second chunk came back from the worker
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_batch_killed_with_its_workers_running_leaves_no_process_behind(
+        ca: tuple[Cli, str], env: dict[str, str], tmp_path: Path) -> None:
+    _, name = ca
+    batch = tmp_path / "rows.jsonl"
+    batch.write_text(as_text("jsonl", [{"profile": "clinician", "subject": subject(n),
+                                        "csr": csr_pem()} for n in range(30)]),
+                     encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-c", _HOLDS_WORKERS, name, str(batch)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        workers = [int(pid) for pid in line.split()]
+        assert workers and all(_alive(pid) for pid in workers), process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived its batch"
