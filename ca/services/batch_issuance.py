@@ -6,8 +6,8 @@ from the CA, the row's number and its content, in the same transaction as its pe
 certificate row: that is what makes a rerun resume (ca.services.batch says how).
 
 The pure part of a row (ca.services.batch_rows: its checks, the CSR's signature, its
-TBSCertificate) runs in worker processes a few chunks ahead (ca.services.batch_workers,
-TINCAY_BATCH_WORKERS) from the second chunk on, so a small batch starts no process; the
+TBSCertificate) runs in worker processes two chunks ahead (ca.services.batch_workers,
+TINCAY_BATCH_WORKERS) from row WORKERS_AFTER on, so a small batch starts no process; the
 claims, the transactions and the HSM stay here.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ class RowIssuance:
             done_here += len(first)
             if second is not None:
                 chunks = itertools.chain([second], chunks)
-        # a second chunk: worth starting the workers, which begin while the first is issued
+        # big enough: the workers start on ``second`` while ``first`` is issued here
         workers = RowWorkers(self.workers, self.context.profiles, ca, issuer, urls, base)
         try:
             ahead: deque[tuple[list[RawRow], list[Part]]] = deque(
