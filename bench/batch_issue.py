@@ -26,9 +26,11 @@ P-256 on the token:
     work beyond the certificate): the row's checks against the profile, the claims, the
     pending row and its audit events, the HSM and the verification of its signature.
 
-  The batch may run the CSR parse and verification, and the rows' checks, in worker
-  processes (``TINCAY_BATCH_WORKERS``, ca.services.batch_workers): the bench prints how many
-  it used; the baselines stay one process.
+  From a batch's row 2,000 on, the batch checks and prepares CSR rows (the CSR's parse and
+  signature, the subject, the TBS) in worker processes (``TINCAY_BATCH_WORKERS``,
+  ca.services.batch_workers), so the 1,000-row run is one process and the N-row run uses
+  them: the bench prints how many, and the rows per CPU second of all processes and of the
+  main one; the baselines stay one process.
 - 200 CSR issuances one at a time through ``Issuance.issue`` (what one ``tincay issue``
   does, without the process start), for the batch's gain;
 - a long run of N CSR rows: the rate of the first and the last 10% (flat means about 1.0) and
@@ -252,7 +254,8 @@ def _workers(service: Any) -> str:
     """What the batch's rows run in, for the heading."""
     workers = getattr(service.batch.rows, "workers", 0)  # 0 before the workers existed
     return (f"CSR rows checked and prepared in {workers} worker process"
-            f"{'es' if workers > 1 else ''} beside the main one (TINCAY_BATCH_WORKERS; "
+            f"{'es' if workers > 1 else ''} beside the main one from row "
+            f"{getattr(service.batch.rows, 'workers_after', 0)} on (TINCAY_BATCH_WORKERS; "
             f"{os.cpu_count()} cores)" if workers else "one process (TINCAY_BATCH_WORKERS=0)")
 
 
