@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
 UNIT_RENEWAL = 2 / 3  # TINCAY_UNIT_RENEWAL: when OCSP and TSA unit certificates are renewed
 KEY_CACHE = 1000  # TINCAY_KEY_CACHE: unwrapped subscriber keys a process keeps (ca.keys.wrapping)
+BATCH_WORKERS_MAX = 4  # TINCAY_BATCH_WORKERS default: a core left for the main process, at most 4
 SAD_LIFETIME = timedelta(minutes=5)  # TINCAY_SAD_LIFETIME: a SAD's life (CSC authorize)
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -129,8 +130,18 @@ def _count(value: object) -> object:
     return int(value)
 
 
+def _workers(value: object) -> object:
+    """``2`` -> 2; 0 is allowed (no worker processes)."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    if not value.strip().isdigit() or int(value) > 64:
+        raise FieldError(f"{value!r} is not a whole number from 0 to 64")
+    return int(value)
+
+
 class ServiceVariables(InputModel):
-    """TINCAY_KEY_CACHE and TINCAY_SAD_LIFETIME: read by the services of each process that
+    """TINCAY_KEY_CACHE, TINCAY_SAD_LIFETIME and TINCAY_BATCH_WORKERS: read by the services of each process that
     are built over a context (the subscriber keys, the credentials), not from
     :class:`Settings`."""
 
@@ -139,6 +150,8 @@ class ServiceVariables(InputModel):
     key_cache: Annotated[int | None, BeforeValidator(_count)] = Field(
         None, alias="TINCAY_KEY_CACHE")
     sad_lifetime: PositiveDurationVariable = Field(None, alias="TINCAY_SAD_LIFETIME")
+    batch_workers: Annotated[int | None, BeforeValidator(_workers)] = Field(
+        None, alias="TINCAY_BATCH_WORKERS")
 
 
 def service_variables(env: Mapping[str, str] | None = None) -> ServiceVariables:
@@ -150,6 +163,16 @@ def service_variables(env: Mapping[str, str] | None = None) -> ServiceVariables:
 def key_cache_size(env: Mapping[str, str] | None = None) -> int:
     """How many unwrapped subscriber keys a process keeps (TINCAY_KEY_CACHE, default 1000)."""
     return service_variables(env).key_cache or KEY_CACHE
+
+
+def batch_workers(env: Mapping[str, str] | None = None) -> int:
+    """How many worker processes ``tincay issue --batch`` checks and prepares CSR rows in
+    (TINCAY_BATCH_WORKERS; 0: none, all in the main process). Default: one core left for the
+    main process (which commits and signs), at most BATCH_WORKERS_MAX."""
+    chosen = service_variables(env).batch_workers
+    if chosen is not None:
+        return chosen
+    return max(0, min(BATCH_WORKERS_MAX, (os.cpu_count() or 1) - 1))
 
 
 def sad_lifetime(env: Mapping[str, str] | None = None) -> timedelta:

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
@@ -232,6 +233,7 @@ def test_a_chunk_persisted_but_never_signed_is_revoked_as_never_issued_and_reiss
     claim and the pending row committed, no signature."""
     from cli.shell import app_context  # noqa: F401 - the CLI's composition root, below
     from ca.services.batch_files import read_rows
+    from ca.services.batch_rows import check_row
     from cli.context import AppContext
 
     cli, name = ca
@@ -245,7 +247,8 @@ def test_a_chunk_persisted_but_never_signed_is_revoked_as_never_issued_and_reiss
             from ca.store import queries
             authority = queries.get_authority(session, name)
             issuer = service.context.issuer_info(authority)
-        request = service._check(name, next(read_rows(batch, "jsonl")), tmp_path)
+        request = check_row(service.context.profiles, name, next(read_rows(batch, "jsonl")),
+                            tmp_path)
         todo, stale = service._claimed(name, [request], {})
         assert service._prepare(request, issuer, service.context.urls(issuer), {})
         service._persist(name, authority.id, todo, stale, "one.jsonl")
@@ -312,3 +315,109 @@ def test_a_revocation_batch_reports_each_row_and_resumes(
     cli("revoke", "--ca", root, "--batch", str(other), "--results", str(out), code=1)
     assert results(out)[0]["field"] == "serial"
     assert cli.json("cert", "show", serials[2], "--ca", name)["status"] == "issued"
+
+
+def test_rows_checked_in_worker_processes_end_as_in_one_process(
+        ca: tuple[Cli, str], tmp_path: Path) -> None:
+    """From the second chunk on, CSR rows are checked and prepared in worker processes:
+    every refusal names the same field with the same words as in the main process, the key
+    rows they hand back are issued, and a rerun in one process finds every row issued."""
+    from cli.context import AppContext
+
+    _, name = ca
+    weak = rsa.generate_private_key(65537, 1024)
+    weak_csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "weak")])).sign(weak, hashes.SHA256())
+    rows = [{"profile": "clinician", "subject": subject(n), "csr": csr_pem()} for n in range(3)]
+    rows += [
+        {"profile": "clinician", "subject": subject(3), "csr": csr_pem(), "days": 99999},
+        {"profile": "clinician", "subject": subject(4), "csr": tampered_csr_pem()},
+        {"profile": "clinician", "subject": "C=VN, CN=x, =broken", "csr": csr_pem()},
+        {"profile": "clinician", "subject": subject(6), "key_type": "ec-p256"},
+        {"profile": "clinician", "subject": subject(7), "csr": weak_csr.public_bytes(
+            serialization.Encoding.PEM).decode("ascii")},
+        {"profile": "clinician", "subject": subject(8), "csr": csr_pem(), "email": "nope"},
+        {"profile": "clinician", "subject": subject(9), "csr": csr_pem(),
+         "email": "bs9@benhvien-q11.example.vn"},
+        {"profile": "teacher-x", "subject": subject(10), "csr": csr_pem()},
+    ]
+    batch = tmp_path / "mixed.jsonl"
+    batch.write_text(as_text("jsonl", rows), encoding="utf-8")
+
+    def run(workers: int) -> tuple[list[dict[str, Any]], int]:
+        app = AppContext()
+        try:
+            service = app.service.batch
+            service.rows.workers = workers
+            service.rows.wait_for_workers = True  # else the first chunks may not wait for them
+            service.rows.workers_after = 3  # from the second chunk on (default: row 2,000)
+            out = tmp_path / f"out-{workers}.jsonl"
+            service.issue_file(name, batch, out, chunk=3)
+            return results(out), service.rows.rows_in_workers
+        finally:
+            app.close()
+
+    first, in_workers = run(2)
+    assert in_workers == len(rows) - 3  # all but the first chunk's
+    again, none = run(0)
+    assert none == 0
+    by_row = {r["row"]: r for r in first}
+    issued = {n for n, r in by_row.items() if r["status"] == "issued"}
+    assert issued == {1, 2, 3, 7, 10}
+    assert {n: r["field"] for n, r in by_row.items() if n not in issued} == {
+        4: "days", 5: "csr", 6: "subject", 8: "csr", 9: "email", 11: "profile"}
+    for one, other in zip(first, again):
+        if one["row"] in issued:
+            assert other["status"] == "already-issued" and other["serial"] == one["serial"]
+        else:
+            assert (other["status"], other["field"], other["error"]) == \
+                (one["status"], one["field"], one["error"])
+    third, _ = run(1)
+    assert [r["status"] for r in third if r["row"] in issued] == ["already-issued"] * 5
+
+
+_HOLDS_WORKERS = """
+import multiprocessing, sys, time
+from pathlib import Path
+from ca.services.batch_files import read_rows
+from cli.context import AppContext
+
+rows = AppContext().service.batch.rows
+rows.workers, rows.workers_after, rows.wait_for_workers = 1, 0, True
+path = Path(sys.argv[2])
+chunks = rows.issue_rows(sys.argv[1], read_rows(path, "jsonl"), path.parent, chunk=5)
+next(chunks), next(chunks)  # the second chunk came back from the worker
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_batch_killed_with_its_workers_running_leaves_no_process_behind(
+        ca: tuple[Cli, str], env: dict[str, str], tmp_path: Path) -> None:
+    _, name = ca
+    batch = tmp_path / "rows.jsonl"
+    batch.write_text(as_text("jsonl", [{"profile": "clinician", "subject": subject(n),
+                                        "csr": csr_pem()} for n in range(30)]),
+                     encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-c", _HOLDS_WORKERS, name, str(batch)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        workers = [int(pid) for pid in line.split()]
+        assert workers and all(_alive(pid) for pid in workers), process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived its batch"

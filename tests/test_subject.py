@@ -266,3 +266,32 @@ def test_subject_profiles_and_hierarchy_import_no_web_db_or_cli_code() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+PLAIN_CASES = [
+    "C=VN, O=Bệnh viện Quận 11, CN=Bác sĩ 1, UID=CCCD:079073000001",
+    "CN=Bùi Sĩ Tuấn,UID=CCCD:038093015572,C=VN",
+    "  cn = a b  ,  title=BS CK II ,o=x<y>;z  ",
+    "C=VN, CN=a=b, emailAddress=a@b.vn",
+    "C=VN, CN=Nguye\u0302\u0303n",  # decomposed: NFC applies to the value too
+    "C=VN,, CN=x", "C=VN, CN=", "C=VN, =x", "C=VN, colour=blue", "C=VN, CN",
+    "2.5.4.3=x, C=VN", "C=VN, CN=\tx\t", "C=VN, CN=a , O= b",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_CASES)
+def test_the_plain_split_reads_what_the_parser_reads(text: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """parse_subject splits subjects without escapes or quotes instead of walking them a
+    character at a time: the same pairs, or the parser's own error when it refuses."""
+    from ca import subject as module
+
+    def parsed() -> object:
+        try:
+            return module.parse_subject(text)
+        except SubjectError as exc:
+            return ("error", str(exc))
+
+    fast = parsed()
+    monkeypatch.setattr(module, "_plain_pairs", lambda _text: None)
+    assert fast == parsed()

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.clock import ensure_utc, truncate_seconds
 from ca.errors import IssuanceError, ProfileError
-from ca.issuance.encoding import extension_value, spki
+from ca.issuance.encoding import extension_value, kept_spki, spki
 from ca.issuance.request import CertificateRequest, IssuerInfo
 from ca.profiles import Profile
 
@@ -33,7 +33,7 @@ def check_issuer(profile: Profile, issuer: IssuerInfo, request: CertificateReque
         if not profile.self_signed:
             raise IssuanceError(f"profile {profile.name} is not self-signed: issuer "
                                 f"{issuer.name} needs a certificate")
-        if spki(request.public_key) != spki(issuer.key.public_key):
+        if spki(request.public_key) != kept_spki(issuer.key.public_key):
             raise IssuanceError(f"self-signed {profile.name}: the certified key is not the "
                                 f"signing key {issuer.key.uri}")
         if new_bc is None or not new_bc.ca:
@@ -43,7 +43,7 @@ def check_issuer(profile: Profile, issuer: IssuerInfo, request: CertificateReque
         raise IssuanceError(f"profile {profile.name} is self-signed but issuer {issuer.name} "
                             "has a certificate")
     cert = issuer.certificate
-    if spki(cert.public_key()) != spki(issuer.key.public_key):
+    if kept_spki(cert) != kept_spki(issuer.key.public_key):
         raise IssuanceError(f"issuer {issuer.name}: key {issuer.key.uri} does not match the "
                             "issuer certificate")
     bc = extension_value(cert, x509.BasicConstraints)

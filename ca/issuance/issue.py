@@ -13,13 +13,13 @@ from cryptography.exceptions import InvalidSignature
 from ca.errors import IssuanceError
 from ca.issuance.checks import (check_dns_names, check_emails, check_issuer, issuer_name,
                                 validity)
-from ca.issuance.encoding import spki
+from ca.issuance.encoding import kept_spki
 from ca.issuance.extensions import extensions
 from ca.issuance.keys import check_key
 from ca.issuance.request import CertificateRequest, IssuerInfo, PreparedCertificate, Urls
 from ca.issuance.serials import check_serial
-from ca.issuance.signature import (lint_key, sign_builder, sign_data, signature_params,
-                                   verify_signature, with_signature)
+from ca.issuance.signature import check_signature, frame, sign_data, signature_params
+from ca.issuance.tbs import algorithm_identifier, tbs_der
 
 
 def prepare(request: CertificateRequest, issuer: IssuerInfo,
@@ -42,48 +42,42 @@ def prepare(request: CertificateRequest, issuer: IssuerInfo,
     algorithm, rsa_padding = signature_params(profile, issuer_spec)
 
     name = request.subject if self_signed else issuer_name(issuer)
-    builder = (x509.CertificateBuilder()
-               .subject_name(request.subject)
-               .issuer_name(name)
-               .public_key(request.public_key)
-               .serial_number(request.serial)
-               .not_valid_before(not_before)
-               .not_valid_after(not_after))
-    for extension, critical in extensions(request, issuer, urls, subject_spec, self_signed,
-                                          emails, dns_names):
-        builder = builder.add_extension(extension, critical=critical)
-
-    preview = sign_builder(builder, lint_key(issuer_spec), algorithm, rsa_padding)
+    algorithm_der = algorithm_identifier(issuer_spec, algorithm, rsa_padding)
+    tbs = tbs_der(request.subject, name, request.public_key, request.serial, not_before,
+                  not_after, extensions(request, issuer, urls, subject_spec, self_signed,
+                                        emails, dns_names), algorithm_der)
     return PreparedCertificate(
-        builder=builder, tbs_der=preview.tbs_certificate_bytes, preview=preview,
+        tbs_der=tbs, algorithm_der=algorithm_der, issuer_spec=issuer_spec,
         serial=request.serial, not_before=not_before, not_after=not_after,
         profile_name=profile.name, issuer_name=issuer.name,
-        issuer_spki=spki(issuer.key.public_key), hash_algorithm=algorithm,
+        issuer_spki=kept_spki(issuer.key.public_key), hash_algorithm=algorithm,
         rsa_padding=rsa_padding)
 
 
 def sign(prepared: PreparedCertificate, issuer: IssuerInfo) -> x509.Certificate:
-    """Sign exactly what :func:`prepare` built, with the issuer's real (HSM or memory) key.
+    """Sign exactly what :func:`prepare` built, with the issuer's real (HSM or memory) key:
+    :func:`sign_der`, parsed."""
+    return x509.load_der_x509_certificate(sign_der(prepared, issuer))
 
-    The key signs the persisted TBSCertificate octets themselves, framed with the preview's
-    signatureAlgorithm: what ``CertificateBuilder.sign`` would ask the key for, without
-    encoding the certificate a second time (half the CPU of a batch's certificate). Refuses a
-    different issuer key, a TBS that differs from ``prepared.tbs_der`` (what the service
-    persisted) and a signature that does not verify. Key backend errors propagate.
+
+def sign_der(prepared: PreparedCertificate, issuer: IssuerInfo) -> bytes:
+    """The DER of the certificate :func:`prepare` built, signed by the issuer's real key.
+
+    The key signs the persisted TBSCertificate octets themselves (what
+    ``CertificateBuilder.sign`` would ask it for), framed with the prepared
+    signatureAlgorithm, so the certificate's TBS is ``prepared.tbs_der`` by construction.
+    Refuses a different issuer key and a signature that does not verify under the issuer's
+    public key (an HSM fault). Key backend errors propagate.
     """
-    if spki(issuer.key.public_key) != prepared.issuer_spki:
+    if kept_spki(issuer.key.public_key) != prepared.issuer_spki:
         raise IssuanceError(f"certificate {prepared.serial_hex} was prepared for another issuer "
                             f"key than {issuer.key.uri}")
     signature = sign_data(issuer.key.private_key, prepared.tbs_der, prepared.hash_algorithm,
                           prepared.rsa_padding)
-    cert = x509.load_der_x509_certificate(with_signature(prepared.preview, prepared.tbs_der,
-                                                         signature))
-    if cert.tbs_certificate_bytes != prepared.tbs_der:
-        raise IssuanceError(f"certificate {prepared.serial_hex}: the signed TBSCertificate "
-                            "differs from the prepared one; refusing to hand it out")
     try:
-        verify_signature(cert, issuer.key.public_key)
+        check_signature(issuer.key.public_key, signature, prepared.tbs_der,
+                        prepared.hash_algorithm, prepared.rsa_padding)
     except InvalidSignature:
         raise IssuanceError(f"certificate {prepared.serial_hex}: the signature made by "
                             f"{issuer.key.uri} does not verify") from None
-    return cert
+    return frame(prepared.tbs_der, prepared.algorithm_der, signature)

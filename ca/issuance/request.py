@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from ca.keys.base import PublicKey, SigningKey
+from ca.issuance.signature import frame, lint_key, sign_data
+from ca.keys.base import KeySpec, PublicKey, SigningKey
 from ca.profiles import Profile
 
 
@@ -79,16 +81,17 @@ class CertificateRequest:
 
 @dataclass(frozen=True)
 class PreparedCertificate:
-    """A checked, fully built certificate that is not signed yet.
+    """A checked, fully encoded certificate that is not signed yet.
 
-    ``tbs_der`` is the exact TBSCertificate :func:`ca.issuance.sign` will produce; persist it
-    before signing. ``preview`` is the same TBS signed by a throwaway key, for linting before the
-    real signature.
+    ``tbs_der`` is the exact TBSCertificate :func:`ca.issuance.sign` will sign; persist it
+    before signing. ``algorithm_der`` is its signature AlgorithmIdentifier, which frames the
+    signature. :attr:`preview` is the same TBS signed by a throwaway key, made only when
+    asked (for a linter before the real signature): issuance itself does not need it.
     """
 
-    builder: x509.CertificateBuilder
     tbs_der: bytes
-    preview: x509.Certificate
+    algorithm_der: bytes
+    issuer_spec: KeySpec
     serial: int
     not_before: datetime
     not_after: datetime
@@ -102,3 +105,12 @@ class PreparedCertificate:
     def serial_hex(self) -> str:
         """Lower-case hex without leading zeros: how the store and logs name a certificate."""
         return format(self.serial, "x")
+
+    @cached_property
+    def preview(self) -> x509.Certificate:
+        """The TBS signed by the process's throwaway key of the issuer's spec (never the
+        issuer's key: it does not verify under the issuer), for linting."""
+        signature = sign_data(lint_key(self.issuer_spec), self.tbs_der, self.hash_algorithm,
+                              self.rsa_padding)
+        return x509.load_der_x509_certificate(frame(self.tbs_der, self.algorithm_der,
+                                                    signature))

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from ca.der import SEQUENCE, read, tlv
+from ca.der import SEQUENCE, tlv
 from ca.errors import IssuanceError, ProfileError
 from ca.keys.base import KeySpec, PrivateKey, PublicKey
 from ca.keys.memory import generate_private_key
@@ -91,29 +91,26 @@ def sign_data(key: PrivateKey, data: bytes, algorithm: hashes.HashAlgorithm | No
     raise IssuanceError(f"cannot sign with {type(key).__name__}")  # pragma: no cover
 
 
-def with_signature(preview: x509.Certificate, tbs_der: bytes, signature: bytes) -> bytes:
-    """The DER of ``preview`` (signed by a lint key over ``tbs_der``) with ``signature`` in
-    place of the lint key's: the same TBSCertificate and signatureAlgorithm octets, re-framed
-    (RFC 5280 4.1: SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue })."""
-    der = preview.public_bytes(serialization.Encoding.DER)
-    _, start, end = read(der, 0, len(der))
-    _, _, tbs_end = read(der, start, end)
-    if der[start:tbs_end] != tbs_der:
-        raise IssuanceError("the preview does not hold the prepared TBSCertificate")
-    _, _, algorithm_end = read(der, tbs_end, end)
-    return tlv(SEQUENCE, tbs_der, der[tbs_end:algorithm_end], tlv(0x03, b"\x00" + signature))
+def frame(tbs_der: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
+    """A Certificate's DER from its parts (RFC 5280 4.1: SEQUENCE { tbsCertificate,
+    signatureAlgorithm, signatureValue BIT STRING }): what ``CertificateBuilder.sign`` writes
+    around the signature the key gave it."""
+    return tlv(SEQUENCE, tbs_der, algorithm_der, tlv(0x03, b"\x00" + signature))
 
 
-def verify_signature(cert: x509.Certificate, public_key: PublicKey) -> None:
-    """Raise InvalidSignature unless ``public_key`` made ``cert``'s signature: an HSM fault must
-    not leave the building as a certificate."""
-    signature, tbs = cert.signature, cert.tbs_certificate_bytes
+def check_signature(public_key: PublicKey, signature: bytes, tbs_der: bytes,
+                    algorithm: hashes.HashAlgorithm | None,
+                    rsa_padding: padding.AsymmetricPadding | None) -> None:
+    """Raise InvalidSignature unless ``public_key`` made ``signature`` over ``tbs_der``: an
+    HSM fault must not leave the building as a certificate (and a faulty RSA-CRT signature
+    would give the key away: Boneh, DeMillo, Lipton 1997)."""
     if isinstance(public_key, rsa.RSAPublicKey):
-        public_key.verify(signature, tbs, cert.signature_algorithm_parameters,  # type: ignore[arg-type]
-                          cert.signature_hash_algorithm)  # type: ignore[arg-type]
+        assert rsa_padding is not None and algorithm is not None
+        public_key.verify(signature, tbs_der, rsa_padding, algorithm)
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
-        public_key.verify(signature, tbs, cert.signature_algorithm_parameters)  # type: ignore[arg-type]
+        assert algorithm is not None
+        public_key.verify(signature, tbs_der, ec.ECDSA(algorithm))
     elif isinstance(public_key, ed25519.Ed25519PublicKey):
-        public_key.verify(signature, tbs)
+        public_key.verify(signature, tbs_der)
     else:  # pragma: no cover - KeySpec admits no other family
         raise IssuanceError(f"cannot verify a signature by {type(public_key).__name__}")

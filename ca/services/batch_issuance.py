@@ -4,69 +4,59 @@ checked, claimed, prepared, persisted in one transaction, signed, recorded in a 
 Every row is claimed in ``idempotency_keys`` under the client ``operator`` with a key derived
 from the CA, the row's number and its content, in the same transaction as its pending
 certificate row: that is what makes a rerun resume (ca.services.batch says how).
+
+The pure part of a row (ca.services.batch_rows: its checks, the CSR's signature, its
+TBSCertificate) runs in worker processes two chunks ahead (ca.services.batch_workers,
+TINCAY_BATCH_WORKERS) from row WORKERS_AFTER on, so a small batch starts no process; the
+claims, the transactions and the HSM stay here.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ca import issuance as core
-from ca.errors import (AlreadyExistsError, CSRError, KeyBackendError, KeyPolicyError,
-                       SubjectError, TincayError, UnsupportedKeyError)
-from ca.issuance import CertificateRequest, IssuerInfo, PreparedCertificate
-from ca.issuance.checks import check_dns_names, check_emails
-from ca.keys.base import KeySpec, PublicKey
-from ca.profiles import Profile
-from ca.services.batch_files import (IssueRow, RawRow, RowError, RowResult, csr_bytes,
-                                     dump_row, validate)
-from ca.services.context import ServiceContext, as_json, not_after
+from ca.errors import AlreadyExistsError, KeyBackendError, TincayError, UnsupportedKeyError
+from ca.issuance import IssuerInfo, PreparedCertificate
+from ca.services.batch_files import RawRow, RowError, RowResult
+from ca.services.batch_rows import Request, check_row, prepare_row, refusing, row_error
+from ca.services.batch_workers import Checked, Part, RowWorkers
+from ca.services.context import ServiceContext, as_json
 from ca.services.issuance import Issuance
 from ca.services.reconciliation import NEVER_ISSUED_REASON
 from ca.services.revocation import Revocation
+from ca.settings import batch_workers
 from ca.store import queries
 from ca.store.models import ISSUED, PENDING, AuditEvent, Certificate, IdempotencyKey
-from ca.subject import build_name, format_name, parse_subject
 
 OPERATOR = "operator"  # the claims' client id: the CA operator at the CLI
 CHUNK = 200  # rows per pair of transactions
 _ATTEMPTS = 3  # a serial collision (2^-159) or a concurrent run's claim: prepare again
-
-
-@dataclass
-class _Request:
-    """A row that passed its checks, on its way to a certificate."""
-
-    number: int
-    claim: str
-    digest: str
-    profile: Profile
-    subject: x509.Name
-    subject_text: str
-    emails: tuple[str, ...]
-    dns_names: tuple[str, ...]
-    days: int | None
-    public_key: PublicKey | None = None  # None until a key_type row's key is generated
-    spec: KeySpec | None = None
-    key_uri: str | None = None
-    prepared: PreparedCertificate | None = None
-    cert_id: int | None = None
+WORKERS_AFTER = 2000  # rows issued in this process before the workers start
+_AHEAD = 2  # chunks the workers check and prepare ahead of the one being committed
 
 
 class RowIssuance:
     """Issues the rows of a batch file a chunk at a time, resumably."""
 
     def __init__(self, context: ServiceContext, issuance: Issuance,
-                 revocation: Revocation) -> None:
+                 revocation: Revocation, workers: int | None = None) -> None:
         self.context = context
         self.issuance = issuance
         self.revocation = revocation
+        # worker processes for the rows' pure part; 0: all in this process
+        self.workers = batch_workers() if workers is None else workers
+        self.rows_in_workers = 0  # rows a worker checked, over this object's batches
+        self.wait_for_workers = False  # True: never check a row here that a worker has
+        # rows issued here before workers start: spawning one costs 0.3-0.7 s of CPU
+        # (imports), which a batch of a few chunks would not win back on a busy machine
+        self.workers_after = WORKERS_AFTER
 
     def issue_rows(self, ca: str, rows: Iterable[RawRow], base: Path, *, chunk: int = CHUNK,
                    batch: str = "-") -> Iterator[list[RowResult]]:
@@ -76,74 +66,93 @@ class RowIssuance:
             issuer_id = authority.id
             issuer = self.context.issuer_info(authority)  # the key found once per batch
         urls = self.context.urls(issuer)
-        pending: list[RawRow] = []
-        for raw in rows:
-            pending.append(raw)
-            if len(pending) >= chunk:
-                yield self._issue_chunk(ca, issuer_id, issuer, urls, pending, base, batch)
-                pending = []
-        if pending:
-            yield self._issue_chunk(ca, issuer_id, issuer, urls, pending, base, batch)
+        chunks = _chunks(rows, chunk)
+        done_here = 0
+        while True:  # in this process until the batch is big enough for workers to pay
+            first = next(chunks, None)
+            if first is None:
+                return
+            second = next(chunks, None) if self.workers else None
+            if second is not None and done_here + len(first) >= self.workers_after:
+                break
+            yield self._issue_chunk(ca, issuer_id, issuer, urls, first, base, batch)
+            done_here += len(first)
+            if second is not None:
+                chunks = itertools.chain([second], chunks)
+        # big enough: the workers start on ``second`` while ``first`` is issued here
+        workers = RowWorkers(self.workers, self.context.profiles, ca, issuer, urls, base)
+        try:
+            ahead: deque[tuple[list[RawRow], list[Part]]] = deque(
+                [(second, workers.submit(second, self.context.clock.now()))])
+            yield self._issue_chunk(ca, issuer_id, issuer, urls, first, base, batch)
+            while ahead:
+                done, parts = ahead.popleft()
+                checked = workers.collect(parts, self.wait_for_workers)
+                # until the workers first answer, one chunk at a time is theirs (what they
+                # make of a chunk checked here meanwhile is dropped: bounded waste)
+                while len(ahead) < (_AHEAD if workers.ready else 1):
+                    more = next(chunks, None)
+                    if more is None:
+                        break
+                    ahead.append((more, workers.submit(more, self.context.clock.now())))
+                yield self._issue_chunk(ca, issuer_id, issuer, urls, done, base, batch,
+                                        checked)
+        finally:
+            workers.close()
 
     def _issue_chunk(self, ca: str, issuer_id: int, issuer: IssuerInfo, urls: core.Urls | None,
-                     rows: list[RawRow], base: Path, batch: str) -> list[RowResult]:
+                     rows: list[RawRow], base: Path, batch: str,
+                     checked: list[Checked | None] | None = None) -> list[RowResult]:
         results: dict[int, RowResult] = {}
-        requests: list[_Request] = []
-        for raw in rows:
-            try:
-                requests.append(self._check(ca, raw, base))
-            except RowError as exc:
-                results[raw.number] = RowResult(raw.number, "error", field=exc.field,
-                                                error=exc.message)
+        raws = {raw.number: raw for raw in rows}
+        requests = self._requests(ca, rows, base, checked, results)
+        self.rows_in_workers += sum(c is not None for c in checked or ())
         for attempt in range(_ATTEMPTS):
             todo, stale = self._claimed(ca, requests, results)
             todo = [r for r in todo if self._dry_run(r, issuer, urls, results)]
             todo = self._generate_keys(issuer.name, todo, results)
-            todo = [r for r in todo if self._prepare(r, issuer, urls, results)]
+            todo = [r for r in todo if r.prepared is not None
+                    or self._prepare(r, issuer, urls, results)]
             try:
                 self._persist(ca, issuer_id, todo, stale, batch)
                 break
             except AlreadyExistsError:
                 if attempt == _ATTEMPTS - 1:
                     raise
-                requests = todo
+                requests = [self._again(ca, r, raws[r.number], base) for r in todo]
         self._sign_and_record(ca, issuer, todo, batch, results)
         return [results[raw.number] for raw in rows]
 
-    def _check(self, ca: str, raw: RawRow, base: Path) -> _Request:
-        """Everything about a row that needs no key and no database: RowError naming the
-        field at fault."""
-        if raw.unreadable is not None:
-            raise RowError("row", raw.unreadable)
-        row: IssueRow = validate(IssueRow, raw.fields)
-        if (row.csr is None) == (row.key_type is None):
-            raise RowError("key_type" if row.key_type else "csr",
-                           "give exactly one of csr and key_type")
-        profile = _field("profile", lambda: self.context.profiles.get(row.profile))
-        if profile.self_signed or (profile.basic_constraints and profile.basic_constraints.ca):
-            raise RowError("profile", f"profile {profile.name} is for CAs: use tincay init")
-        subject = _field("subject", lambda: build_name(profile, parse_subject(row.subject)))
-        emails = _field("email", lambda: check_emails(profile, tuple(row.email)))
-        dns_names = _field("dns", lambda: check_dns_names(profile, tuple(row.dns)))
-        content = dump_row(raw.fields)
-        digest = hashlib.sha256(content.encode()).hexdigest()
-        claim = "batch:" + hashlib.sha256(f"{ca}\n{raw.number}\n{content}".encode()).hexdigest()
-        request = _Request(raw.number, claim, digest, profile, subject, format_name(subject),
-                           emails, dns_names, row.days)
-        if row.csr is not None:
-            csr = _field("csr", lambda: core.load_csr(csr_bytes(row.csr or "", base)))
-            request.public_key = csr.public_key()  # type: ignore[assignment]
-            _field("csr", lambda: core.check_key(profile, request.public_key))  # type: ignore[arg-type]
-        else:
-            spec = _field("key_type", lambda: KeySpec.parse(row.key_type or ""))
-            if not profile.allows_key(spec):
-                raise RowError("key_type", f"key_type: profile {profile.name} does not allow "
-                                           f"{spec} keys")
-            request.spec = spec
+    def _requests(self, ca: str, rows: list[RawRow], base: Path,
+                  checked: list[Checked | None] | None, results: dict[int, RowResult]
+                  ) -> list[Request]:
+        """The chunk's rows that passed their checks (checked here, or by the workers)."""
+        requests: list[Request] = []
+        profiles = self.context.profiles
+        for raw, done in zip(rows, checked or [None] * len(rows)):
+            if done is not None and done.error is not None:
+                results[raw.number] = done.error
+            elif done is not None and done.raw is None:
+                requests.append(done.request(profiles))
+            else:
+                try:
+                    requests.append(check_row(profiles, ca, raw, base))
+                except RowError as exc:
+                    results[raw.number] = RowResult(raw.number, "error", field=exc.field,
+                                                    error=exc.message)
+        return requests
+
+    def _again(self, ca: str, request: Request, raw: RawRow, base: Path) -> Request:
+        """``request`` to be prepared again (a serial or claim taken meanwhile): checked here
+        if a worker checked it (its subject object stayed there)."""
+        if request.subject is None:
+            return check_row(self.context.profiles, ca, raw, base)
+        request.prepared = None
+        request.cert_id = None
         return request
 
-    def _claimed(self, ca: str, requests: list[_Request], results: dict[int, RowResult]
-                 ) -> tuple[list[_Request], list[int]]:
+    def _claimed(self, ca: str, requests: list[Request], results: dict[int, RowResult]
+                 ) -> tuple[list[Request], list[int]]:
         """The requests not issued before, and the claims to let go of (their certificate
         never signed: its pending serial is revoked as never issued here)."""
         if not requests:
@@ -181,24 +190,29 @@ class RowIssuance:
             row = queries.get_certificate(session, queries.get_authority(session, ca), serial)
             return row.der is not None
 
-    def _dry_run(self, request: _Request, issuer: IssuerInfo, urls: core.Urls | None,
+    def _dry_run(self, request: Request, issuer: IssuerInfo, urls: core.Urls | None,
                  results: dict[int, RowResult]) -> bool:
         """A key_type row checked with a placeholder key before its key is made (a refused
         row never leaves a key behind); False if refused. CSR rows pass: :meth:`_prepare`
         checks them."""
-        if request.public_key is not None:
+        if request.public_key is not None or request.prepared is not None:
             return True
-        assert request.spec is not None
-        return self._refusing(request, results, lambda now, until: self.issuance.dry_run(
-            request.profile, request.subject, request.spec, issuer, issuer.name, urls, now,  # type: ignore[arg-type]
-            until, request.emails, request.dns_names))
+        spec, subject = request.spec, request.subject
+        assert spec is not None and subject is not None
+        refused = refusing(request, self.context.clock.now(), lambda now, until:
+                           self.issuance.dry_run(request.profile, subject, spec, issuer,
+                                                 issuer.name, urls, now, until,
+                                                 request.emails, request.dns_names))
+        if refused is not None:
+            results[request.number] = refused
+        return refused is None
 
-    def _generate_keys(self, ca: str, requests: list[_Request],
-                       results: dict[int, RowResult]) -> list[_Request]:
+    def _generate_keys(self, ca: str, requests: list[Request],
+                       results: dict[int, RowResult]) -> list[Request]:
         """The keys of the key_type rows, generated on the HSM and stored wrapped, in one
         transaction for the chunk; the requests left (a key the token cannot make or wrap
         refuses its row, on ``key_type``)."""
-        waiting = [r for r in requests if r.public_key is None]
+        waiting = [r for r in requests if r.spec is not None and r.public_key is None]
         keys = self.issuance.subscriber_keys
         try:
             made = keys.generate_many([r.spec for r in waiting],  # type: ignore[misc]
@@ -209,44 +223,21 @@ class RowIssuance:
                 try:
                     made.append(keys.generate(request.spec, authority=ca))  # type: ignore[arg-type]
                 except UnsupportedKeyError as exc:
-                    results[request.number] = _error(request, "key_type", exc)
+                    results[request.number] = row_error(request, "key_type", exc)
             waiting = [r for r in waiting if r.number not in results]
         for request, key in zip(waiting, made):
             request.public_key, request.key_uri = key.public_key, key.uri
         return [r for r in requests if r.number not in results]
 
-    def _prepare(self, request: _Request, issuer: IssuerInfo, urls: core.Urls | None,
+    def _prepare(self, request: Request, issuer: IssuerInfo, urls: core.Urls | None,
                  results: dict[int, RowResult]) -> bool:
         """The TBSCertificate of ``request``; False if refused."""
-        def prepare(now: Any, until: Any) -> None:
-            request.prepared = core.prepare(CertificateRequest(
-                request.profile, request.subject, request.public_key,  # type: ignore[arg-type]
-                serial=core.new_serial(), not_before=now, not_after=until,
-                emails=request.emails, dns_names=request.dns_names), issuer, urls)
-        return self._refusing(request, results, prepare)
+        refused = prepare_row(request, issuer, urls, self.context.clock.now())
+        if refused is not None:
+            results[request.number] = refused
+        return refused is None
 
-    def _refusing(self, request: _Request, results: dict[int, RowResult],
-                  step: Callable[[Any, Any], None]) -> bool:
-        """``step(now, notAfter)``; False, with the row's error naming its field, if it
-        refuses the row."""
-        now = self.context.clock.now()
-        try:
-            step(now, not_after(now, request.days))
-            return True
-        except KeyPolicyError as exc:
-            results[request.number] = _error(request, "csr" if request.spec is None
-                                             else "key_type", exc)
-        except (SubjectError, CSRError) as exc:
-            results[request.number] = _error(request, "subject", exc)
-        except KeyBackendError:
-            raise
-        except TincayError as exc:  # validity beyond the profile or the issuer, mostly
-            text = str(exc)
-            results[request.number] = _error(
-                request, "days" if "notAfter" in text or "validity" in text else "profile", exc)
-        return False
-
-    def _persist(self, ca: str, issuer_id: int, requests: list[_Request], stale: list[int],
+    def _persist(self, ca: str, issuer_id: int, requests: list[Request], stale: list[int],
                  batch: str) -> None:
         """One transaction: the pending rows, their claims and ``certificate.prepare`` events.
         AlreadyExistsError if a serial or a claim was taken meanwhile."""
@@ -278,21 +269,19 @@ class RowIssuance:
                 raise
             raise AlreadyExistsError("a serial or a row's claim was taken meanwhile") from None
 
-    def _sign_and_record(self, ca: str, issuer: IssuerInfo, requests: list[_Request],
+    def _sign_and_record(self, ca: str, issuer: IssuerInfo, requests: list[Request],
                          batch: str, results: dict[int, RowResult]) -> None:
         """Sign what was persisted, then record the certificates in one transaction (or the
         failure of a signature that does not verify)."""
-        signed: list[tuple[_Request, bytes]] = []
-        failed: list[tuple[_Request, TincayError]] = []
+        signed: list[tuple[Request, bytes]] = []
+        failed: list[tuple[Request, TincayError]] = []
         for request in requests:
             try:
-                cert = core.sign(_prepared(request), issuer)
+                signed.append((request, core.sign_der(_prepared(request), issuer)))
             except KeyBackendError:
                 raise  # the HSM: the batch stops, its pending rows resume on the rerun
             except TincayError as exc:
                 failed.append((request, exc))
-                continue
-            signed.append((request, cert.public_bytes(serialization.Encoding.DER)))
         if not requests:
             return
         now = self.context.clock.now()
@@ -327,32 +316,29 @@ class RowIssuance:
                                 .values(status="failed", failure=str(exc)[:2000]))
                 events.append(_event(now, "certificate.fail", ca, request, batch,
                                      error=str(exc)))
-                results[request.number] = _error(request, "ca", exc)
+                results[request.number] = row_error(request, "ca", exc)
             if events:
                 session.execute(insert(AuditEvent.__table__), events)
 
 
 
-def _field(name: str, check: Callable[[], Any]) -> Any:
-    """``check()``, its refusal as a RowError naming ``name``."""
-    try:
-        return check()
-    except (TincayError, ValueError) as exc:
-        if isinstance(exc, RowError):
-            raise
-        raise RowError(name, f"{name}: {exc}") from None
+def _chunks(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
+    chunk: list[RawRow] = []
+    for raw in rows:
+        chunk.append(raw)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def _error(request: _Request, name: str, exc: Exception) -> RowResult:
-    return RowResult(request.number, "error", field=name, error=f"{name}: {exc}")
-
-
-def _prepared(request: _Request) -> PreparedCertificate:
+def _prepared(request: Request) -> PreparedCertificate:
     assert request.prepared is not None
     return request.prepared
 
 
-def _pending_row(issuer_id: int, request: _Request, now: Any) -> dict[str, Any]:
+def _pending_row(issuer_id: int, request: Request, now: Any) -> dict[str, Any]:
     prepared = _prepared(request)
     san = list(request.emails) + list(request.dns_names)
     return {"issuer_id": issuer_id, "serial_hex": prepared.serial_hex, "status": PENDING,
@@ -362,7 +348,7 @@ def _pending_row(issuer_id: int, request: _Request, now: Any) -> dict[str, Any]:
             "key_uri": request.key_uri, "created_at": now}
 
 
-def _event(now: Any, action: str, ca: str, request: _Request, batch: str,
+def _event(now: Any, action: str, ca: str, request: Request, batch: str,
            **details: Any) -> dict[str, Any]:
     """An audit event of a batch row, naming the operator, the file, the row and its claim."""
     prepared = _prepared(request)
