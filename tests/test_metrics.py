@@ -180,7 +180,7 @@ def test_metrics_sum_the_workers_counts_and_read_the_expiry_dates(
     with urllib.request.urlopen(f"{base}/readyz", timeout=10) as reply:
         assert reply.status == 200
         assert json.loads(reply.read()) == {"ready": True, "failed": [], "checks": {
-            "database": "ok", "hsm": "ok"}}
+            "database": "ok", "hsm": "ok", "clock": "off"}}
     with urllib.request.urlopen(f"{base}/healthz", timeout=10) as reply:
         assert reply.read() == b"ok\n"
 
@@ -218,7 +218,7 @@ def test_readyz_is_503_naming_the_database_while_it_is_unreachable(served_demo: 
         for _ in range(6):  # new connections each, over both workers
             status, body = _readyz(base)
             assert status == 503 and body["failed"] == ["database"], body
-            assert body["checks"] == {"database": "unreachable", "hsm": "ok"}, body
+            assert body["checks"] == {"database": "unreachable", "hsm": "ok", "clock": "off"}, body
             assert password is None or password not in json.dumps(body)
             _, samples = _scrape(base)
             assert _value(samples, "tincay_database_up") == 0
@@ -252,7 +252,7 @@ def test_readyz_names_the_hsm_while_the_token_is_gone_and_its_errors_are_counted
         for _ in range(6):  # new connections each, over both workers
             status, body = _readyz(base)
             assert status == 503 and body == {"ready": False, "failed": ["hsm"], "checks": {
-                "database": "ok", "hsm": "unavailable"}}, body
+                "database": "ok", "hsm": "unavailable", "clock": "off"}}, body
             assert TimeStampResp.load(_stamp(base, query))["status"]["status"].native == \
                 "rejection"
     finally:

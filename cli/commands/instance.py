@@ -133,6 +133,9 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
         raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
     if client_ca is not None and not (tls_self or certfile):
         raise click.UsageError("--client-ca needs TLS: --certfile and --keyfile, or --tls-self")
+    from cli.logs import configure
+
+    configure()  # a bad TINCAY_LOG_* stops us first; from here on stderr is log lines
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     tsa_settings(os.environ)  # and a bad TINCAY_TSA_*, before a worker fails to boot on it
