@@ -29,6 +29,7 @@ from ca.settings import LogSettings, log_settings
 from cli.logs import JsonFormatter
 from tests.test_csc_http import PIN, SHA256, USER, Otp, post
 from tests.test_http import TINCAY, _stamp, _timestamp_query, serve_demo
+from tests.test_metrics import _scrape, _value
 from tests.test_outages import _ocsp, _questions
 from tsa.core import TimeStampResp
 from web.metrics import Metered
@@ -193,11 +194,13 @@ def test_readyz_is_503_naming_the_clock_while_the_tsa_clock_is_out_of_sync(
             status, body = _readyz(base)
             assert (status, body) == (503, {"ready": False, "failed": ["clock"], "checks": {
                 "database": "ok", "hsm": "ok", "clock": "unsynchronised"}})
+            assert _value(_scrape(base)[1], "tincay_ready", check="clock") == 0
         _, query = _timestamp_query(tmp_path)
         refused = TimeStampResp.load(_stamp(base, query))["status"]
         assert refused["fail_info"].native == {"time_not_available"}
         flag.touch()
         assert {_readyz(base)[0] for _ in range(6)} == {200}
+        assert _value(_scrape(base)[1], "tincay_ready", check="clock") == 1
     events = _lines(tmp_path / "serve.log")
     assert not [e for e in events if e.get("event") == "request"]  # the access log is off
     out_of_sync = [e for e in events if "TSA clock out of sync" in e["message"]]

@@ -11,7 +11,8 @@ scrapes every 15-60 s and a load balancer probes every few seconds, so Flask's r
 handling (tens of microseconds) is nothing beside what a scrape reads, and the routes get
 Flask's error handling for free. A scrape sums every worker's counters (ca.metrics'
 multiprocess files) and adds gauges read from the database by the scraping worker at that
-moment: days until each CA, OCSP and TSA certificate expires, the age of each CA's newest CRL.
+moment: days until each CA, OCSP and TSA certificate expires, the age of each CA's newest CRL;
+and the scraping worker's readiness checks as ``tincay_ready{check}``.
 The database unreachable, the counters are still served, without those gauges and with
 ``tincay_database_up 0``.
 
@@ -135,20 +136,27 @@ class _DatabaseGauges:
 
 
 class _Scrape:
-    """One scrape's collectors: every worker's counters and this worker's database gauges."""
+    """One scrape's collectors: every worker's counters, this worker's database gauges and
+    its readiness (``tincay_ready``: /readyz's checks, so an alert needs no prober)."""
 
-    def __init__(self, service: Any) -> None:
-        self.gauges = _DatabaseGauges(service)
+    def __init__(self, extensions: dict) -> None:
+        self.extensions = extensions
+        self.gauges = _DatabaseGauges(extensions["tincay.service"])
 
     def collect(self) -> Iterator[Any]:
         yield from metrics.collected()
         yield from self.gauges.collect()
+        ready = GaugeMetricFamily("tincay_ready", "1 if the scraping worker passes the "
+                                  "readiness check (database, hsm, clock: those of /readyz; "
+                                  "a check that is off passes), else 0", labels=["check"])
+        for name, outcome in _checks(self.extensions).items():
+            ready.add_metric([name], 0 if _failed({name: outcome}) else 1)
+        yield ready
 
 
 @monitoring.get("/metrics")
 def metrics_page() -> Response:
-    service = current_app.extensions["tincay.service"]
-    return Response(generate_latest(_Scrape(service)),  # type: ignore[arg-type]
+    return Response(generate_latest(_Scrape(current_app.extensions)),  # type: ignore[arg-type]
                     mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Cache-Control": "no-store"})
 
@@ -158,13 +166,21 @@ def readyz() -> Response:
     """200 if this worker can serve (the database answers, the HSM signs with a service key,
     the TSA's clock is in sync), else 503; the JSON body names each check's outcome and which
     failed."""
-    checks = {"database": _database_check(current_app.extensions["tincay.service"]),
-              "hsm": _hsm_check(current_app.extensions),
-              "clock": _clock_check(current_app.extensions)}
-    failed = [name for name, outcome in checks.items() if outcome not in ("ok", "none", "off")]
+    checks = _checks(current_app.extensions)
+    failed = _failed(checks)
     return Response(json.dumps({"ready": not failed, "checks": checks, "failed": failed}) + "\n",
                     status=503 if failed else 200, mimetype="application/json",
                     headers={"Cache-Control": "no-store"})
+
+
+def _checks(extensions: dict) -> dict[str, str]:
+    """Each readiness check's outcome: "ok", "none"/"off" (nothing to check), or why not."""
+    return {"database": _database_check(extensions["tincay.service"]),
+            "hsm": _hsm_check(extensions), "clock": _clock_check(extensions)}
+
+
+def _failed(checks: dict[str, str]) -> list[str]:
+    return [name for name, outcome in checks.items() if outcome not in ("ok", "none", "off")]
 
 
 def _database_check(service: Any) -> str:
