@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from time import monotonic
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -239,10 +240,11 @@ class _ErrorLog:
     keeps one format (cli/logs.py). A client's mistake, not the server's: a warning."""
 
     log = logging.getLogger("tincay.http")
+    _SOCKET = re.compile(r"^<[^>]*socket[^>]*>: ")  # gevent's prefix: the socket's repr
 
     def write(self, message: str) -> None:
         if message.strip():
-            self.log.warning(message.rstrip())
+            self.log.warning(self._SOCKET.sub("", message.rstrip()))
 
     def flush(self) -> None:
         pass

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -292,6 +293,13 @@ def _every_service(base: str, env: dict[str, str], home: Path, tmp_path: Path
     assert TimeStampResp.load(_stamp(base, query))["status"]["status"].native == "granted"
     live, get = _questions(home, tmp_path)
     assert _ocsp(base, live, None) == _ocsp(base, None, get) == "successful"
+    port = int(base.rsplit(":", 1)[1])
+    for garbled in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                    b"Content-Length: 2\r\n\r\nab",  # two lengths: refused, logged
+                    b"\x16\x03\x01 not HTTP at all\r\n\r\n"):  # a TLS hello on plain HTTP
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(garbled)
+            assert sock.recv(4096).startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), garbled
     seed = urllib.parse.parse_qs(urllib.parse.urlparse(credential["uri"]).query)["secret"][0]
     hsm_pin = (home / "pkcs11-pin").read_text().splitlines()[0].strip()
     return {"PIN": PIN, "wrong PIN": wrong_pin, "OTP": good_otp, "wrong OTP": wrong_otp,
@@ -354,3 +362,7 @@ def test_no_secret_in_any_log_line_and_one_event_per_request(
     assert {e["pid"] for e in requests} - {e["pid"] for e in events
                                            if "Booting worker" in e["message"]} == set()
     assert any("maintenance every" in e["message"] for e in events)  # its process too
+    if worker_class == "gevent_pywsgi":  # gevent's error stream, a line of the log too
+        assert any(e["logger"] == "tincay.http" and e["level"] == "warning" and
+                   e["message"].startswith("(from ") and "refused" in e["message"]
+                   for e in events), log
