@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Mapping
+from typing import Annotated, Callable, Mapping
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
@@ -179,6 +179,69 @@ def sad_lifetime(env: Mapping[str, str] | None = None) -> timedelta:
     """How long a SAD from credentials/authorize is good for (TINCAY_SAD_LIFETIME, default
     5 minutes): the window in which the signer's application must send its signHash."""
     return service_variables(env).sad_lifetime or SAD_LIFETIME
+
+
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        value = _blank_is_unset(value)
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in choices:
+                raise FieldError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _switch(value: object) -> object:
+    """``on``/``off`` (also yes/no, true/false, 1/0) -> bool."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise FieldError(f"{value!r} is not on or off")
+
+
+class LogVariables(InputModel):
+    """TINCAY_LOG_FORMAT, TINCAY_LOG_LEVEL and TINCAY_ACCESS_LOG: how the long-running
+    commands (``tincay serve``, its workers and maintenance process, ``tincay maintain``)
+    log, read by each of those processes (cli/logs.py, web/app.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: Annotated[str | None, BeforeValidator(_choice(LOG_FORMATS))] = Field(
+        None, alias="TINCAY_LOG_FORMAT")
+    level: Annotated[str | None, BeforeValidator(_choice(LOG_LEVELS))] = Field(
+        None, alias="TINCAY_LOG_LEVEL")
+    access: Annotated[bool | None, BeforeValidator(_switch)] = Field(
+        None, alias="TINCAY_ACCESS_LOG")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """JSON lines by default (one object per line, what a log shipper reads without a
+    parser of its own), INFO, and no per-request events: a busy OCSP responder answers
+    thousands of requests a second, which its metrics count; the access log is for
+    following one client. Errors are logged whatever the access log says (web/metrics.py)."""
+
+    format: str = "json"
+    level: str = "info"
+    access: bool = False
+
+
+def log_settings(env: Mapping[str, str] | None = None) -> LogSettings:
+    """The log settings of :class:`LogVariables`, checked (ConfigurationError naming the
+    variable)."""
+    variables = read_variables(LogVariables, dict(os.environ if env is None else env))
+    return LogSettings(format=variables.format or "json", level=variables.level or "info",
+                       access=bool(variables.access))
 
 
 @dataclass(frozen=True)

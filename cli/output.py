@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Iterable, Sequence
 
 import click
@@ -41,5 +42,12 @@ def _cell(value: Any) -> str:
 
 
 def progress(message: str) -> None:
-    """Progress for long operations goes to stderr so stdout stays parseable."""
-    click.echo(f"… {message}", err=True)
+    """Progress for long operations goes to stderr so stdout stays parseable; in a
+    long-running command that configured its log (cli/logs.py), it is a log line like the
+    others, so the whole of stderr keeps one shape."""
+    from cli.logs import configured
+
+    if configured() is not None:
+        logging.getLogger("tincay.cli").info(message)
+    else:
+        click.echo(f"… {message}", err=True)

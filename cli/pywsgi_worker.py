@@ -30,10 +30,11 @@ gevent reads a body by them: refused with 400 or 501, the connection closed.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 from time import monotonic
 from typing import Any, Callable, ClassVar, Iterator
-
-import ipaddress
 
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
@@ -246,13 +247,31 @@ def _trusted(cfg: Any, peer: str) -> bool:
     return any(ip in network for network in cfg.forwarded_allow_networks())
 
 
+class _ErrorLog:
+    """gevent's error stream (its handler's log_error: a client's garbled request, a refusal
+    above) as warnings of the ``tincay.http`` logger, instead of raw lines on stderr: the log
+    keeps one format (cli/logs.py). A client's mistake, not the server's: a warning."""
+
+    log = logging.getLogger("tincay.http")
+    _SOCKET = re.compile(r"^<[^>]*socket[^>]*>: ")  # gevent's prefix: the socket's repr
+
+    def write(self, message: str) -> None:
+        if message.strip():
+            self.log.warning(self._SOCKET.sub("", message.rstrip()))
+
+    def flush(self) -> None:
+        pass
+
+
 class _Server(PyWSGIServer):
     """gunicorn's pywsgi server, its TLS handshake left to the handler's first read (under
-    the header deadline) instead of done before the handler starts."""
+    the header deadline) instead of done before the handler starts; its error stream into
+    the log (:class:`_ErrorLog`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if "ssl_context" in kwargs:
             kwargs.setdefault("do_handshake_on_connect", False)
+        kwargs.setdefault("error_log", _ErrorLog())
         super().__init__(*args, **kwargs)
 
 

@@ -43,12 +43,20 @@ from gunicorn.glogging import Logger
 
 from ca.errors import ConfigurationError
 from cli.http_limits import HttpLimits, raise_open_files
+from cli.logs import configure, configured, formatter
 from cli.params import WORKER_CLASSES, WORKERS
 
 
 class _Log(Logger):
-    """gunicorn's log, saying where it listens: with SO_REUSEPORT the arbiter holds no socket
-    (each worker binds its own), and gunicorn's "Listening at:" line came out empty."""
+    """gunicorn's log in tincay's format (cli/logs.py: JSON lines unless TINCAY_LOG_FORMAT
+    says text), saying where it listens: with SO_REUSEPORT the arbiter holds no socket (each
+    worker binds its own), and gunicorn's "Listening at:" line came out empty."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        settings = configured() or configure()
+        for handler in self.error_log.handlers:
+            handler.setFormatter(formatter(settings))
 
     def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
         if msg.startswith("Listening at:") and args and not args[0]:
@@ -107,6 +115,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         raise ConfigurationError(f"worker class {worker_class!r} is not one of "
                                  f"{', '.join(WORKER_CLASSES)}")
     check_free(host, port)
+    log_settings = configured() or configure()  # TINCAY_LOG_* (cli/logs.py)
     limits = limits or HttpLimits.from_env(os.environ)  # TINCAY_HTTP_*
     files_before, files, files_needed = raise_open_files(limits.connections)
     children: list[subprocess.Popen] = []
@@ -155,7 +164,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
         "preload_app": False,  # open DB pools and HSM sessions after the fork, per worker
         "accesslog": None,
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": log_settings.level,
         "proc_name": "tincay",
         # gunicorn's control socket is one path per user (~/.gunicorn/gunicorn.ctl) that every
         # instance would share; tincay is driven by signals (TERM, HUP), so none is opened

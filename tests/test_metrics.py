@@ -165,6 +165,8 @@ def test_metrics_sum_the_workers_counts_and_read_the_expiry_dates(
         assert grew("tincay_token_log_batch_size_sum") == 12  # every granted token, committed
         assert grew("tincay_token_log_commit_seconds_count") >= 1
         assert _value(after, "tincay_database_up") == 1
+        for check in ("database", "hsm", "clock"):  # the clock check is off: it passes
+            assert _value(after, "tincay_ready", check=check) == 1
         for (kind, name), not_after in dates.items():
             days = _value(after, "tincay_certificate_expiry_days", kind=kind, name=name)
             assert abs(days - (not_after - now).total_seconds() / 86400) < 0.01, (kind, name)
@@ -180,7 +182,7 @@ def test_metrics_sum_the_workers_counts_and_read_the_expiry_dates(
     with urllib.request.urlopen(f"{base}/readyz", timeout=10) as reply:
         assert reply.status == 200
         assert json.loads(reply.read()) == {"ready": True, "failed": [], "checks": {
-            "database": "ok", "hsm": "ok"}}
+            "database": "ok", "hsm": "ok", "clock": "off"}}
     with urllib.request.urlopen(f"{base}/healthz", timeout=10) as reply:
         assert reply.read() == b"ok\n"
 
@@ -218,10 +220,12 @@ def test_readyz_is_503_naming_the_database_while_it_is_unreachable(served_demo: 
         for _ in range(6):  # new connections each, over both workers
             status, body = _readyz(base)
             assert status == 503 and body["failed"] == ["database"], body
-            assert body["checks"] == {"database": "unreachable", "hsm": "ok"}, body
+            assert body["checks"] == {"database": "unreachable", "hsm": "ok", "clock": "off"}, body
             assert password is None or password not in json.dumps(body)
             _, samples = _scrape(base)
             assert _value(samples, "tincay_database_up") == 0
+            assert _value(samples, "tincay_ready", check="database") == 0
+            assert _value(samples, "tincay_ready", check="hsm") == 1
             assert not any(name == "tincay_certificate_expiry_days" for name, _ in samples)
     deadline = time.monotonic() + 30
     while {_readyz(base)[0] for _ in range(6)} != {200}:
@@ -252,9 +256,10 @@ def test_readyz_names_the_hsm_while_the_token_is_gone_and_its_errors_are_counted
         for _ in range(6):  # new connections each, over both workers
             status, body = _readyz(base)
             assert status == 503 and body == {"ready": False, "failed": ["hsm"], "checks": {
-                "database": "ok", "hsm": "unavailable"}}, body
+                "database": "ok", "hsm": "unavailable", "clock": "off"}}, body
             assert TimeStampResp.load(_stamp(base, query))["status"]["status"].native == \
                 "rejection"
+            assert _value(_scrape(base)[1], "tincay_ready", check="hsm") == 0
     finally:
         away.rename(tokens)
     _, during = _scrape(base)

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from ca.errors import DatabaseBusyError, DatabaseUnavailableError
 from ca.services import CertificateAuthority
+from ca.settings import log_settings
 from csc.core import CscApi
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
@@ -86,8 +87,9 @@ def create_app(service: CertificateAuthority) -> Flask:
 
     # outermost: /oauth2/, /csc/ and /api/ need https (or loopback) before anything reads them
     app.wsgi_app = RequireTls(app.wsgi_app)  # type: ignore[method-assign]
-    # around it all: every request counted and timed (web/metrics.py)
-    app.wsgi_app = Metered(app.wsgi_app)  # type: ignore[method-assign]
+    # around it all: every request counted, timed and logged (web/metrics.py)
+    app.wsgi_app = Metered(app.wsgi_app,  # type: ignore[method-assign]
+                           access_log=log_settings(os.environ).access)  # TINCAY_ACCESS_LOG
     app.register_blueprint(monitoring)  # /metrics, /readyz
 
     @app.get("/healthz")

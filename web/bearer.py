@@ -16,6 +16,9 @@ from ca.services.clients import ClientInfo, PendingToken
 # RFC 6750 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
 _MAX_HEADER = 4096
+# the environ key under which an adapter leaves the authenticated client's id, for the
+# request's log event (web/metrics.py): the id, never the token
+CLIENT_KEY = "tincay.client"
 
 
 class TokenVerifier(Protocol):

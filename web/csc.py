@@ -27,7 +27,7 @@ from typing import Any, Callable
 from ca import metrics
 from ca.errors import ClientAuthError, StoreError
 from csc.core import PUBLIC, VERSIONS, Answer, CscApi, refusal
-from web.bearer import TokenVerifier, bearer_client, bearer_token, challenge
+from web.bearer import CLIENT_KEY, TokenVerifier, bearer_client, bearer_token, challenge
 from web.oauth import PATHS as OAUTH_PATHS
 from web.oauth import OAuthError, basic_credentials
 from web.protocol import ProtocolEndpoint, media_type, read_body
@@ -106,6 +106,7 @@ class CscEndpoint(ProtocolEndpoint):
                     caller = self.clients.pending(bearer_token(authorization))
                 else:
                     caller = bearer_client(self.clients, authorization)
+                    environ[CLIENT_KEY] = caller.client_id  # for the request's log event
             except ClientAuthError as exc:
                 status, error, headers = challenge(exc)
                 return refusal(status, error["error"], error["error_description"],

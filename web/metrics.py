@@ -1,5 +1,6 @@
 """Monitoring over HTTP: every request counted and timed, ``GET /metrics`` (Prometheus text
-format), ``GET /readyz`` (can this worker serve: the database and the HSM key answer).
+format), ``GET /readyz`` (can this worker serve: the database and the HSM key answer, the TSA's
+clock is in sync when its check is on), and each request's log event (:class:`Metered`).
 
 :class:`Metered` is the outermost WSGI middleware: it sees every request, the hot protocols'
 too, and costs each one a path classification, a clock read and two counter updates
@@ -10,7 +11,8 @@ scrapes every 15-60 s and a load balancer probes every few seconds, so Flask's r
 handling (tens of microseconds) is nothing beside what a scrape reads, and the routes get
 Flask's error handling for free. A scrape sums every worker's counters (ca.metrics'
 multiprocess files) and adds gauges read from the database by the scraping worker at that
-moment: days until each CA, OCSP and TSA certificate expires, the age of each CA's newest CRL.
+moment: days until each CA, OCSP and TSA certificate expires, the age of each CA's newest CRL;
+and the scraping worker's readiness checks as ``tincay_ready{check}``.
 The database unreachable, the counters are still served, without those gauges and with
 ``tincay_database_up 0``.
 
@@ -33,8 +35,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ca import metrics, signing
 from ca.errors import DatabaseBusyError, StoreError, TincayError
+from web.bearer import CLIENT_KEY
 
 log = logging.getLogger("tincay")
+access = logging.getLogger("tincay.access")
+MAX_LOGGED_PATH = 256  # an OCSP GET's base64 request is some 100 characters; longer is noise
 monitoring = Blueprint("monitoring", __name__)
 _PREFIXES = (("/ocsp", "ocsp"), ("/tsa", "tsa"), ("/oauth2/", "oauth"),
              ("/csc/v2/oauth2/", "oauth"), ("/csc/", "csc"), ("/api/", "api"),
@@ -51,10 +56,21 @@ def endpoint_of(path: str) -> str:
 
 
 class Metered:
-    """WSGI middleware counting each request by endpoint and status and timing it."""
+    """WSGI middleware counting each request by endpoint and status and timing it, and
+    logging it: every request when ``access_log`` (TINCAY_ACCESS_LOG; INFO, a 503 WARNING),
+    and whatever the setting a server error (5xx but 503) at ERROR. A 503 is an outage (the
+    database, the HSM) that its own module logs once, not once per refused request.
 
-    def __init__(self, app: Callable) -> None:
+    A request event names the method, the path (no query string: the registration API's
+    filters and cursors are the client's business; an OCSP GET's path is its base64
+    request, public), the status, the time taken, the endpoint, the peer's address and the
+    authenticated client's id (web.bearer.CLIENT_KEY), never a header or a body: the
+    Authorization header, the PIN, OTP and SAD of the CSC API, the client secret of the
+    token endpoint all travel there."""
+
+    def __init__(self, app: Callable, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -67,8 +83,23 @@ class Metered:
         try:
             return self.app(environ, counted_start)
         finally:
-            metrics.http_request(endpoint_of(environ.get("PATH_INFO", "")), seen[0],
-                                 time.perf_counter() - started)
+            path = environ.get("PATH_INFO", "")
+            took = time.perf_counter() - started
+            endpoint = endpoint_of(path)
+            metrics.http_request(endpoint, seen[0], took)
+            if self.access_log or (seen[0] >= "500" and seen[0] != "503"):
+                _request_event(environ, path, endpoint, seen[0], took)
+
+
+def _request_event(environ: dict, path: str, endpoint: str, status: str, took: float) -> None:
+    method = str(environ.get("REQUEST_METHOD", ""))[:16]
+    shown = path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH] + "..."
+    level = logging.INFO if status < "500" else logging.WARNING if status == "503" \
+        else logging.ERROR
+    access.log(level, "%s %s %s %.1f ms", method, shown, status, took * 1000, extra={
+        "event": "request", "method": method, "path": shown, "status": int(status),
+        "duration_ms": round(took * 1000, 3), "endpoint": endpoint,
+        "remote": environ.get("REMOTE_ADDR"), "client": environ.get(CLIENT_KEY)})
 
 
 class _DatabaseGauges:
@@ -105,34 +136,51 @@ class _DatabaseGauges:
 
 
 class _Scrape:
-    """One scrape's collectors: every worker's counters and this worker's database gauges."""
+    """One scrape's collectors: every worker's counters, this worker's database gauges and
+    its readiness (``tincay_ready``: /readyz's checks, so an alert needs no prober)."""
 
-    def __init__(self, service: Any) -> None:
-        self.gauges = _DatabaseGauges(service)
+    def __init__(self, extensions: dict) -> None:
+        self.extensions = extensions
+        self.gauges = _DatabaseGauges(extensions["tincay.service"])
 
     def collect(self) -> Iterator[Any]:
         yield from metrics.collected()
         yield from self.gauges.collect()
+        ready = GaugeMetricFamily("tincay_ready", "1 if the scraping worker passes the "
+                                  "readiness check (database, hsm, clock: those of /readyz; "
+                                  "a check that is off passes), else 0", labels=["check"])
+        for name, outcome in _checks(self.extensions).items():
+            ready.add_metric([name], 0 if _failed({name: outcome}) else 1)
+        yield ready
 
 
 @monitoring.get("/metrics")
 def metrics_page() -> Response:
-    service = current_app.extensions["tincay.service"]
-    return Response(generate_latest(_Scrape(service)),  # type: ignore[arg-type]
+    return Response(generate_latest(_Scrape(current_app.extensions)),  # type: ignore[arg-type]
                     mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Cache-Control": "no-store"})
 
 
 @monitoring.get("/readyz")
 def readyz() -> Response:
-    """200 if this worker can serve (the database answers, the HSM signs with a service key),
-    else 503; the JSON body names each check's outcome and which failed."""
-    checks = {"database": _database_check(current_app.extensions["tincay.service"]),
-              "hsm": _hsm_check(current_app.extensions)}
-    failed = [name for name, outcome in checks.items() if outcome not in ("ok", "none")]
+    """200 if this worker can serve (the database answers, the HSM signs with a service key,
+    the TSA's clock is in sync), else 503; the JSON body names each check's outcome and which
+    failed."""
+    checks = _checks(current_app.extensions)
+    failed = _failed(checks)
     return Response(json.dumps({"ready": not failed, "checks": checks, "failed": failed}) + "\n",
                     status=503 if failed else 200, mimetype="application/json",
                     headers={"Cache-Control": "no-store"})
+
+
+def _checks(extensions: dict) -> dict[str, str]:
+    """Each readiness check's outcome: "ok", "none"/"off" (nothing to check), or why not."""
+    return {"database": _database_check(extensions["tincay.service"]),
+            "hsm": _hsm_check(extensions), "clock": _clock_check(extensions)}
+
+
+def _failed(checks: dict[str, str]) -> list[str]:
+    return [name for name, outcome in checks.items() if outcome not in ("ok", "none", "off")]
 
 
 def _database_check(service: Any) -> str:
@@ -163,3 +211,16 @@ def _hsm_check(extensions: dict) -> str:
         log.exception("readiness: the HSM probe failed")
         return "unavailable"
     return "ok"
+
+
+def _clock_check(extensions: dict) -> str:
+    """The TSA's clock guard (tsa/clock_sync.py, TINCAY_TSA_CLOCK_CHECK): "ok" in sync,
+    "unsynchronised" while the TSA refuses tokens (timeNotAvailable), "off" when no check is
+    configured or this worker has no TSA. The guard's cached answer (1 s by default): a
+    probe costs what a token's check costs. Its reason stays in the log and the audit event:
+    a checker command's standard error is the operator's, not a load balancer's."""
+    authority = extensions.get("tincay.tsa")
+    guard = getattr(authority, "clock_guard", None)
+    if guard is None:
+        return "off"
+    return "ok" if guard.reading().synchronised else "unsynchronised"

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ca.errors import (BackendUnavailableError, ClientAuthError, DatabaseBusyError,
                        DatabaseUnavailableError)
+from web.bearer import CLIENT_KEY
 from web.client_cert import client_certificate
 
 MAX_BODY = 16 * 1024
@@ -225,11 +226,11 @@ def token_answer() -> Response:
         clients = current_app.extensions["tincay.service"].clients
         try:
             if certificate_authentication(token_request, header):
-                grant = clients.grant_by_certificate(token_request.client_id or "",
-                                                     certificate_required())
+                grant_to = token_request.client_id or ""
+                grant = clients.grant_by_certificate(grant_to, certificate_required())
             else:
-                client_id, secret = client_credentials(token_request, header)
-                grant = clients.grant(client_id, secret)
+                grant_to, secret = client_credentials(token_request, header)
+                grant = clients.grant(grant_to, secret)
         except ClientAuthError:
             raise OAuthError("invalid_client", "client authentication failed", 401) from None
     except OAuthError as exc:
@@ -239,6 +240,7 @@ def token_answer() -> Response:
         return _answer({"error": "temporarily_unavailable",
                         "error_description": "the service is unavailable, try later"}, 503,
                        {"Retry-After": "30"})
+    request.environ[CLIENT_KEY] = grant_to  # the request's log event names the client
     return _answer({"access_token": grant.access_token, "token_type": grant.token_type,
                     "expires_in": grant.expires_in})
 

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs
 
 from ca.errors import ClientAuthError, StoreError
 from ra.core import PREFIX, Answer, RegistrationApi, problem
-from web.bearer import TokenVerifier, bearer_client, challenge
+from web.bearer import CLIENT_KEY, TokenVerifier, bearer_client, challenge
 from web.client_cert import CertificateAuthenticator, certificate_client, client_certificate
 from web.protocol import ProtocolEndpoint, media_type, read_body
 from web.protocol import Answer as WsgiAnswer
@@ -119,6 +119,7 @@ class RaEndpoint(ProtocolEndpoint):
                     caller = certificate_client(environ, self.clients)
                 else:
                     caller = bearer_client(self.clients, authorization)
+                environ[CLIENT_KEY] = caller.client_id  # for the request's log event
             except ClientAuthError as exc:
                 status, error, headers = challenge(exc)
                 return problem(status, "unauthorized", "Unauthorized",

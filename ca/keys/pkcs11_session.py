@@ -27,6 +27,7 @@ message.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ T = TypeVar("T")
 _PROCESS_LOCK = threading.RLock()
 _LIBS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str], "TokenSession"] = {}
+log = logging.getLogger("tincay.hsm")
 _STALE_MODULES: set[str] = set()  # re-initialise before the next session: a token was lost
 # what a token that stopped answering raises (SoftHSM whose storage went away: GeneralError)
 _TOKEN_LOST = (p11.DeviceRemoved, p11.DeviceError, p11.SessionClosed, p11.SessionHandleInvalid,
@@ -124,8 +126,11 @@ class TokenSession:
 
     def lost(self) -> None:
         """Forget the session after the token stopped answering (call under the process lock);
-        the next call re-initialises the module and opens a new one. Counted (ca.metrics)."""
+        the next call re-initialises the module and opens a new one. Counted (ca.metrics)
+        and logged: once per session lost, not per refused request."""
         metrics.hsm_error(self.token_label)
+        log.error("HSM token %r lost: session dropped, re-opened at the next signature",
+                  self.token_label)
         self.drop()
         _STALE_MODULES.add(self.module)
 
@@ -182,11 +187,14 @@ class TokenSession:
         """Log in; a failure and a session re-opened after a lost token are counted."""
         try:
             self._login()
-        except (TokenNotFoundError, BackendUnavailableError):
+        except (TokenNotFoundError, BackendUnavailableError) as exc:
+            if self.module not in _STALE_MODULES:  # a token already lost was logged then
+                log.error("HSM token %r unavailable: %s", self.token_label, exc)
             _STALE_MODULES.add(self.module)  # it may not see the token until re-initialised
             metrics.hsm_error(self.token_label)
             raise
         if self.module in _STALE_MODULES:
+            log.warning("HSM token %r answers again: session re-opened", self.token_label)
             metrics.hsm_reconnect(self.token_label)
             _STALE_MODULES.discard(self.module)
 

@@ -120,12 +120,14 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
     maintenance process that keeps CRLs and pre-produced OCSP answers fresh."""
     from ca.settings import service_variables
     from cli.http_limits import HttpLimits
+    from cli.logs import configure
     from cli.serve import check_free
     from cli.serve import serve as run_server
     from cli.tls import ServingTls
     from tsa.config import tsa_settings
 
     ServingTls.check_options(certfile, keyfile, tls_self, tls_ca, tls_names, client_ca)
+    configure()  # a bad TINCAY_LOG_* stops us first; from here on stderr is log lines
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     tsa_settings(os.environ)  # and a bad TINCAY_TSA_*, before a worker fails to boot on it

@@ -95,7 +95,6 @@ def renew_tls(app: Any, ca: str, names: tuple[str, ...], reload_pid: int | None)
 def maintain(once: bool, interval: timedelta, tls_ca: str | None, tls_names: tuple[str, ...],
              reload_pid: int | None, tls_only: bool, as_json: bool) -> None:
     """Publish the CRLs and sign the OCSP answers that are due (tincay serve runs this)."""
-    import logging
     import signal
     import threading
 
@@ -128,7 +127,9 @@ def maintain(once: bool, interval: timedelta, tls_ca: str | None, tls_names: tup
         for warning in report.warnings:
             click.echo(f"tincay: warning: {warning}", err=True)
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from cli.logs import configure
+
+    configure()  # TINCAY_LOG_FORMAT, TINCAY_LOG_LEVEL (cli/logs.py)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
