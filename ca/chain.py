@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
 from ca.clock import UTC
 
+AUDIT_KEY_LABEL = "tincay-audit"  # the HSM key that signs checkpoints (ca.services.audit_chain)
 GENESIS = "0" * 64  # the "previous hash" of a chain's first record
 DOMAIN = b"tincay-chain-v1"
 CHECKPOINT_DOMAIN = b"tincay-audit-checkpoint-v1"
