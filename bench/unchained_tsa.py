@@ -5,6 +5,8 @@ without the hash chain's columns, and runs no chain statement (no lock-and-read 
 no hashes, no head update). A benchmark reference only: its tokens are in no chain."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
 from sqlalchemy import Column, MetaData, Table, UniqueConstraint
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,7 +28,12 @@ UNCHAINED = Table(
 
 def create_app() -> Flask:
     app = worker_app()
-    service = app.extensions["tincay.service"]
+    unchained(app.extensions["tincay.service"])
+    return app
+
+
+def unchained(service: Any) -> None:
+    """Make ``service``'s token log write to the unchained table (before its first token)."""
     engine = service.context.engine
     try:
         UNCHAINED.create(engine, checkfirst=True)
@@ -36,4 +43,3 @@ def create_app() -> Flask:
     # before its first use: the group commit then wraps this insert (cached_property slot)
     log.__dict__["_insert"] = HotInsert(engine, UNCHAINED, UNCHAINED_COLUMNS,
                                         busy_wait=TOKEN_LOG_WAIT, outage=service.context.outage)
-    return app

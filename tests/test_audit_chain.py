@@ -265,6 +265,29 @@ def test_the_encoding_is_unambiguous() -> None:
         == chain.record_hash(chain.GENESIS, "audit", 1, row)
 
 
+def test_the_encoding_is_the_documented_one() -> None:
+    """Each value a tag, a 4-byte big-endian length and its bytes; built here by hand from
+    that description, not by the module, so a change of encoding (which would fail every
+    stored chain) cannot pass unnoticed."""
+    def item(tag: bytes, data: bytes) -> bytes:
+        return tag + len(data).to_bytes(4, "big") + data
+
+    at = dt.datetime(2026, 12, 3, 15, 0, 0, 7, tzinfo=dt.timezone(dt.timedelta(hours=7)))
+    row = {"at": at, "action": "certificate.issue", "authority": "issuing-ca",
+           "serial_hex": None, "subject": "CN=Bùi Sĩ Tuấn", "details": ""}
+    expected = b"".join([item(b"D", b"tincay-chain-v1"), item(b"S", b"audit"), item(b"I", b"42"),
+                         item(b"T", b"2026-12-03T08:00:00.000007Z"),
+                         item(b"S", b"certificate.issue"), item(b"S", b"issuing-ca"),
+                         item(b"N", b""), item(b"S", "CN=Bùi Sĩ Tuấn".encode()),
+                         item(b"S", b"")])
+    assert chain.canonical("audit", 42, row) == expected
+    previous = "ab" * 32
+    assert chain.record_hash(previous, "audit", 42, row) == hashlib.sha256(
+        bytes.fromhex(previous) + expected).hexdigest()
+    with pytest.raises(TypeError):
+        chain.encode_value(1.5)
+
+
 # --- the CLI, on SoftHSM: init makes the audit key, maintain checkpoints, verify exits 4 --------
 
 @pytest.mark.softhsm
