@@ -249,7 +249,18 @@ def _openssl_responder(work: Path, seconds: int, run: int) -> float | None:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         print("peer: unshare/ip not available; OpenSSL's responder not measured")
         return None
-    peer = work / f"openssl-peer-{run}"
+    peer = openssl_peer(work / f"openssl-peer-{run}")
+    script = _post_script(peer / "req.der", "application/ocsp-request")
+    out = openssl_wrk(peer, ["-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", str(script)])
+    rate = _rate(out.stdout)
+    if rate is None:
+        print(f"peer: OpenSSL's responder could not be measured: {out.stderr.strip()[:200]}")
+    return rate
+
+
+def openssl_peer(peer: Path) -> Path:
+    """A directory for OpenSSL's responder: a P-256 CA, its OCSP signer (key in a file), one
+    good leaf in ``index.txt``, and ``req.der``, a nonce-less request for that leaf."""
     peer.mkdir()
 
     def openssl(*args: str) -> None:
@@ -269,18 +280,21 @@ def _openssl_responder(work: Path, seconds: int, run: int) -> float | None:
     (peer / "index.txt").write_text("V\t301231000000Z\t\t1234\tunknown\t/CN=Peer Leaf\n")
     openssl("ocsp", "-issuer", "ca.pem", "-cert", "leaf.pem", "-no_nonce", "-reqout",
             "req.der")
-    script = _post_script(peer / "req.der", "application/ocsp-request")
+    return peer
+
+
+def openssl_wrk(peer: Path, wrk_args: list[str], path: str = "/") -> subprocess.CompletedProcess:
+    """A fresh ``openssl ocsp -index -multi 2`` responder over ``peer`` (openssl_peer) in a
+    private network namespace, and ``wrk wrk_args`` against ``path`` on it from inside; stopped
+    after."""
     port = 18888
     shell = (f"ip link set lo up && cd {peer} && "
-             f"(openssl ocsp -index index.txt -port {port} -rsigner ocsp.pem -rkey ocsp.key "
-             f"-CA ca.pem -multi 2 >/dev/null 2>&1 &) && sleep 1 && "
-             f"wrk -t2 -c{CONNECTIONS} -d{seconds}s -s {script} http://127.0.0.1:{port}/; "
-             f"pkill -f 'openssl ocsp -index' || true")
-    out = subprocess.run(["unshare", "-n", "sh", "-c", shell], capture_output=True, text=True)
-    rate = _rate(out.stdout)
-    if rate is None:
-        print(f"peer: OpenSSL's responder could not be measured: {out.stderr.strip()[:200]}")
-    return rate
+             f"{{ openssl ocsp -index index.txt -port {port} -rsigner ocsp.pem -rkey ocsp.key "
+             f"-CA ca.pem -multi 2 >/dev/null 2>&1 & }} && responder=$! && sleep 1 && "
+             f"wrk {' '.join(wrk_args)} 'http://127.0.0.1:{port}{path}'; "
+             # by pid, never by name (another bench may run one); SIGTERM does not stop it
+             f"kill -KILL $responder $(pgrep -P $responder); wait $responder")
+    return subprocess.run(["unshare", "-n", "sh", "-c", shell], capture_output=True, text=True)
 
 
 # --- plumbing ---------------------------------------------------------------------------------

@@ -101,6 +101,17 @@ class ClientAuthError(TincayError):
 
     error = "invalid_client"
 
+    def www_authenticate(self, realm: str = "tincay") -> str:
+        """The ``WWW-Authenticate`` challenge a 401 for this refusal carries: Basic for a
+        client that failed to authenticate itself (RFC 6749 5.2), Bearer naming the error for
+        a refused access token (RFC 6750 3). One wording for every adapter and the CSC core."""
+        return f'Basic realm="{realm}"'
+
+    def bearer_challenge(self, realm: str = "tincay") -> str:
+        """The RFC 6750 3 challenge, for an API whose way in is a bearer token (a client
+        certificate that authenticates no client is refused with it too)."""
+        return f'Bearer realm="{realm}", error="{self.error}"'
+
 
 class InvalidClientError(ClientAuthError):
     """Unknown client id, wrong secret or a disabled client: one message for all three, so a
@@ -111,6 +122,9 @@ class InvalidTokenError(ClientAuthError):
     """The bearer token is unknown, revoked, or its client was disabled."""
 
     error = "invalid_token"
+
+    def www_authenticate(self, realm: str = "tincay") -> str:
+        return self.bearer_challenge(realm)
 
 
 class ExpiredTokenError(InvalidTokenError):
@@ -132,6 +146,16 @@ class CertificateBindingError(TincayError):
 
 
 # --- remote-signing credentials (CSC API) ---------------------------------------------------
+
+class CredentialRequestError(TincayError, ValueError):
+    """A new credential's enrolment data breaks a rule (the user id, the PIN, the clients
+    that may use it, multisign). ``field`` names the member at fault, so the registration API
+    can say which; the CLI prints the message as for any ValueError."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 class CredentialError(TincayError):
     """A remote-signing request the service refuses. ``error`` is the CSC error code and

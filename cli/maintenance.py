@@ -30,6 +30,7 @@ class MaintenanceReport:
     warnings: list[str] = field(default_factory=list)  # CAs near the end of their certificate
     renewed: list[str] = field(default_factory=list)  # service units with a new certificate
     checkpoints: list[str] = field(default_factory=list)  # logs' heads signed ("audit@12")
+    publishes: bool = True  # False for a pass that only renews the TLS certificate
 
     def as_dict(self) -> dict[str, Any]:
         return {"crls": [{"ca": c.ca, "number": c.number, "delta_base": c.delta_base,
@@ -39,6 +40,9 @@ class MaintenanceReport:
                 "renewed": self.renewed, "checkpoints": self.checkpoints}
 
     def summary(self) -> str:
+        if not self.publishes:
+            return f"TLS certificate renewed: {', '.join(self.renewed)}" if self.renewed \
+                else "TLS certificate not due for renewal"
         crls = ", ".join(f"{c.ca} {'delta ' if c.delta_base else ''}#{c.number}"
                          for c in self.crls) or "none due"
         renewed = f"; renewed: {', '.join(self.renewed)}" if self.renewed else ""

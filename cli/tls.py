@@ -12,7 +12,8 @@ protects the transport, as TLS server keys commonly do, and is replaced with eac
 The certificate and key are reused while they match (same host names, same issuer, the key
 belongs to the certificate) and more than a third of the certificate's validity is left; past
 that, ``tincay serve`` issues a new pair before it starts (the old one stays valid until it
-ends). A server running past the renewal point is renewed at its next start.
+ends), and its maintenance process (`tincay maintain --tls-ca --tls-name`) renews the pair
+while the server runs, then SIGHUPs the arbiter so new workers serve it.
 
 With --tls-self, TLS clients are also asked for a certificate issued by one of tincay's own
 CAs (the bundle :func:`own_ca_bundle` writes beside the server's pair), so an API client
@@ -38,6 +39,63 @@ from ca.errors import ConfigurationError
 from ca.files import PRIVATE_FILE, private_dir
 
 PROFILE = "tls-server"
+
+
+@dataclass(frozen=True)
+class ServingTls:
+    """What `tincay serve` serves TLS with: the pair gunicorn loads (none: plain HTTP), the
+    CA bundle client certificates are asked under (none: not asked), and the arguments its
+    maintenance process renews a --tls-self pair with while serving."""
+
+    certfile: Path | None
+    keyfile: Path | None
+    client_ca: Path | None
+    renewal: tuple[str, ...] = ()
+
+    @staticmethod
+    def check_options(certfile: Path | None, keyfile: Path | None, tls_self: bool,
+                      tls_ca: str | None, tls_names: Sequence[str],
+                      client_ca: Path | None) -> None:
+        """The serve options that go together, before anything starts (click.UsageError)."""
+        import click
+
+        if tls_self and (certfile or keyfile):
+            raise click.UsageError("give either --tls-self or --certfile and --keyfile")
+        if (certfile is None) != (keyfile is None):
+            raise click.UsageError("--certfile and --keyfile go together")
+        if (tls_ca or tls_names) and not tls_self:
+            raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
+        if client_ca is not None and not (tls_self or certfile):
+            raise click.UsageError("--client-ca needs TLS: --certfile and --keyfile, or "
+                                   "--tls-self")
+
+    @classmethod
+    def set_up(cls, app: Any, host: str, certfile: Path | None, keyfile: Path | None,
+               tls_self: bool, tls_ca: str | None, tls_names: Sequence[str],
+               client_ca: Path | None) -> "ServingTls":
+        """Check a given pair and client CA bundle (ConfigurationError naming the file), or
+        issue/reuse the --tls-self pair, whose client CA bundle defaults to tincay's own CAs."""
+        from cli.output import progress
+
+        if certfile is not None and keyfile is not None:
+            check_pair(certfile, keyfile)
+        if client_ca is not None:
+            check_client_ca(client_ca)
+        renewal: tuple[str, ...] = ()
+        if tls_self:
+            hosts = [n.lower() for n in tls_names] or tls_hosts(app.settings.public_url, host)
+            ca = issuing_ca(app.service.listings, tls_ca)
+            pair = self_issued(app.service, app.settings.home, hosts, ca)
+            what = "issued" if pair.issued else "reusing"
+            progress(f"TLS: {what} a {ca} certificate for {', '.join(hosts)} until "
+                     f"{pair.not_after:%Y-%m-%d} ({pair.certfile})")
+            certfile, keyfile = pair.certfile, pair.keyfile
+            renewal = ("--tls-ca", ca, *(arg for name in hosts for arg in ("--tls-name", name)))
+            if client_ca is None:
+                client_ca = own_ca_bundle(app.service, app.settings.home)
+        if client_ca is not None:
+            progress(f"TLS: asking clients for a certificate under {client_ca}")
+        return cls(certfile, keyfile, client_ca, renewal)
 
 
 @dataclass(frozen=True)

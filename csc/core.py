@@ -26,7 +26,8 @@ from asn1crypto import tsp as asn1_tsp
 from pydantic import ValidationError
 
 from ca.errors import (BackendUnavailableError, ClientAuthError, DatabaseBusyError,
-                       DatabaseUnavailableError, InvalidTokenError, TincayError)
+                       DatabaseUnavailableError, InvalidClientError, InvalidTokenError,
+                       TincayError)
 from ca.validation import issues
 from csc import models
 from csc.describe import HASHLESS_SIGN_ALGORITHMS, credential_json, service_info
@@ -181,12 +182,12 @@ class CscApi:
                            "the signing service is unavailable, try later",
                            (("Retry-After", "30"),))
         except InvalidTokenError as exc:  # a bearer token checked late (signHash's own)
-            return refusal(401, exc.error, str(exc), (
-                ("WWW-Authenticate", f'Bearer realm="tincay", error="{exc.error}"'),))
+            return refusal(401, exc.error, str(exc),
+                           (("WWW-Authenticate", exc.www_authenticate()),))
         except ClientAuthError as exc:
             status = 401 if exc.error == "invalid_client" else 400
             return refusal(status, exc.error, str(exc),
-                           (("WWW-Authenticate", 'Basic realm="tincay"'),)
+                           (("WWW-Authenticate", exc.www_authenticate()),)
                            if status == 401 else ())
         except TincayError as exc:
             coded = _coded(exc)
@@ -219,8 +220,7 @@ class CscApi:
         if self.tokens is None:
             return refusal(404, "invalid_request", "auth/login is not served here")
         if basic is None:
-            return refusal(401, "invalid_client", "HTTP Basic client authentication is "
-                           "required", (("WWW-Authenticate", 'Basic realm="tincay"'),))
+            raise InvalidClientError("HTTP Basic client authentication is required")
         grant = self.tokens.grant(*basic)
         return Answer(200, {"access_token": grant.access_token,
                             "expires_in": int(grant.expires_in)})

@@ -29,8 +29,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from ca.errors import (AlreadyExistsError, BackendUnavailableError, CSRError,
-                       DatabaseBusyError, DatabaseUnavailableError, IdempotencyKeyReusedError,
+from ca.errors import (AlreadyExistsError, BackendUnavailableError, CredentialRequestError,
+                       CSRError, DatabaseBusyError, DatabaseUnavailableError,
+                       IdempotencyKeyReusedError,
                        IssuanceError, KeyPolicyError, NotFoundError, ProfileError,
                        RequestInProgressError, SubjectError, UnsupportedKeyError)
 from ca.issuance import load_csr
@@ -66,7 +67,8 @@ class RegistrationService(Protocol):
               key_type: Any = None, emails: Sequence[str] = (),
               dns_names: Sequence[str] = (), days: int | None = None,
               idempotency_key: str | None = None,
-              request_sha256: str | None = None) -> tuple[dict[str, Any], bool]: ...
+              request_sha256: str | None = None,
+              credential: Any = None) -> tuple[dict[str, Any], bool]: ...
 
     def revoke(self, by: Mapping[str, Any], ca: str, serial: str, reason: str,
                invalidity_date: Any = None) -> dict[str, Any]: ...
@@ -197,9 +199,13 @@ def decode_cursor(kind: str, cursor: str) -> int:
 
 def request_digest(request: models.RaModel) -> str:
     """The hash an Idempotency-Key is bound to: the validated request, canonical (member
-    order and white space do not make it another request)."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
+    order and white space do not make it another request). Never over a credential's PIN:
+    a fast hash of a short PIN, stored with the claim, would give it away."""
+    document = request.model_dump(mode="json")
+    if isinstance(document.get("credential"), dict):
+        document["credential"].pop("pin", None)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -314,12 +320,18 @@ class RegistrationApi:
             raise invalid("csr", str(exc)) from None
         except UnsupportedKeyError as exc:
             raise invalid("key_type", str(exc)) from None
+        credential = request.credential
+        if credential is not None and not credential.clients:  # the caller drives it
+            credential = credential.model_copy(update={"clients": [by["client"]]})
         try:
             record, replayed = self.service.issue(
                 by, request.ca, request.profile, list(request.subject), csr=csr,
                 key_type=key_type, emails=request.emails, dns_names=request.dns_names,
                 days=request.days, idempotency_key=key,
-                request_sha256=request_digest(request) if key is not None else None)
+                request_sha256=request_digest(request) if key is not None else None,
+                credential=credential)
+        except CredentialRequestError as exc:
+            raise invalid(f"credential.{exc.field}", str(exc)) from None
         except IdempotencyKeyReusedError as exc:
             raise Problem(422, "idempotency-key-reused", "Idempotency-Key reused",
                           str(exc), [{"field": "Idempotency-Key", "message": str(exc)}]) \

@@ -25,7 +25,8 @@ from ca.revocation import OPERATOR_REASONS
 from ca.validation import FieldError, InputModel, subject_pairs, type_name
 
 __all__ = ["AuditEvent", "AuditPage", "AuthorityInfo", "AuthorityList", "CertificatePage",
-           "CertificateRecord", "CertificateSummary", "EmptyRequest", "FieldIssue",
+           "CertificateRecord", "CertificateSummary", "CredentialCreated",
+           "CredentialRequest", "EmptyRequest", "FieldIssue",
            "IssueRequest", "Problem", "ProfileInfo", "ProfileList", "REASONS",
            "RevokeRequest"]
 
@@ -114,9 +115,24 @@ class RaModel(InputModel):
 _ONE_KEY = {"oneOf": [
     {"required": ["csr"], "properties": {"csr": {"type": "string"},
                                          "generate_key": {"const": False},
-                                         "key_type": {"type": "null"}}},
+                                         "key_type": {"type": "null"},
+                                         "credential": {"type": "null"}}},
     {"required": ["generate_key"], "properties": {"generate_key": {"const": True},
                                                   "csr": {"type": "null"}}}]}
+
+
+class CredentialRequest(RaModel):
+    """``credential`` of ``POST /api/v1/certificates`` (with ``generate_key`` only): enrol the
+    new certificate for remote signing through the CSC API. ``pin`` is the holder's initial
+    PIN (hashed at once, never stored or logged as given; at least 6 characters); ``clients``
+    the registered clients that may drive the credential (default: the calling client)."""
+
+    user_id: Annotated[str, Field(min_length=1, max_length=128,
+                                  examples=["CCCD:079073009568"])]
+    pin: Annotated[str, Field(min_length=6, max_length=128, repr=False, json_schema_extra={
+        "writeOnly": True, "format": "password"})]
+    clients: Annotated[list[Name], Field(max_length=16)] = []
+    multisign: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 class IssueRequest(RaModel):
@@ -137,6 +153,7 @@ class IssueRequest(RaModel):
     days: Annotated[int, Field(ge=1, le=36500)] | None = None
     emails: Annotated[list[Email], Field(max_length=16)] = []
     dns_names: Annotated[list[DnsName], Field(max_length=16)] = []
+    credential: CredentialRequest | None = None
 
     @model_validator(mode="after")
     def _one_key(self) -> "IssueRequest":
@@ -144,6 +161,9 @@ class IssueRequest(RaModel):
             raise FieldError("give exactly one of csr and generate_key: true", "csr")
         if self.key_type is not None and not self.generate_key:
             raise FieldError("goes with generate_key: true", "key_type")
+        if self.credential is not None and not self.generate_key:
+            raise FieldError("goes with generate_key: true (a remote-signing key is one the "
+                             "CA keeps)", "credential")
         return self
 
 
@@ -188,6 +208,18 @@ class CertificateRecord(CertificateSummary):
     certificate: str | None = Field(description="PEM; null while pending or failed")
     chain: list[str]
     key_uri: str | None = Field(None, description="where a key the CA generated is kept")
+    credential: CredentialCreated | None = Field(
+        None, description="the credential enrolled with it (issuance with credential only)")
+
+
+class CredentialCreated(Reply):
+    """The remote-signing credential enrolled with the certificate. ``otpauth_uri`` (the
+    holder's TOTP seed, for an authenticator app) is in the answer that made the credential
+    only: null in a retry's."""
+
+    credential_id: str
+    user_id: str
+    otpauth_uri: str | None
 
 
 class CertificatePage(Reply):

@@ -258,7 +258,9 @@ def test_readyz_names_the_hsm_while_the_token_is_gone_and_its_errors_are_counted
     finally:
         away.rename(tokens)
     _, during = _scrape(base)
-    assert _summed(during, "tincay_hsm_errors_total") >= 2  # a lost session in each worker
+    # a lost session in each worker that served one of the six (the kernel picks the worker:
+    # under load one may take them all)
+    assert _summed(during, "tincay_hsm_errors_total") >= 1
     assert _value(during, "tincay_tsa_tokens_total", outcome="refused",
                   reason="systemFailure") - _value(before, "tincay_tsa_tokens_total",
                                                    outcome="refused", reason="systemFailure") \
@@ -268,4 +270,4 @@ def test_readyz_names_the_hsm_while_the_token_is_gone_and_its_errors_are_counted
         assert time.monotonic() < deadline
         time.sleep(0.5)
     _, after = _scrape(base)
-    assert _summed(after, "tincay_hsm_reconnects_total") >= 2  # both workers signed again
+    assert _summed(after, "tincay_hsm_reconnects_total") >= 1  # and signed again

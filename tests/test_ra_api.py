@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
@@ -37,6 +39,7 @@ HOSPITAL, SCHOOL = "issuing-ca", "school-ca"
 DOCTOR = "C=VN, O=Bệnh viện Quận 11, CN=Nguyễn Văn A, UID=CCCD:079073009568"
 TEACHER = "C=VN, O=Trường THPT Lê Quý Đôn, CN=Trần Thị B, UID=CCCD:048190000123"
 PROBLEM = "application/problem+json"
+SHA256, ECDSA_SHA256 = "2.16.840.1.101.3.4.2.1", "1.2.840.10045.4.3.2"
 
 
 def spec() -> dict[str, Any]:
@@ -215,6 +218,61 @@ def test_the_same_idempotency_key_answers_the_same_certificate(api: Api, admin: 
     bad_key = api.call("POST", "/certificates", issue_body(), token=admin,
                        headers={"Idempotency-Key": "é" * 3})
     assert bad_key.status == 400 and bad_key.fields == {"Idempotency-Key"}
+
+
+def test_a_generated_key_is_enrolled_for_remote_signing_in_the_same_request(
+        api: Api, admin: str) -> None:
+    """``credential`` beside ``generate_key``: the certificate comes back with a CSC
+    credential whose otpauth URI is in that answer only; the holder's PIN and a TOTP code
+    from it authorise a signature through the CSC API that the certificate's key verifies. A
+    retry under the same Idempotency-Key (even with another PIN: the PIN is in no stored hash)
+    answers the same credential, without the URI; the PIN is in no audit event."""
+    from tests.test_csc_http import Otp
+
+    pin, holder = "975310", "CCCD:079073009568"
+    signer = api.service.clients.add("emr-sign")
+    officer = api.token("hr-officer", "ra-officer", (HOSPITAL,), ("clinician",))
+    key = {"Idempotency-Key": "onboarding/bs-a"}
+    body = issue_body(key_type="ec-p256", credential={
+        "user_id": holder, "pin": pin, "clients": ["emr-sign"], "multisign": 5})
+    first = api.call("POST", "/certificates", body, token=officer, headers=key)
+    cert = _check_issued(api, first, HOSPITAL, "Nguyễn Văn A")
+    made = first.body["credential"]
+    assert made["user_id"] == holder and made["otpauth_uri"].startswith("otpauth://totp/")
+    again = api.call("POST", "/certificates", issue_body(key_type="ec-p256", credential={
+        "user_id": holder, "pin": "another-pin", "clients": ["emr-sign"], "multisign": 5}),
+        token=officer, headers=key)
+    assert again.status == 200 and again.body["serial"] == first.body["serial"]
+    assert again.body["credential"] == {**made, "otpauth_uri": None}
+    with api.service.context.read() as session:
+        details = " ".join(e.details or "" for e in session.scalars(select(AuditEvent)))
+    assert pin not in details and "another-pin" not in details
+    assert made["credential_id"] in details
+
+    token = api.service.clients.grant(signer.client.client_id,
+                                      signer.client_secret).access_token
+    digest = hashlib.sha256("đơn thuốc số 12".encode()).digest()
+    hashes_b64 = [base64.b64encode(digest).decode()]
+    status, _, auth = post(f"{api.url}/csc/v2/credentials/authorize", {
+        "credentialID": made["credential_id"], "numSignatures": 1, "hashes": hashes_b64,
+        "hashAlgorithmOID": SHA256, "authData": [
+            {"id": "PIN", "value": pin},
+            {"id": "OTP", "value": Otp(made["otpauth_uri"]).next()}]},
+        token=token)
+    assert status == 200, auth
+    status, _, signed = post(f"{api.url}/csc/v2/signatures/signHash", {
+        "credentialID": made["credential_id"], "SAD": auth["SAD"], "hashes": hashes_b64,
+        "hashAlgorithmOID": SHA256, "signAlgo": ECDSA_SHA256}, token=token)
+    assert status == 200, signed
+    cert.public_key().verify(base64.b64decode(signed["signatures"][0]), digest,  # type: ignore
+                             ec.ECDSA(Prehashed(hashes.SHA256())))
+    # the officer named no clients: the credential is its own to drive
+    alone = api.call("POST", "/certificates", issue_body(credential={
+        "user_id": holder, "pin": pin}), token=officer)
+    assert alone.status == 201
+    listed = api.service.credentials.list_for(
+        api.service.clients.verify(officer), holder)
+    assert [c.credential_id for c in listed] == [alone.body["credential"]["credential_id"]]
 
 
 def test_concurrent_retries_under_one_key_issue_one_certificate(api: Api, admin: str) -> None:
@@ -429,6 +487,15 @@ BAD_ISSUES = [
     (issue_body(emails=["a@b.vn"], dns_names=["x.vn"]), 422, "dns_names"),
     ({"ca": HOSPITAL, "profile": "clinician", "subject": DOCTOR}, 422, "csr"),
     ({"profile": "clinician", "subject": DOCTOR, "generate_key": True}, 422, "ca"),
+    (issue_body(csr=csr_pem(), credential={"user_id": "u", "pin": "246810"}), 422,
+     "credential"),
+    (issue_body(credential={"user_id": "u", "pin": "12345"}), 422, "credential.pin"),
+    (issue_body(credential={"user_id": " u", "pin": "246810"}), 422, "credential.user_id"),
+    (issue_body(credential={"user_id": "u", "pin": "246810", "clients": ["nobody"]}), 422,
+     "credential.clients"),
+    (issue_body(credential={"user_id": "u", "pin": "246810", "multisign": 0}), 422,
+     "credential.multisign"),
+    (issue_body(credential={"user_id": "u"}), 422, "credential.pin"),
 ]
 
 

@@ -48,6 +48,5 @@ def challenge(exc: ClientAuthError, realm: str = "tincay") -> tuple[int, dict[st
                                                                    dict[str, str]]:
     """The 401 an adapter answers a refused token with (RFC 6750 3): status, JSON body
     ({"error", "error_description"}) and the WWW-Authenticate header."""
-    error = getattr(exc, "error", "invalid_token")
-    return 401, {"error": error, "error_description": str(exc)}, {
-        "WWW-Authenticate": f'Bearer realm="{realm}", error="{error}"'}
+    return 401, {"error": exc.error, "error_description": str(exc)}, {
+        "WWW-Authenticate": exc.bearer_challenge(realm)}

@@ -119,7 +119,7 @@ class CertificateAuthority:
     credentials: Credentials = _Service(  # type: ignore[assignment]
         "Credentials", "subscriber_keys")
     registration: Registration = _Service(  # type: ignore[assignment]
-        "Registration", "issuance", "revocation")
+        "Registration", "issuance", "revocation", "credentials")
     batch: Batch = _Service("Batch", "issuance", "revocation")  # type: ignore[assignment]
     audit_chain: AuditChain = _Service("AuditChain")  # type: ignore[assignment]
 

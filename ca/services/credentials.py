@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ca.errors import (CredentialDisabledError, CredentialError, CredentialNotFoundError,
-                       NotFoundError)
+                       CredentialRequestError, NotFoundError)
 from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
 from ca.services.clients import ClientInfo, PendingToken
@@ -30,8 +30,8 @@ from ca.services.credential_common import Activation, CredentialInfo, SignatureR
 from ca.services.remote_signing import RemoteSigning
 from ca.services.subscriber_keys import SubscriberKeys
 from ca.store import queries
-from ca.store.models import (ISSUED, ApiClient, CredentialClient, SignatureRecord,
-                             SigningCredential)
+from ca.store.models import (ISSUED, ApiClient, Authority, Certificate, CredentialClient,
+                             SignatureRecord, SigningCredential)
 
 __all__ = ["Activation", "CredentialInfo", "Credentials", "SignatureRecordInfo"]
 
@@ -94,13 +94,7 @@ class Credentials:
         """Enrol the certificate ``serial_hex`` (issued, valid, its key on this backend) for
         ``user_id``, driven by ``clients``; returns the credential and the otpauth:// URI,
         which exists nowhere else afterwards."""
-        common.check_pin_rules(pin)
-        if not isinstance(user_id, str) or not _USER_ID.match(user_id):
-            raise ValueError("the user id must be 1 to 128 characters, without surrounding spaces")
-        if not clients:
-            raise ValueError("name at least one client that may use the credential")
-        if not 1 <= multisign <= 1000:
-            raise ValueError("multisign must be between 1 and 1000")
+        self.check_new(user_id, clients, pin, multisign)
         now = self.context.clock.now()
         credential_id = secrets.token_hex(16)
         pin_hash = common.hash_pin(pin)
@@ -125,6 +119,40 @@ class Credentials:
                                                   "user_id": user_id, "multisign": multisign,
                                                   "clients": [c.name for c in api_rows]}))
             return common.describe(row, now), common.otpauth_uri(seed, user_id)
+
+    def check_new(self, user_id: str, clients: Sequence[str], pin: str,
+                  multisign: int = 100) -> None:
+        """The rules a new credential's data must meet, checked before anything is written
+        (the registration API checks them before it issues the certificate the credential
+        is for): CredentialRequestError naming the field at fault."""
+        try:
+            common.check_pin_rules(pin)
+        except ValueError as exc:
+            raise CredentialRequestError(str(exc), "pin") from None
+        if not isinstance(user_id, str) or not _USER_ID.match(user_id):
+            raise CredentialRequestError("the user id must be 1 to 128 characters, without "
+                                         "surrounding spaces", "user_id")
+        if not clients:
+            raise CredentialRequestError("name at least one client that may use the "
+                                         "credential", "clients")
+        if not 1 <= multisign <= 1000:
+            raise CredentialRequestError("multisign must be between 1 and 1000", "multisign")
+        with self.context.read() as session:
+            for name in clients:
+                try:
+                    self._client(session, name)
+                except NotFoundError as exc:
+                    raise CredentialRequestError(str(exc), "clients") from None
+
+    def for_certificate(self, authority: str, serial_hex: str) -> CredentialInfo | None:
+        """The credential enrolled for ``authority``'s certificate ``serial_hex``, if any."""
+        now = self.context.clock.now()
+        with self.context.read() as session:
+            row = session.scalar(select(SigningCredential).join(
+                Certificate, Certificate.id == SigningCredential.certificate_id).join(
+                Authority, Authority.id == Certificate.issuer_id).where(
+                Authority.name == authority, Certificate.serial_hex == serial_hex))
+            return None if row is None else common.describe(row, now)
 
     def _certificate(self, session: Session, serial_hex: str, authority: str | None,
                      now: datetime) -> object:

@@ -19,6 +19,13 @@ worker), when the next retry revokes its pending serial as never issued and issu
 certificate issued meanwhile has a larger id, so it shows on a later page, and none is served
 twice or skipped (an offset would shift under inserts, newest-first would bury them).
 
+**Credentials.** A certificate whose key is generated here may be enrolled for remote signing
+in the same request (``credential``: holder, initial PIN, the clients that may drive it). Its
+rules are checked before anything is issued; the credential is made once the certificate is
+signed, and a retry under the same Idempotency-Key answers its id (the otpauth:// URI only
+ever in the answer that made it; a lost one is replaced with `tincay credential reset
+--new-otp`), or makes it when the first request died between the two.
+
 Every change is an audit event naming the client (``client``, ``client_id``), in the same
 transaction as the change (the ``by`` details passed to issuance and revocation).
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +46,7 @@ from ca.errors import (IdempotencyKeyReusedError, KeyPolicyError, NotFoundError,
 from ca.hierarchy import SERVICE_KINDS
 from ca.keys.base import KeySpec
 from ca.services.context import ServiceContext, authority_certificate
+from ca.services.credentials import Credentials
 from ca.services.issuance import Issuance
 from ca.services.listings import describe_authority, describe_certificate
 from ca.services.reconciliation import NEVER_ISSUED_REASON
@@ -72,15 +80,28 @@ def _pem(der: bytes | None) -> str | None:
         serialization.Encoding.PEM).decode("ascii")
 
 
+class NewCredential(Protocol):
+    """A remote-signing credential to enrol with a certificate issued through the API: its
+    holder, initial PIN (hashed at once, never stored or logged as given), the registered
+    clients that may drive it, and how many hashes one authorisation may cover (the
+    registration API's CredentialRequest is one)."""
+
+    user_id: str
+    pin: str
+    clients: Sequence[str]
+    multisign: int
+
+
 class Registration:
     """Issue, revoke, hold and release for API clients; read certificates and the audit log a
     page at a time."""
 
     def __init__(self, context: ServiceContext, issuance: Issuance,
-                 revocation: Revocation) -> None:
+                 revocation: Revocation, credentials: Credentials | None = None) -> None:
         self.context = context
         self.issuance = issuance
         self.revocation = revocation
+        self.credentials = credentials
 
     # --- issuance under an Idempotency-Key -----------------------------------------------
 
@@ -90,16 +111,24 @@ class Registration:
               key_type: KeySpec | None = None, emails: Sequence[str] = (),
               dns_names: Sequence[str] = (), days: int | None = None,
               idempotency_key: str | None = None,
-              request_sha256: str | None = None) -> tuple[dict[str, Any], bool]:
+              request_sha256: str | None = None,
+              credential: NewCredential | None = None) -> tuple[dict[str, Any], bool]:
         """Issue for the client ``by`` (``client``, ``client_id``); (the certificate's record,
-        whether it was already issued under ``idempotency_key``)."""
+        whether it was already issued under ``idempotency_key``). With ``credential`` (a key
+        generated here only), the certificate is also enrolled for remote signing: the record's
+        ``credential`` holds its id and the otpauth:// URI, which exists nowhere else after."""
+        if credential is not None:
+            if self.credentials is None or csr is not None:
+                raise KeyPolicyError("a remote-signing credential needs a key generated here")
+            self.credentials.check_new(credential.user_id, credential.clients, credential.pin,
+                                       credential.multisign)  # before anything is issued
         claim: int | None = None
         if idempotency_key is not None:
             if request_sha256 is None:
                 raise ValueError("an idempotency key goes with the request's hash")
             claim, earlier = self._claim(str(by["client_id"]), idempotency_key, request_sha256)
             if earlier is not None:
-                return earlier, True
+                return self._enrolled(earlier, credential), True
         if csr is not None:
             source = KeySource(csr=csr)
         else:
@@ -120,7 +149,25 @@ class Registration:
             if claim is not None:
                 self._forget(claim)
             raise
-        return self.certificate(ca, issued.serial_hex), False
+        return self._enrolled(self.certificate(ca, issued.serial_hex), credential), False
+
+    def _enrolled(self, record: dict[str, Any], credential: NewCredential | None
+                  ) -> dict[str, Any]:
+        """``record`` with its remote-signing credential, enrolled now unless it already is
+        (a retry under the same Idempotency-Key: the credential the first request made, whose
+        URI was in that answer only; or none yet, when that request died after issuing)."""
+        if credential is None or self.credentials is None or record["status"] != "issued":
+            return record
+        existing = self.credentials.for_certificate(record["ca"], record["serial"])
+        if existing is not None:
+            return {**record, "credential": {"credential_id": existing.credential_id,
+                                             "user_id": existing.user_id, "otpauth_uri": None}}
+        info, uri = self.credentials.create(record["serial"], credential.user_id,
+                                            credential.clients, credential.pin,
+                                            authority=record["ca"],
+                                            multisign=credential.multisign)
+        return {**record, "credential": {"credential_id": info.credential_id,
+                                         "user_id": info.user_id, "otpauth_uri": uri}}
 
     def _claim(self, client_id: str, key: str, request_sha256: str, *, again: bool = True
                ) -> tuple[int | None, dict[str, Any] | None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -124,66 +123,30 @@ def serve(host: str, port: int, workers: int | None, worker_class: str, threads:
     from cli.http_limits import HttpLimits
     from cli.serve import check_free
     from cli.serve import serve as run_server
+    from cli.tls import ServingTls
     from tsa.config import tsa_settings
 
-    if tls_self and (certfile or keyfile):
-        raise click.UsageError("give either --tls-self or --certfile and --keyfile")
-    if (certfile is None) != (keyfile is None):
-        raise click.UsageError("--certfile and --keyfile go together")
-    if (tls_ca or tls_names) and not tls_self:
-        raise click.UsageError("--tls-ca and --tls-name go with --tls-self")
-    if client_ca is not None and not (tls_self or certfile):
-        raise click.UsageError("--client-ca needs TLS: --certfile and --keyfile, or --tls-self")
+    ServingTls.check_options(certfile, keyfile, tls_self, tls_ca, tls_names, client_ca)
     limits = HttpLimits.from_env(os.environ)  # a bad TINCAY_HTTP_* stops us before anything
     service_variables(os.environ)  # and a bad TINCAY_KEY_CACHE or TINCAY_SAD_LIFETIME
     tsa_settings(os.environ)  # and a bad TINCAY_TSA_*, before a worker fails to boot on it
     app = app_context()
     app.engine  # migrate once, before the workers fork  # noqa: B018
-    if certfile is not None and keyfile is not None:
-        from cli.tls import check_pair
-
-        check_pair(certfile, keyfile)
-    if client_ca is not None:
-        from cli.tls import check_client_ca
-
-        check_client_ca(client_ca)
-    renewal: list[str] = []
-    if tls_self:
-        certfile, keyfile, renewal = _self_issued(app, host, tls_ca, tls_names)
-        if client_ca is None:
-            from cli.tls import own_ca_bundle
-
-            client_ca = own_ca_bundle(app.service, app.settings.home)
-    if client_ca is not None:
-        progress(f"TLS: asking clients for a certificate under {client_ca}")
+    tls = ServingTls.set_up(app, host, certfile, keyfile, tls_self, tls_ca, tls_names,
+                            client_ca)
     app.close()
     check_free(host, port)  # before saying we serve there
-    scheme = "https" if certfile else "http"
+    scheme = "https" if tls.certfile else "http"
     progress(f"serving on {scheme}://{host}:{port} "
              f"(TINCAY_PUBLIC_URL={app.settings.public_url})")
+    renewal = list(tls.renewal)
     if renewal and no_maintenance:  # the certificate is still renewed, nothing published
         renewal.append("--tls-only")
     run_server(host, port, workers, threads,
                maintenance=None if no_maintenance and not renewal else maintenance_interval,
                worker_class=worker_class, limits=limits,
-               certfile=str(certfile) if certfile else None,
-               keyfile=str(keyfile) if keyfile else None, maintenance_args=renewal,
-               client_ca=str(client_ca) if client_ca else None,
+               certfile=str(tls.certfile) if tls.certfile else None,
+               keyfile=str(tls.keyfile) if tls.keyfile else None, maintenance_args=renewal,
+               client_ca=str(tls.client_ca) if tls.client_ca else None,
                tsa_mark_file=str(app.settings.home / "tsa-gen-time.mark")
                if app.settings.home.is_dir() else None)
-
-
-def _self_issued(app: Any, host: str, tls_ca: str | None,
-                 tls_names: tuple[str, ...]) -> tuple[Path, Path, list[str]]:
-    """--tls-self: the stored certificate and key, issued or renewed first if need be, and
-    the maintenance process's arguments that renew them while the server runs."""
-    from cli.tls import issuing_ca, self_issued, tls_hosts
-
-    hosts = [n.lower() for n in tls_names] or tls_hosts(app.settings.public_url, host)
-    ca = issuing_ca(app.service.listings, tls_ca)
-    pair = self_issued(app.service, app.settings.home, hosts, ca)
-    what = "issued" if pair.issued else "reusing"
-    progress(f"TLS: {what} a {ca} certificate for {', '.join(hosts)} until "
-             f"{pair.not_after:%Y-%m-%d} ({pair.certfile})")
-    return pair.certfile, pair.keyfile, ["--tls-ca", ca, *(
-        argument for name in hosts for argument in ("--tls-name", name))]

@@ -114,7 +114,8 @@ def maintain(once: bool, interval: timedelta, tls_ca: str | None, tls_names: tup
         app = app_context()
         if tls_only:
             assert tls_ca is not None
-            return MaintenanceReport(renewed=renew_tls(app, tls_ca, tls_names, reload_pid))
+            return MaintenanceReport(renewed=renew_tls(app, tls_ca, tls_names, reload_pid),
+                                     publishes=False)
         return run_once(app.service.publication,
                         lambda: preproducer().refresh(),  # built after the renewals
                         lambda: app.service.listings.expiring_authorities(
