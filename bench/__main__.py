@@ -5,7 +5,7 @@ import argparse
 import importlib
 
 BENCHMARKS = ("crl_build", "hierarchy", "cli_startup", "http_load", "subscriber_keys",
-              "csc_load", "batch_issue", "ra_load", "peers")
+              "csc_load", "batch_issue", "ra_load", "peers", "chain_tsa")
 
 
 def main() -> None:

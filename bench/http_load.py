@@ -126,9 +126,11 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
     return {"raw": (raw1, raw2), "rates": results, "logged": len(logged)}
 
 
-def bench_instance(home: Path, key: str) -> tuple[dict[str, str], int]:
+def bench_instance(home: Path, key: str,
+                   database_url: str | None = None) -> tuple[dict[str, str], int]:
     """A fresh TINCAY_HOME with its own SoftHSM token and the bench hierarchy (``key`` for the
-    OCSP and TSA units): the environment to run `tincay` in, and a free port to serve on."""
+    OCSP and TSA units): the environment to run `tincay` in, and a free port to serve on.
+    ``database_url``: another database than the home's SQLite file."""
     from ca.keys.softhsm import ensure_demo_token
 
     home.mkdir(parents=True)
@@ -136,6 +138,8 @@ def bench_instance(home: Path, key: str) -> tuple[dict[str, str], int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TINCAY_", "SOFTHSM2_"))}
     env.update(TINCAY_HOME=str(home), TINCAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
                TINCAY_PKCS11_TOKEN="tincay-bench")
+    if database_url:
+        env["TINCAY_DATABASE_URL"] = database_url
     env.update(ensure_demo_token(home, "tincay-bench", home / "pin", env))
     (home / "spec.yaml").write_text(SPEC.format(key=key), encoding="utf-8")
     _cli(env, "init", "--hierarchy", str(home / "spec.yaml"))

@@ -5,7 +5,8 @@ groups (cli/commands/, one module each); a service that brings commands adds one
 and one ``cli.add_command`` line here.
 
 Exit codes: 0 success, 1 an operator error (one line on stderr, no traceback), 2 a usage error,
-3 ``tincay reconcile`` found something to resolve.
+3 ``tincay reconcile`` found something to resolve, 4 ``tincay audit verify`` found a
+record changed, inserted, deleted or reordered.
 PINs are never options: they come from TINCAY_PKCS11_PIN or TINCAY_PKCS11_PIN_FILE.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, Callable, Sequence
 import click
 
 from ca.errors import TincayError
-from cli.commands import (authorities, certificates, clients, credentials, instance, ocsp,
-                          profiles, reconciliation, revocation, testing, tsa)
+from cli.commands import (audit, authorities, certificates, clients, credentials, instance,
+                          ocsp, profiles, reconciliation, revocation, testing, tsa)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,7 +37,7 @@ cli.add_command(instance.serve)
 cli.add_command(authorities.ca_group)
 cli.add_command(certificates.issue)
 cli.add_command(certificates.cert_group)
-cli.add_command(certificates.audit)
+cli.add_command(audit.audit)
 cli.add_command(revocation.revoke)
 cli.add_command(revocation.release)
 cli.add_command(revocation.crl_command)

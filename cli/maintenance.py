@@ -29,6 +29,7 @@ class MaintenanceReport:
     ocsp_responses: int = 0
     warnings: list[str] = field(default_factory=list)  # CAs near the end of their certificate
     renewed: list[str] = field(default_factory=list)  # service units with a new certificate
+    checkpoints: list[str] = field(default_factory=list)  # logs' heads signed ("audit@12")
     publishes: bool = True  # False for a pass that only renews the TLS certificate
 
     def as_dict(self) -> dict[str, Any]:
@@ -36,7 +37,7 @@ class MaintenanceReport:
                           "entries": c.entries, "next_update": c.next_update}
                          for c in self.crls],
                 "ocsp_responses": self.ocsp_responses, "warnings": self.warnings,
-                "renewed": self.renewed}
+                "renewed": self.renewed, "checkpoints": self.checkpoints}
 
     def summary(self) -> str:
         if not self.publishes:
@@ -45,19 +46,24 @@ class MaintenanceReport:
         crls = ", ".join(f"{c.ca} {'delta ' if c.delta_base else ''}#{c.number}"
                          for c in self.crls) or "none due"
         renewed = f"; renewed: {', '.join(self.renewed)}" if self.renewed else ""
-        return f"CRLs published: {crls}; OCSP responses signed: {self.ocsp_responses}{renewed}"
+        signed = f"; checkpoints: {', '.join(self.checkpoints)}" if self.checkpoints else ""
+        return (f"CRLs published: {crls}; OCSP responses signed: {self.ocsp_responses}"
+                f"{renewed}{signed}")
 
 
 def run_once(publication: Publication, refresh_ocsp: Callable[[], int],
              warnings: Callable[[], list[str]] = list,
-             renew: Callable[[], list[str]] = list) -> MaintenanceReport:
+             renew: Callable[[], list[str]] = list,
+             checkpoint: Callable[[], list[str]] = list) -> MaintenanceReport:
     """One pass: the service units due for a new certificate first (so what follows signs
-    with it), CRLs (a relying party may fetch them any time), OCSP answers, then the CAs whose
-    certificates end soon."""
+    with it), CRLs (a relying party may fetch them any time), OCSP answers, the CAs whose
+    certificates end soon, then a signed checkpoint of each log whose head moved
+    (ca.services.audit_chain), last so it covers what the pass itself logged."""
     renewed = renew()
     report = MaintenanceReport(crls=publication.publish_due_crls(), renewed=renewed)
     report.ocsp_responses = refresh_ocsp()
     report.warnings = warnings()
+    report.checkpoints = checkpoint()
     return report
 
 
@@ -74,7 +80,7 @@ def run_forever(one_pass: Callable[[], MaintenanceReport], interval: timedelta,
         try:
             report = one_pass()
             level = logging.INFO if report.crls or report.ocsp_responses or report.renewed \
-                else logging.DEBUG
+                or report.checkpoints else logging.DEBUG
             log.log(level, "maintenance: %s", report.summary())
             for warning in report.warnings:
                 if warning not in warned:  # once per process, and again as the days go by

@@ -658,14 +658,16 @@ def test_stream_rows_streams_plain_tuples_in_the_transaction(world: World) -> No
     inside the caller's transaction (it sees that transaction's own uncommitted rows; on
     PostgreSQL through a server-side cursor); a statement whose types need processing is
     refused rather than read wrong."""
-    from sqlalchemy import insert, literal_column, select
+    from sqlalchemy import literal_column, select
 
+    from ca.store.chain_store import append_now
     from ca.store.hot import stream_rows
     from ca.store.models import AuditEvent
 
     with world.service.context.read() as session, session.begin():
-        session.execute(insert(AuditEvent), [
-            {"at": NOW, "action": "test.stream", "details": f"{i:05d}"} for i in range(257)])
+        append_now(session, "audit", [  # chained, as every audit event is
+            {"at": NOW, "action": "test.stream", "authority": None, "serial_hex": None,
+             "subject": None, "details": f"{i:05d}"} for i in range(257)])
         statement = (select(AuditEvent.details, literal_column("7"))
                      .where(AuditEvent.action == "test.stream").order_by(AuditEvent.details))
         rows = list(stream_rows(session.connection(), statement, batch=10))

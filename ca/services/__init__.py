@@ -37,6 +37,7 @@ from ca.services.results import (CertificateStatus, CrlInfo, IssuedCertificate, 
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.profiles import ProfileSet
+    from ca.services.audit_chain import AuditChain
     from ca.services.authorities import Authorities
     from ca.services.batch import Batch
     from ca.services.clients import Clients
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ca.services.subscriber_keys import SubscriberKeys
     from ca.services.token_log import TokenLog
 
-__all__ = ["Authorities", "Batch", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
+__all__ = ["AuditChain", "Authorities", "Batch", "CertificateAuthority", "Clients", "CertificateStatus", "CrlInfo",
            "Credentials", "Issuance",
            "IssuedCertificate", "KeySource", "Listings", "OcspAnswers", "Progress",
            "Publication", "Reconciliation", "Registration", "Renewal", "Revocation",
@@ -62,7 +63,7 @@ __all__ = ["Authorities", "Batch", "CertificateAuthority", "Clients", "Certifica
 
 # Each service's module is imported when first used: `tincay ca list` needs the listings, not
 # the issuance core, the CRL encoder or the hierarchy loader (bench/cli_startup.py).
-_MODULES = {"Authorities": "authorities", "Batch": "batch", "Clients": "clients", "Credentials": "credentials",
+_MODULES = {"AuditChain": "audit_chain", "Authorities": "authorities", "Batch": "batch", "Clients": "clients", "Credentials": "credentials",
             "Issuance": "issuance", "Listings": "listings",
             "OcspAnswers": "ocsp_answers", "Publication": "publication",
             "Reconciliation": "reconciliation", "Registration": "registration",
@@ -120,6 +121,7 @@ class CertificateAuthority:
     registration: Registration = _Service(  # type: ignore[assignment]
         "Registration", "issuance", "revocation", "credentials")
     batch: Batch = _Service("Batch", "issuance", "revocation")  # type: ignore[assignment]
+    audit_chain: AuditChain = _Service("AuditChain")  # type: ignore[assignment]
 
     def __init__(self, sessions: sessionmaker[Session], keys: KeyBackend,
                  profiles: ProfileSet | Callable[[], ProfileSet], clock: Clock,

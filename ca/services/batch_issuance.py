@@ -32,8 +32,8 @@ from ca.services.issuance import Issuance
 from ca.services.reconciliation import NEVER_ISSUED_REASON
 from ca.services.revocation import Revocation
 from ca.settings import batch_workers
-from ca.store import queries
-from ca.store.models import ISSUED, PENDING, AuditEvent, Certificate, IdempotencyKey
+from ca.store import chain_store, queries
+from ca.store.models import ISSUED, PENDING, Certificate, IdempotencyKey
 
 OPERATOR = "operator"  # the claims' client id: the CA operator at the CLI
 CHUNK = 200  # rows per pair of transactions
@@ -260,7 +260,7 @@ class RowIssuance:
                 session.execute(insert(IdempotencyKey.__table__), [
                     {"client_id": OPERATOR, "key": r.claim, "request_sha256": r.digest,
                      "certificate_id": r.cert_id, "created_at": now} for r in requests])
-                session.execute(insert(AuditEvent.__table__), [
+                chain_store.defer(session, "audit", [
                     _event(now, "certificate.prepare", ca, r, batch,
                            tbs_sha256=hashlib.sha256(_prepared(r).tbs_der).hexdigest())
                     for r in requests])
@@ -317,8 +317,7 @@ class RowIssuance:
                 events.append(_event(now, "certificate.fail", ca, request, batch,
                                      error=str(exc)))
                 results[request.number] = row_error(request, "ca", exc)
-            if events:
-                session.execute(insert(AuditEvent.__table__), events)
+            chain_store.defer(session, "audit", events)
 
 
 

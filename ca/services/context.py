@@ -98,11 +98,16 @@ class ServiceContext:
         self._hot.append(hot)
         return hot
 
-    def hot_insert(self, table: Any, columns: Sequence[str], *,
-                   busy_wait: float = 5.0) -> HotInsert:
+    def hot_insert(self, table: Any, columns: Sequence[str], *, busy_wait: float = 5.0,
+                   chain: str | None = None) -> HotInsert:
         """A hot-path insert (ca.store.hot) that waits at most ``busy_wait`` seconds for a
-        lock held elsewhere, closed with the context."""
-        hot = HotInsert(self.engine, table, columns, busy_wait=busy_wait, outage=self.outage)
+        lock held elsewhere, closed with the context; ``chain``: the log's hash chain its
+        rows are appended to, in the insert's transaction (ca.store.chain_store)."""
+        from ca.store.chain_store import ChainAppender
+
+        prepare = ChainAppender(self.engine, chain).append if chain else None
+        hot = HotInsert(self.engine, table, columns, busy_wait=busy_wait, outage=self.outage,
+                        prepare=prepare)
         self._hot.append(hot)
         return hot
 

@@ -35,9 +35,8 @@ from ca.services.clients import ClientInfo, PendingToken
 from ca.services.context import ServiceContext, as_json
 from ca.services.sign_path import SignPath
 from ca.services.subscriber_keys import SubscriberKeys
-from ca.store import queries
-from ca.store.models import (ActivationHash, ApiClient, SignatureActivation, SignatureRecord,
-                             SigningCredential)
+from ca.store import chain_store, queries
+from ca.store.models import ActivationHash, ApiClient, SignatureActivation, SigningCredential
 
 class RemoteSigning:
     """The CSC side of :class:`ca.services.credentials.Credentials`."""
@@ -234,15 +233,14 @@ class RemoteSigning:
             if not digests:
                 raise CredentialError("no hash to sign")
             self._consume(session, activation, digests, now)
-            records = [SignatureRecord(
+            records: list[dict[str, Any]] = [dict(
                 at=now, credential_id=row.credential_id, user_id=row.user_id, client=api.name,
                 authority=certificate.issuer.name, serial_hex=certificate.serial_hex,
                 hash_hex=d.hex(), hash_algorithm_oid=scheme.hash_oid,
                 sign_algorithm_oid=sign_algorithm_oid, activation_pk=activation.id)
                 for d in digests]
-            session.add_all(records)
-            session.flush()
-            record_ids = [r.id for r in records]
+            # chained last in the transaction, which commits right after (chain_store)
+            record_ids = chain_store.append_now(session, "signatures", records)
             key_uri, authority, serial = certificate.key_uri, certificate.issuer.name, \
                 certificate.serial_hex
         return self._sign(key_uri or "", public, scheme, digests, credential_id, client.name,

@@ -21,7 +21,7 @@ immutable once issued), keyed by the certificate's row id.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any, Callable, Sequence
@@ -34,6 +34,7 @@ from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
 from ca.services.clients import ClientInfo, PendingToken
 from ca.services.context import ServiceContext
+from ca.store.chain_store import ChainAppender
 from ca.store.group_commit import GroupCommitter
 from ca.store.hot_tx import HotStatement, HotTransaction
 from ca.store.models import (ISSUED, AccessToken, ActivationHash, ApiClient, Authority,
@@ -56,7 +57,8 @@ class Granted:
     public_key: Any
     scheme: Any
     digests: list[bytes]
-    record_ids: list[int]
+    record_ids: list[int]  # filled when the batch's records are inserted (record_batch)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the rows to insert
 
 
 class Job:
@@ -119,7 +121,8 @@ class SignPath:
             authority=bindparam("authority"), serial_hex=bindparam("serial_hex"),
             hash_hex=bindparam("hash_hex"), hash_algorithm_oid=bindparam("hash_algorithm_oid"),
             sign_algorithm_oid=bindparam("sign_algorithm_oid"),
-            activation_pk=bindparam("activation_pk")).returning(r.id)
+            activation_pk=bindparam("activation_pk"), chain_seq=bindparam("chain_seq"),
+            chain_hash=bindparam("chain_hash")).returning(r.id)
         tx = self._tx
         return tuple(tx.statement(q) for q in (by_client, by_token, der, use, count, record))
 
@@ -144,7 +147,7 @@ class SignPath:
              ) -> Callable[[Any], Granted | None]:
         """One request's part of a batch's transaction (ca.store.hot_tx.HotTransaction.
         run_each runs it in its own savepoint)."""
-        by_client, by_token, der, use, count, record = self._statements
+        by_client, by_token, der, use, count, _ = self._statements
         if isinstance(client, PendingToken):
             find, who = by_token, {"token_hash": client.token_hash}
         else:
@@ -180,16 +183,16 @@ class SignPath:
                         "the SAD does not cover this hash, or it was signed already")
             if count.run(cursor, {"activation_pk": activation_pk, "n": len(digests)}) != 1:
                 raise InvalidSadError("the SAD does not allow that many more signatures")
-            ids = []
-            for digest in digests:
-                record.run(cursor, {
-                    "at": now, "credential_id": cred_id, "user_id": user_id,
-                    "client": client_name, "authority": authority, "serial_hex": serial_hex,
-                    "hash_hex": digest.hex(), "hash_algorithm_oid": scheme.hash_oid,
-                    "sign_algorithm_oid": sign_algorithm_oid, "activation_pk": activation_pk})
-                ids.append(record.rows(cursor)[0][0])
+            # the records are inserted after every request of the batch (record_batch), so
+            # the signature log's chain lock is taken once per batch, last
+            records = [{"at": now, "credential_id": cred_id, "user_id": user_id,
+                        "client": client_name, "authority": authority,
+                        "serial_hex": serial_hex, "hash_hex": digest.hex(),
+                        "hash_algorithm_oid": scheme.hash_oid,
+                        "sign_algorithm_oid": sign_algorithm_oid,
+                        "activation_pk": activation_pk} for digest in digests]
             return Granted(cred_id, client_name, authority, serial_hex, key_uri or "", public,
-                           scheme, digests, ids)
+                           scheme, digests, [], records)
 
         return work
 
@@ -200,9 +203,28 @@ class SignPath:
     def commit_batch(self, jobs: list[Job], deadline: float) -> None:
         """One transaction for the queued requests (ca.store.group_commit): one fsync for
         the batch, each request in its own savepoint so a refused one undoes only itself."""
-        outcomes = self._tx.run_each([job.work for job in jobs], deadline=deadline)
+        outcomes = self._tx.run_each([job.work for job in jobs], deadline=deadline,
+                                     finish=self.record_batch)
         for job, (result, error) in zip(jobs, outcomes):
             job.result, job.error = result, error
+
+    def record_batch(self, cursor: Any, outcomes: list[tuple[Any, Exception | None]]) -> None:
+        """The granted requests' signature records, chained (ca.store.chain_store) and
+        inserted last in the batch's transaction; each Granted gets its records' ids."""
+        granted = [result for result, _ in outcomes if isinstance(result, Granted)]
+        rows = [row for g in granted for row in g.records]
+        if not rows:
+            return
+        self._chain.append(cursor, rows)
+        record = self._statements[-1]
+        for g in granted:
+            for row in g.records:
+                record.run(cursor, row)
+                g.record_ids.append(record.rows(cursor)[0][0])
+
+    @cached_property
+    def _chain(self) -> ChainAppender:
+        return ChainAppender(self.context.engine, "signatures")
 
     def _public_key(self, cursor: Any, der: HotStatement, certificate_pk: int) -> Any:
         """The certificate's public key, parsed once per process (an issued DER never

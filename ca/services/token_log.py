@@ -69,4 +69,4 @@ class TokenLog:
     @cached_property
     def _insert(self) -> HotInsert:
         return self.context.hot_insert(TimestampToken.__table__, queries.TOKEN_COLUMNS,
-                                       busy_wait=TOKEN_LOG_WAIT)
+                                       busy_wait=TOKEN_LOG_WAIT, chain="tsa")

@@ -161,12 +161,17 @@ def create_throwaway_schema(engine: Engine) -> None:
     and running its chain cost ~0.3 s of a throwaway hierarchy's 0.5 s budget; such a
     database is never migrated later. tests/test_service.py checks both routes give the same
     tables, indexes and triggers."""
-    from ca.store.models import AuditEvent, Base
+    from sqlalchemy import insert
+
+    from ca import chain
+    from ca.store.models import AuditEvent, Base, LogChain
 
     with engine.begin() as connection:
         Base.metadata.create_all(connection)
         for statement in append_only_ddl(AuditEvent.__tablename__, engine.dialect.name):
             connection.exec_driver_sql(statement)
+        connection.execute(insert(LogChain.__table__), [  # each chain's empty head, as 0010
+            {"name": name, "seq": 0, "head_hex": chain.GENESIS} for name in chain.CHAINS])
 
 
 def holds_tincay(engine: Engine) -> bool:

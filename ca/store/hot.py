@@ -185,9 +185,13 @@ class HotInsert:
 
     def __init__(self, engine: Engine, table: Table, columns: Sequence[str], *,
                  keep: int = 1, busy_wait: float = 5.0,
-                 outage: DatabaseOutage | None = None) -> None:
+                 outage: DatabaseOutage | None = None,
+                 prepare: Callable[[Any, list[dict[str, Any]]], None] | None = None) -> None:
         dialect = engine.dialect
         self.busy_wait = busy_wait
+        # run first in each attempt's transaction on its cursor, with fresh copies of the
+        # rows to complete (the log's hash chain: ca.store.chain_store.ChainAppender.append)
+        self._prepare = prepare
         self._retry_busy = dialect.name == "sqlite"  # PostgreSQL waits on the server
         compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
         self._sql = compiled.string
@@ -211,14 +215,15 @@ class HotInsert:
                deadline: float | None = None) -> None:
         """Insert and commit ``rows``; a lock held elsewhere is waited for until ``deadline``
         (``time.monotonic()``) or ``busy_wait`` seconds from now, whichever comes first."""
-        processed = [self._bind(row) for row in rows]
+        processed = None if self._prepare else [self._bind(row) for row in rows]
         give_up = time.monotonic() + self.busy_wait
         if deadline is not None:
             give_up = min(give_up, deadline)
-        retry_while_busy(lambda: self._insert(processed, give_up), give_up,
+        retry_while_busy(lambda: self._insert(rows, processed, give_up), give_up,
                          retry=self._retry_busy)
 
-    def _insert(self, processed: list[Any], give_up: float) -> None:
+    def _insert(self, rows: Sequence[Mapping[str, Any]], processed: list[Any] | None,
+                give_up: float) -> None:
         with self._connections.use("write") as connection:
             cursor = connection.cursor()
             try:
@@ -230,6 +235,10 @@ class HotInsert:
                     milliseconds = max(1, int(left * 1000))
                     cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
                     cursor.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+                if self._prepare is not None:
+                    completed = [dict(row) for row in rows]
+                    self._prepare(cursor, completed)
+                    processed = [self._bind(row) for row in completed]
                 cursor.executemany(self._sql, processed)
                 connection.commit()
             except self._connections.integrity_errors as exc:

@@ -118,7 +118,9 @@ class HotTransaction:
         return result
 
     def run_each(self, works: Sequence[Callable[[Any], Any]], *,
-                 deadline: float | None = None) -> list[tuple[Any, Exception | None]]:
+                 deadline: float | None = None,
+                 finish: Callable[[Any, list[tuple[Any, Exception | None]]], None] | None = None
+                 ) -> list[tuple[Any, Exception | None]]:
         """Every work in one transaction, as if each ran in its own savepoint: a work that
         raises (a refusal) undoes only its own changes; one commit covers the others. Returns
         (result, None) or (None, exception) per work, in order, once committed. A driver
@@ -127,9 +129,19 @@ class HotTransaction:
         Refusals are rare (two requests racing for one hash), so the batch first runs
         without savepoints (two statements fewer per work); only when a work refuses is
         that transaction rolled back and the batch run again, each work in a savepoint.
-        A work must therefore give the same answer when run again after a rollback."""
+        A work must therefore give the same answer when run again after a rollback.
+        ``finish(cursor, outcomes)`` runs last in the transaction, after every work (signHash
+        appends the batch's records to the signature log's hash chain there: its lock is
+        taken once, as late as it can be)."""
+        def finished(cursor: Any, outcomes: list[tuple[Any, Exception | None]]
+                     ) -> list[tuple[Any, Exception | None]]:
+            if finish is not None:
+                finish(cursor, outcomes)
+            return outcomes
+
         try:
-            return self.run(lambda cursor: [(work(cursor), None) for work in works],
+            return self.run(lambda cursor: finished(cursor, [(work(cursor), None)
+                                                             for work in works]),
                             deadline=deadline)
         except StoreError:
             raise  # the database's failure, not a work's refusal
@@ -149,7 +161,7 @@ class HotTransaction:
                     cursor.execute(f"ROLLBACK TO SAVEPOINT hot_{n}")
                     outcomes.append((None, exc))
                 cursor.execute(f"RELEASE SAVEPOINT hot_{n}")
-            return outcomes
+            return finished(cursor, outcomes)
 
         return self.run(each, deadline=deadline)
 

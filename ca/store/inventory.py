@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from ca.keys.uri import wrapped_uri
+from ca.chain import AUDIT_KEY_LABEL
 from ca.store.models import (PENDING, AuditEvent, Authority, Certificate, ServiceUnit,
                              SubscriberKey)
 
@@ -34,6 +35,7 @@ def key_uses(session: Session) -> list[tuple[str, str]]:
              session.execute(select(ServiceUnit.key_uri, ServiceUnit.name))]
     uses += [(uri, f"certificate:{cid}") for uri, cid in session.execute(
         select(Certificate.key_uri, Certificate.id).where(Certificate.key_uri.is_not(None)))]
+    uses.append((AUDIT_KEY_LABEL, "audit-checkpoints"))  # never an orphan: it signs the logs
     return uses
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Optional
 
-from sqlalchemy import (JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         TypeDecorator, UniqueConstraint)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -153,7 +153,8 @@ class TimestampToken(Base):
     client holds a token the operator cannot account for."""
 
     __tablename__ = "timestamp_tokens"
-    __table_args__ = (UniqueConstraint("unit", "serial_hex", name="uq_timestamp_tokens_serial"),)
+    __table_args__ = (UniqueConstraint("unit", "serial_hex", name="uq_timestamp_tokens_serial"),
+                      UniqueConstraint("chain_seq", name="uq_timestamp_tokens_chain_seq"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     unit: Mapped[str] = mapped_column(String(64))
@@ -164,6 +165,9 @@ class TimestampToken(Base):
     policy: Mapped[str] = mapped_column(String(128))
     nonce_hex: Mapped[Optional[str]] = mapped_column(String(260))  # 1,024 bits + sign octet
     requester: Mapped[Optional[str]] = mapped_column(String(64))
+    # the hash chain (ca.chain): the record's place in its log and its hash after the one before
+    chain_seq: Mapped[int] = mapped_column(BigInteger)
+    chain_hash: Mapped[str] = mapped_column(String(64))
 
 
 class OcspResponse(Base):
@@ -197,6 +201,7 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("chain_seq", name="uq_audit_events_chain_seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
@@ -205,6 +210,9 @@ class AuditEvent(Base):
     serial_hex: Mapped[Optional[str]] = mapped_column(String(40))
     subject: Mapped[Optional[str]] = mapped_column(Text)
     details: Mapped[Optional[str]] = mapped_column(Text)
+    # the hash chain (ca.chain): the record's place in its log and its hash after the one before
+    chain_seq: Mapped[int] = mapped_column(BigInteger)
+    chain_hash: Mapped[str] = mapped_column(String(64))
 
 
 # --- the platform's registered clients (remote signing, registration API) ------------------
@@ -356,6 +364,7 @@ class SignatureRecord(Base):
     (like the TSA's tokens). Names, not foreign keys: the record outlives what it names."""
 
     __tablename__ = "signature_records"
+    __table_args__ = (UniqueConstraint("chain_seq", name="uq_signature_records_chain_seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
@@ -368,6 +377,9 @@ class SignatureRecord(Base):
     hash_algorithm_oid: Mapped[str] = mapped_column(String(64))
     sign_algorithm_oid: Mapped[str] = mapped_column(String(64))
     activation_pk: Mapped[int] = mapped_column(Integer)
+    # the hash chain (ca.chain): the record's place in its log and its hash after the one before
+    chain_seq: Mapped[int] = mapped_column(BigInteger)
+    chain_hash: Mapped[str] = mapped_column(String(64))
 
 
 # --- subscribers' keys, wrapped under the HSM's key-encryption key --------------------------
@@ -386,3 +398,34 @@ class SubscriberKey(Base):
     public_key_der: Mapped[bytes] = mapped_column(LargeBinary)  # SubjectPublicKeyInfo
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+
+
+# --- the logs' hash chains (ca.chain) ---------------------------------------------------------
+
+class LogChain(Base):
+    """A chain's head: its last seq and that record's hash. An append's first statement
+    raises ``seq`` and reads the head in one UPDATE, which is its lock (a row lock held to
+    the commit on PostgreSQL, the write lock on SQLite): appends from every worker and host
+    serialise there, so a chain never forks."""
+
+    __tablename__ = "log_chains"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hex: Mapped[str] = mapped_column(String(64))
+
+
+class LogCheckpoint(Base):
+    """A chain's head signed by the audit key (ca.services.audit_chain): everything up to
+    ``seq`` can no longer be rewritten unseen, even with the hashes after it recomputed."""
+
+    __tablename__ = "log_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain: Mapped[str] = mapped_column(String(32), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hex: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    key_label: Mapped[str] = mapped_column(String(64))
+    algorithm: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ca.crl import StoredRevocation
 from ca.errors import AlreadyExistsError, IssuanceError, NotFoundError
 from ca.publication import PublicationSettings
+from ca.store import chain_store
 from ca.store.hot import HotInsert, HotQuery, stream_rows
 from ca.timestamps import TimestampRecord
 from ca.store.models import (CERTIFICATE_STATUSES, FAILED, ISSUED, PENDING, REVOKED,
@@ -394,7 +395,8 @@ def store_response(session: Session, certificate_id: int, token: str, this_updat
 # --- time-stamp tokens ----------------------------------------------------------------------
 
 TOKEN_COLUMNS = ("unit", "serial_hex", "gen_time", "imprint_algorithm", "imprint_hex", "policy",
-                 "nonce_hex", "requester")  # what a HotInsert of the token log writes
+                 "nonce_hex", "requester", "chain_seq", "chain_hash")  # what a HotInsert of
+# the token log writes (the chain's columns filled in its transaction: ca.store.chain_store)
 
 
 def add_timestamp_tokens(token_insert: HotInsert, tokens: Sequence[TimestampRecord],
@@ -436,11 +438,12 @@ def find_timestamp_tokens(session: Session, *, unit: str | None = None,
 
 def record_event(session: Session, *, at: datetime, action: str, authority: str | None = None,
                  serial_hex: str | None = None, subject: str | None = None,
-                 details: str | None = None) -> AuditEvent:
-    event = AuditEvent(at=at, action=action, authority=authority, serial_hex=serial_hex,
-                       subject=subject, details=details)
-    session.add(event)
-    return event
+                 details: str | None = None) -> None:
+    """An audit event, chained and inserted when ``session`` commits (ca.store.chain_store:
+    the chain's lock is held only for the commit)."""
+    chain_store.defer(session, "audit", [{
+        "at": at, "action": action, "authority": authority, "serial_hex": serial_hex,
+        "subject": subject, "details": details}])
 
 
 def events_between(session: Session, actions: Sequence[str], since: datetime,

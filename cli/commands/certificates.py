@@ -162,16 +162,3 @@ def cert_export(serial: str, ca_name: str | None, fmt: str, out: str) -> None:
 
     der = app_context().service.listings.certificate_der(serial, ca_name)
     write_output(out, encode_certificates([x509.load_der_x509_certificate(der)], fmt))
-
-
-# --- audit ----------------------------------------------------------------------------------
-
-@click.command()
-@click.option("--ca", "ca_name", help="Only events of this CA.")
-@click.option("--serial", help="Only events of this serial.")
-@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
-@json_option
-def audit(ca_name: str | None, serial: str | None, limit: int, as_json: bool) -> None:
-    """The audit log (key generations, issuance), newest first."""
-    emit(app_context().service.listings.list_events(ca=ca_name, serial=serial, limit=limit),
-         ["at", "action", "authority", "serial", "subject"], as_json)

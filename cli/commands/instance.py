@@ -35,6 +35,7 @@ def _init(spec_path: Path, as_json: bool) -> list[str]:
     if spec.authorities:  # the token answers (and the PIN opens it) before anything is written
         app.keys.exists(spec.authorities[0].name)
     created = app.service.authorities.init_hierarchy(spec, progress=progress)
+    app.service.audit_chain.ensure_key()  # signs the logs' checkpoints (tincay audit verify)
     # A new CA's CRL is served from the start: a hard-fail validator asking before the first
     # maintenance pass would otherwise get a 404 and reject the chain.
     crls = [app.service.publication.publish_crl(a.name) for a in spec.authorities

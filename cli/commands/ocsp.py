@@ -119,7 +119,7 @@ def maintain(once: bool, interval: timedelta, tls_ca: str | None, tls_names: tup
                         lambda: preproducer().refresh(),  # built after the renewals
                         lambda: app.service.listings.expiring_authorities(
                             app.settings.ca_expiry_warning),
-                        lambda: renew(app))
+                        lambda: renew(app), app.service.audit_chain.checkpoint)
 
     if once:
         report = one_pass()
