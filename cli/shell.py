@@ -7,6 +7,7 @@ cycle and a new service's commands need nothing from the other groups.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,7 +42,9 @@ def app_context(*, create_database: bool = False) -> AppContext:
 def write_output(out: str, data: bytes) -> None:
     """Write ``data`` to the file ``out``, or to stdout for ``-``; a failure is a usage error."""
     if out == "-":
-        click.get_binary_stream("stdout").write(data)
+        sys.stdout.flush()  # text already written goes first
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
         return
     path = Path(out)
     try:
