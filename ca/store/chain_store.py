@@ -78,18 +78,24 @@ class ChainAppender:
             raise ValueError(f"no chain {name!r}")
         self.name = name
         self._sqlite = engine.dialect.name == "sqlite"
-        self._lock = None if self._sqlite else HotStatement(engine, _POSTGRES_LOCK)
         self._head = HotStatement(engine, last_row(name))
+        # PostgreSQL: the lock and the read in one round trip (psycopg2 sends both statements
+        # at once; the server runs them in order, so the read's snapshot follows the lock)
+        self._lock = None if self._sqlite else HotStatement(engine, _POSTGRES_LOCK)
+        self._locked_read = f"{self._lock.sql}; {self._head.sql}" \
+            if self._lock is not None and engine.dialect.driver == "psycopg2" else None
 
     def append(self, cursor: Any, rows: Sequence[MutableMapping[str, Any]]) -> None:
         if not rows:
             return
-        if self._lock is not None:
-            self._lock.run(cursor, {"key": ADVISORY_KEYS[self.name]})
-            self._lock.rows(cursor)
-        elif not cursor.connection.in_transaction:  # HotInsert: the write lock, first
-            cursor.execute("BEGIN IMMEDIATE")
-        self._head.run(cursor, {})
+        if self._locked_read is not None:
+            cursor.execute(self._locked_read, {"key": ADVISORY_KEYS[self.name]})
+        else:
+            if self._lock is not None:
+                self._lock.run(cursor, {"key": ADVISORY_KEYS[self.name]})
+            elif not cursor.connection.in_transaction:  # HotInsert: the write lock, first
+                cursor.execute("BEGIN IMMEDIATE")
+            self._head.run(cursor, {})
         seq, head = head_of(next(iter(self._head.rows(cursor)), None))
         chain.link(self.name, seq, head, rows)
 
