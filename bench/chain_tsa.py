@@ -1,6 +1,6 @@
 """What the hash chain costs the TSA (issue 22: at most 10%): ``tincay serve``, whose token
-log appends to the chain (one lock-and-read of the head, the batch's hashes and one head
-update in each group commit's transaction), beside the same server's app logging the same
+log appends to the chain (the chain's lock, a read of its last row and the batch's hashes in
+each group commit's transaction: ca.store.chain_store), beside the same server's app logging the same
 tokens with the same durable insert and no chain (bench/unchained_tsa.py), in one run.
 
 Two figures per pair of runs (alternating which goes first):

@@ -5,7 +5,9 @@ Each log (the audit events, the TSA's token log, the remote-signing log) is one 
 record's hash is SHA-256(previous record's hash || canonical(chain, seq, fields)): editing,
 inserting, deleting or reordering a record changes every hash after it, and a checkpoint (the
 head signed by the audit key, ca.services.audit_chain) pins the chain up to its seq, so
-rewriting the records and the hashes after them together no longer goes unseen either.
+rewriting the records and the hashes after them together no longer goes unseen either. A
+chain's head is its last record (ca.store.chain_store): records after the last checkpoint can
+be rewritten or deleted unseen by someone who can write to the database.
 
 The encoding is unambiguous: every value is a type tag and a 4-byte length before its bytes
 (UTF-8 text, decimal integers, datetimes as UTC ISO 8601 with microseconds), None has a tag
@@ -133,11 +135,14 @@ class Record:
     fields: Mapping[str, Any]
 
 
-def walk(chain: str, records: Iterable[Record], head_seq: int, head_hex: str,
+def walk(chain: str, records: Iterable[Record],
          checkpoints: Sequence[Checkpoint]) -> tuple[int, Problem | None]:
     """Recompute ``chain`` over ``records`` (streamed in chain_seq order, then row id) against
-    its stored head and its checkpoints (in seq order); (records read, the first problem or
-    None). Only the first problem is reported: after it every hash differs anyway."""
+    its checkpoints (in seq order); (records read, the first problem or None). Only the first
+    problem is reported: after it every hash differs anyway.
+
+    The chain's head is its last record, so a deleted tail shows only against a checkpoint:
+    records after the last checkpoint can be deleted unseen, as they can be rewritten unseen."""
     problem: Problem | None = None
     count, previous, expected, last_id = 0, GENESIS, 1, None
     pins = {c.seq: c for c in checkpoints}
@@ -151,7 +156,7 @@ def walk(chain: str, records: Iterable[Record], head_seq: int, head_hex: str,
         count += 1
         if problem is not None:
             continue
-        problem = _check(chain, record, expected, previous, last_id, head_seq)
+        problem = _check(chain, record, expected, previous, last_id)
         if problem is None:
             pin = pins.get(expected)
             if pin is not None and pin.head_hex != record.hash_hex:
@@ -165,23 +170,17 @@ def walk(chain: str, records: Iterable[Record], head_seq: int, head_hex: str,
     if problem is not None:
         return count, problem
     last = expected - 1
-    if last < head_seq:
-        return count, Problem(chain, DELETED, last + 1, None,
-                              f"the chain's head is at seq {head_seq} but the records end at "
-                              f"seq {last}: the last {head_seq - last} were deleted")
-    if last and previous != head_hex:
-        return count, Problem(chain, CHANGED, last, last_id,
-                              "the last record's hash is not the stored head")
     beyond = [c for c in checkpoints if c.seq > last]
     if beyond:
         return count, Problem(chain, DELETED, last + 1, None,
                               f"checkpoint #{beyond[0].id} vouches for seq {beyond[0].seq}, "
-                              f"the records end at seq {last}")
+                              f"the records end at seq {last}: at least "
+                              f"{beyond[-1].seq - last} were deleted")
     return count, None
 
 
-def _check(chain: str, record: Record, expected: int, previous: str, last_id: int | None,
-           head_seq: int) -> Problem | None:
+def _check(chain: str, record: Record, expected: int, previous: str,
+           last_id: int | None) -> Problem | None:
     """The problem ``record`` shows where the chain expects seq ``expected`` after hash
     ``previous``, or None."""
     seq, row_id = record.seq, record.row_id
@@ -191,9 +190,6 @@ def _check(chain: str, record: Record, expected: int, previous: str, last_id: in
         return Problem(chain, INSERTED, seq, row_id,
                        f"a second record with seq {seq}" if seq == expected - 1
                        else f"a record out of sequence (seq {seq})")
-    if seq > head_seq:
-        return Problem(chain, INSERTED, seq, row_id,
-                       f"a record beyond the chain's head (seq {head_seq})")
     if seq > expected:
         return Problem(chain, DELETED, expected, None,
                        f"seq {expected} to {seq - 1} missing (next record: id {row_id})")

@@ -144,19 +144,40 @@ def test_a_deleted_tail_is_named_deleted(logs: Logs, name: str) -> None:
         chain.DELETED, last["chain_seq"])
 
 
+def test_a_deleted_tail_past_the_last_checkpoint_goes_unseen_as_documented(logs: Logs) -> None:
+    """The chain's head is its last row (no head stored to write on every append): a record
+    appended after the last checkpoint can be deleted unseen, as it can be rewritten unseen;
+    once a checkpoint covers it, deleting it is caught."""
+    assert status(logs.tsa.stamp(logs.tsa.query("-sha384")))[0] == "granted"
+    last = logs.rows("tsa")[-1]
+    assert last["chain_seq"] == 5
+    logs.as_dba("tsa", f"DELETE FROM timestamp_tokens WHERE id = {last['id']}")
+    assert logs.problem("tsa") is None  # past the checkpoint at seq 4: undetectable
+    assert status(logs.tsa.stamp(logs.tsa.query("-sha384")))[0] == "granted"
+    assert logs.rows("tsa")[-1]["chain_seq"] == 5  # the next append takes the last row's place
+    assert logs.service.audit_chain.checkpoint() == ["tsa@5"]
+    last = logs.rows("tsa")[-1]
+    logs.as_dba("tsa", f"DELETE FROM timestamp_tokens WHERE id = {last['id']}")
+    problem = logs.problem("tsa")
+    assert problem is not None and (problem.kind, problem.seq) == (chain.DELETED, 5)
+    assert "checkpoint" in problem.detail
+
+
 @pytest.mark.parametrize("name", chain.CHAINS)
-def test_a_forged_row_is_named_inserted(logs: Logs, name: str) -> None:
+def test_a_forged_row_is_named(logs: Logs, name: str) -> None:
+    """A row copied to the chain's next seq, its hash not recomputed: the head is the last row,
+    so it is not "beyond the head" but a record whose content does not match its hash."""
     rows = logs.rows(name)
     source = dict(rows[0])
     columns = [c for c in source if c != "id"]
-    source["chain_seq"] = len(rows) + 1  # after the head: the next seq, a plausible hash
+    source["chain_seq"] = len(rows) + 1  # after the last row: the next seq, a plausible hash
     if "serial_hex" in source and name == "tsa":
         source["serial_hex"] = "f0f0"
     values = ", ".join(_literal(source[c]) for c in columns)
     logs.as_dba(name, f"INSERT INTO {TABLE[name]} ({', '.join(columns)}) VALUES ({values})")
     problem = logs.problem(name)
     assert problem is not None and (problem.kind, problem.seq) == (
-        chain.INSERTED, len(rows) + 1)
+        chain.CHANGED, len(rows) + 1)
 
 
 def _literal(value: Any) -> str:
@@ -200,7 +221,6 @@ def test_a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint(
         previous = chain.record_hash(previous, name, row["chain_seq"], _fields(name, row))
         updates.append(f"UPDATE {TABLE[name]} SET {field} = {_literal(row[field])}, "
                        f"chain_hash = '{previous}' WHERE id = {row['id']}")
-    updates.append(f"UPDATE log_chains SET head_hex = '{previous}' WHERE name = '{name}'")
     logs.as_dba(name, *updates)
     problem = logs.problem(name)
     assert problem is not None and problem.kind == chain.CHANGED

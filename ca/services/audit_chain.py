@@ -9,8 +9,9 @@ leaves it (label :data:`AUDIT_KEY_LABEL`), and stores the signed checkpoint. Ver
 recomputes each chain, streamed in seq order (a million-row log is never held in memory), and
 checks every checkpoint's signature and that the record at its seq carries its hash.
 
-What it cannot catch: records appended after the last checkpoint can be rewritten together
-with the head by someone who can write to the database. Checkpoint often (every ``tincay
+What it cannot catch: records appended after the last checkpoint can be rewritten, or
+deleted, by someone who can write to the database (a chain's head is its last record, so a
+deleted tail shows only against a checkpoint that vouched for it). Checkpoint often (every ``tincay
 maintain`` pass does; ``tincay serve`` runs one every few minutes), and keep the audit key's
 public key (``tincay audit key``) outside the database to verify against.
 """
@@ -31,8 +32,8 @@ from ca.errors import ConfigurationError
 from ca.keys.base import KeySpec, SigningKey
 from ca.services.context import ServiceContext, as_json
 from ca.store import queries
-from ca.store.chain_store import TABLES
-from ca.store.models import LogChain, LogCheckpoint
+from ca.store.chain_store import TABLES, head_of, last_row
+from ca.store.models import LogCheckpoint
 
 AUDIT_KEY_LABEL = chain.AUDIT_KEY_LABEL
 ALGORITHM = "ecdsa-p256-sha256"
@@ -45,7 +46,7 @@ class ChainReport:
 
     chain: str
     records: int
-    head_seq: int
+    head_seq: int  # the last record's seq: the chain's head is its last row
     checkpoints: int
     last_checkpoint: dt.datetime | None
     problem: chain.Problem | None = None
@@ -115,8 +116,8 @@ class AuditChain:
         key = self.ensure_key()  # first: a key made now is logged, and this covers it
         now = self.context.clock.now()
         with self.context.read() as session:
-            heads = {name: (seq, head) for name, seq, head in session.execute(
-                select(LogChain.name, LogChain.seq, LogChain.head_hex))}
+            heads = {name: head_of(session.execute(last_row(name)).first())
+                     for name in chain.CHAINS}
             signed = dict(session.execute(select(LogCheckpoint.chain, func.max(LogCheckpoint.seq))
                                           .group_by(LogCheckpoint.chain)).all())
         moved = {name: head for name, head in heads.items() if head[0] > (signed.get(name) or 0)}
@@ -141,10 +142,8 @@ class AuditChain:
         public = self._public_key(public_key_pem)
         result = Verification()
         with self.context.read() as session:
-            heads = {name: (seq, head) for name, seq, head in session.execute(
-                select(LogChain.name, LogChain.seq, LogChain.head_hex))}
             for name in chain.CHAINS:
-                result.chains.append(self._verify_chain(session, name, heads, public))
+                result.chains.append(self._verify_chain(session, name, public))
         return result
 
     def _public_key(self, pem: bytes | None) -> Any:
@@ -159,19 +158,14 @@ class AuditChain:
         keys = self.context.keys
         return keys.load(AUDIT_KEY_LABEL).public_key if keys.exists(AUDIT_KEY_LABEL) else None
 
-    def _verify_chain(self, session: Session, name: str,
-                      heads: dict[str, tuple[int, str]], public: Any) -> ChainReport:
-        if name not in heads:
-            problem = chain.Problem(name, chain.DELETED, None, None, "the chain's head is gone")
-            return ChainReport(name, 0, 0, 0, None, problem)
-        head_seq, head_hex = heads[name]
+    def _verify_chain(self, session: Session, name: str, public: Any) -> ChainReport:
+        head_seq = head_of(session.execute(last_row(name)).first())[0]
         checkpoints = [chain.Checkpoint(row.id, row.seq, row.head_hex, row.at,
                                         _signature_ok(public, row))
                        for row in session.scalars(select(LogCheckpoint)
                                                   .where(LogCheckpoint.chain == name)
                                                   .order_by(LogCheckpoint.seq, LogCheckpoint.id))]
-        count, problem = chain.walk(name, self._records(session, name), head_seq, head_hex,
-                                    checkpoints)
+        count, problem = chain.walk(name, self._records(session, name), checkpoints)
         last = max((c.at for c in checkpoints), default=None)
         return ChainReport(name, count, head_seq, len(checkpoints), last, problem)
 

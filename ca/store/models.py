@@ -403,16 +403,13 @@ class SubscriberKey(Base):
 # --- the logs' hash chains (ca.chain) ---------------------------------------------------------
 
 class LogChain(Base):
-    """A chain's head: its last seq and that record's hash. An append's first statement
-    raises ``seq`` and reads the head in one UPDATE, which is its lock (a row lock held to
-    the commit on PostgreSQL, the write lock on SQLite): appends from every worker and host
-    serialise there, so a chain never forks."""
+    """One row per log chain: a registry, and on SQLite what an ORM append writes to take the
+    write lock before it reads the chain's last row (ca.store.chain_store). The head itself is
+    the chain's last row; nothing else is stored here, so the hot paths never write it."""
 
     __tablename__ = "log_chains"
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    head_hex: Mapped[str] = mapped_column(String(64))
 
 
 class LogCheckpoint(Base):

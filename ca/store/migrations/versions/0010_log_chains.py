@@ -1,6 +1,6 @@
 """Hash chains over the audit log, the TSA's token log and the remote-signing log (issue 22):
-``chain_seq`` and ``chain_hash`` on each, their heads in ``log_chains`` and the signed heads in
-``log_checkpoints``.
+``chain_seq`` and ``chain_hash`` on each (a chain's head is its last row), one row per chain in
+``log_chains`` (SQLite's ORM appends lock there) and the signed heads in ``log_checkpoints``.
 
 Existing rows are chained in id order (ca.chain's encoding, as the writers use it), so an
 upgraded database verifies. The audit log's append-only triggers are dropped for the backfill
@@ -55,8 +55,8 @@ def _create_audit_triggers(dialect: str) -> None:
         op.execute(statement)
 
 
-def _backfill(connection: sa.Connection, chain_name: str, table: sa.Table) -> tuple[int, str]:
-    """Chain the rows in id order, a batch of updates at a time; the head."""
+def _backfill(connection: sa.Connection, chain_name: str, table: sa.Table) -> None:
+    """Chain the rows in id order, a batch of updates at a time."""
     seq, head, after = 0, chain.GENESIS, 0
     fields = chain.FIELDS[chain_name]
     update = table.update().where(table.c.id == sa.bindparam("b_id")).values(
@@ -66,7 +66,7 @@ def _backfill(connection: sa.Connection, chain_name: str, table: sa.Table) -> tu
                                   .where(table.c.id > after).order_by(table.c.id)
                                   .limit(_BATCH)).all()
         if not rows:
-            return seq, head
+            return
         changes = []
         for row in rows:
             seq += 1
@@ -82,8 +82,6 @@ def upgrade() -> None:
     heads = op.create_table(
         "log_chains",
         sa.Column("name", sa.String(32), primary_key=True),
-        sa.Column("seq", sa.BigInteger, nullable=False),
-        sa.Column("head_hex", sa.String(64), nullable=False),
     )
     op.create_table(
         "log_checkpoints",
@@ -101,8 +99,8 @@ def upgrade() -> None:
     for chain_name, name in TABLES.items():
         op.add_column(name, sa.Column("chain_seq", sa.BigInteger, nullable=True))
         op.add_column(name, sa.Column("chain_hash", sa.String(64), nullable=True))
-        seq, head = _backfill(connection, chain_name, _table(name, chain_name))
-        connection.execute(heads.insert().values(name=chain_name, seq=seq, head_hex=head))
+        _backfill(connection, chain_name, _table(name, chain_name))
+        connection.execute(heads.insert().values(name=chain_name))
         with op.batch_alter_table(name) as batch:
             batch.alter_column("chain_seq", existing_type=sa.BigInteger, nullable=False)
             batch.alter_column("chain_hash", existing_type=sa.String(64), nullable=False)
