@@ -227,23 +227,23 @@ class HotInsert:
         with self._connections.use("write") as connection:
             cursor = connection.cursor()
             try:
-                left = give_up - time.monotonic()
-                if not self._retry_busy and left < self.busy_wait - 0.25:
-                    # the caller has waited already (behind a batch that met the lock): the
-                    # server's wait, in this transaction only, ends at the caller's deadline.
-                    # Never on a normal commit: a batch's deadline is then busy_wait away.
-                    milliseconds = max(1, int(left * 1000))
-                    cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
-                    cursor.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+                self._bound_wait(cursor, give_up)
                 if self._prepare is not None:
                     completed = [dict(row) for row in rows]
                     self._prepare(cursor, completed)
                     processed = [self._bind(row) for row in completed]
+                    # the prepare step may have waited (for a chain's lock, held by a batch
+                    # that meets the same table lock): the insert gets what is left, so the
+                    # whole transaction, not each statement, stays within the bound
+                    self._bound_wait(cursor, give_up)
                 cursor.executemany(self._sql, processed)
                 connection.commit()
             except self._connections.integrity_errors as exc:
                 connection.rollback()
                 raise IntegrityError(self._sql, None, exc) from None
+            except DatabaseBusyError:  # the bound spent before the insert (_bound_wait)
+                connection.rollback()
+                raise
             except self._connections.errors as exc:
                 if not is_busy(exc):
                     raise
@@ -251,6 +251,21 @@ class HotInsert:
                 raise DatabaseBusyError(str(exc)) from None
             finally:
                 cursor.close()
+
+    def _bound_wait(self, cursor: Any, give_up: float) -> None:
+        """On PostgreSQL, once time has been spent (behind a batch that met the lock, or in
+        this transaction's earlier statements), the server's waits in this transaction end at
+        ``give_up``. Never on a normal commit: a batch's deadline is then busy_wait away."""
+        if self._retry_busy:
+            return
+        left = give_up - time.monotonic()
+        if left >= self.busy_wait - 0.25:
+            return
+        if left <= 0:
+            raise DatabaseBusyError("the write waited its whole bound for a lock")
+        milliseconds = max(1, int(left * 1000))
+        cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+        cursor.execute(f"SET LOCAL statement_timeout = {milliseconds}")
 
     def _bind(self, row: Mapping[str, Any]) -> Any:
         if self._positions is not None:
