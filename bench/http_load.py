@@ -95,12 +95,7 @@ def run(quick: bool = False) -> None:
 def _tincay(home: Path, key: str, seconds: int) -> dict:
     """Serve a bench hierarchy with ``key`` responder and TSA keys; rates under wrk."""
     env, port = bench_instance(home, key)
-    leaf = home / "leaf.pem"
-    _cli(env, "issue", "--ca", "issuing-ca", "--profile", "citizen", "--subject",
-         "C=VN, CN=Bench Citizen, UID=CCCD:079073009568", "--generate-key", "--key-type",
-         "ec-p256", "--out", str(leaf))
-    ca = home / "issuing-ca.pem"
-    _cli(env, "ca", "export", "issuing-ca", "--out", str(ca))
+    leaf, ca = bench_leaf(env, home)
     plain = _ocsp_request(home, ca, leaf, nonce=False)
     nonced = _ocsp_request(home, ca, leaf, nonce=True)
     data = home / "record.txt"
@@ -124,6 +119,18 @@ def _tincay(home: Path, key: str, seconds: int) -> dict:
                        for name, target in targets.items()}
         logged = json.loads(_cli(env, "tsa", "log", "--json", "--limit", "1000000"))
     return {"raw": (raw1, raw2), "rates": results, "logged": len(logged)}
+
+
+def bench_leaf(env: dict[str, str], home: Path) -> tuple[Path, Path]:
+    """A citizen certificate (P-256 key on the HSM) the OCSP questions are about, and its
+    issuing CA's certificate: (leaf PEM, CA PEM) under ``home``."""
+    leaf = home / "leaf.pem"
+    _cli(env, "issue", "--ca", "issuing-ca", "--profile", "citizen", "--subject",
+         "C=VN, CN=Bench Citizen, UID=CCCD:079073009568", "--generate-key", "--key-type",
+         "ec-p256", "--out", str(leaf))
+    ca = home / "issuing-ca.pem"
+    _cli(env, "ca", "export", "issuing-ca", "--out", str(ca))
+    return leaf, ca
 
 
 def bench_instance(home: Path, key: str,

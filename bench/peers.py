@@ -86,8 +86,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from bench.http_load import (CONNECTIONS, _cli, _free_port, _ocsp_request, _wait, bench_instance,
-                             openssl_peer, openssl_wrk, serving)
+from bench.http_load import (CONNECTIONS, _free_port, _ocsp_request, _wait, bench_instance,
+                             bench_leaf, openssl_peer, openssl_wrk, serving)
 
 ROUNDS, SECONDS = 5, 10
 QUICK_ROUNDS, QUICK_SECONDS = 3, 4
@@ -330,12 +330,7 @@ REASONS = {"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliation
 def _prepare(env: dict[str, str], home: Path) -> dict:
     """A leaf with its pre-produced answer, the requests, and the peers' inputs: the units'
     certificates (also on the token), the status table and the stored responses."""
-    leaf = home / "leaf.pem"
-    _cli(env, "issue", "--ca", "issuing-ca", "--profile", "citizen", "--subject",
-         "C=VN, CN=Bench Citizen, UID=CCCD:079073009568", "--generate-key", "--key-type",
-         "ec-p256", "--out", str(leaf))
-    ca = home / "issuing-ca.pem"
-    _cli(env, "ca", "export", "issuing-ca", "--out", str(ca))
+    leaf, ca = bench_leaf(env, home)
     peer = home / "peer"
     peer.mkdir()
     done = subprocess.run([sys.executable, "-c", _EXPORT, str(peer),

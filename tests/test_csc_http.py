@@ -292,6 +292,23 @@ class Instance:
             "--json"))
 
 
+def sign_v2(base: str, token: str, credential_id: str, pin: str, otp: str, digest: bytes,
+            sign_algo: str) -> tuple[bytes, str]:
+    """One SHA-256 hash authorised (PIN, OTP) and signed through the CSC v2 names:
+    (the signature, the SAD it used)."""
+    hashes_b64 = [base64.b64encode(digest).decode()]
+    status, _, auth = post(f"{base}/csc/v2/credentials/authorize", {
+        "credentialID": credential_id, "numSignatures": 1, "hashes": hashes_b64,
+        "hashAlgorithmOID": SHA256,
+        "authData": [{"id": "PIN", "value": pin}, {"id": "OTP", "value": otp}]}, token=token)
+    assert status == 200, auth
+    status, _, signed = post(f"{base}/csc/v2/signatures/signHash", {
+        "credentialID": credential_id, "SAD": auth["SAD"], "hashes": hashes_b64,
+        "hashAlgorithmOID": SHA256, "signAlgo": sign_algo}, token=token)
+    assert status == 200, signed
+    return base64.b64decode(signed["signatures"][0]), auth["SAD"]
+
+
 class Otp:
     """TOTP codes from the otpauth URI, each step used once and in order (the service
     refuses a code already used, or older than the last one)."""
@@ -353,21 +370,11 @@ def test_remote_signing_end_to_end_with_pyhanko(tmp_path: Path) -> None:
         # v2 names, ECDSA
         digest = hashlib.sha256("đơn thuốc".encode()).digest()
         hashes_b64 = [base64.b64encode(digest).decode()]
-        status, _, auth = post(f"{base}/csc/v2/credentials/authorize", {
-            "credentialID": ec_cred["id"], "numSignatures": 1, "hashes": hashes_b64,
-            "hashAlgorithmOID": SHA256,
-            "authData": [{"id": "PIN", "value": PIN}, {"id": "OTP", "value": ec_otp.next()}]},
-            token=token)
-        assert status == 200, auth
-        status, _, signed = post(f"{base}/csc/v2/signatures/signHash", {
-            "credentialID": ec_cred["id"], "SAD": auth["SAD"], "hashes": hashes_b64,
-            "hashAlgorithmOID": SHA256, "signAlgo": ECDSA}, token=token)
-        assert status == 200, signed
-        signature = base64.b64decode(signed["signatures"][0])
+        signature, sad = sign_v2(base, token, ec_cred["id"], PIN, ec_otp.next(), digest, ECDSA)
         signer_cert.public_key().verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         _openssl_verify(tmp_path, signer_cert, digest, signature, rsa=False)
         status, _, again = post(f"{base}/csc/v2/signatures/signHash", {
-            "credentialID": ec_cred["id"], "SAD": auth["SAD"], "hashes": hashes_b64,
+            "credentialID": ec_cred["id"], "SAD": sad, "hashes": hashes_b64,
             "hashAlgorithmOID": SHA256, "signAlgo": ECDSA}, token=token)
         assert (status, again["error"]) == (400, "invalid_request")  # the SAD is used up
 
