@@ -472,3 +472,22 @@ def _concurrent(postgres_database: str) -> None:
     finally:
         service.close()
         engine.dispose()
+
+
+def test_events_deferred_in_a_rolled_back_transaction_are_never_chained(logs: Logs) -> None:
+    """An audit event recorded in a transaction that rolls back goes with it, even when the
+    same session commits another transaction afterwards."""
+    from ca.store import queries
+
+    before = len(logs.rows("audit"))
+    context = logs.service.context
+    with context.sessions() as session:
+        with pytest.raises(RuntimeError):
+            with session.begin():
+                queries.record_event(session, at=NOW, action="test.rolled_back")
+                raise RuntimeError("refused")
+        with session.begin():
+            queries.record_event(session, at=NOW, action="test.committed")
+    actions = [r["action"] for r in logs.rows("audit")[before:]]
+    assert actions == ["test.committed"]
+    assert logs.verify().ok
