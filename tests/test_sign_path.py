@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy
 from sqlalchemy import select
 
-from ca.errors import (CredentialDisabledError, ExpiredTokenError, InvalidSadError,
-                       InvalidTokenError)
+from ca.errors import (CredentialDisabledError, DatabaseBusyError, ExpiredTokenError,
+                       InvalidSadError, InvalidTokenError)
 from ca.store.models import ActivationHash, SignatureRecord
-from ca.services.sign_path import Job
+from ca.services.sign_path import Job, SignPath
 from tests.test_credentials import RSA, SHA256, Setup, _digest, mem  # noqa: F401 - fixture
 from tests.test_service import profiles  # noqa: F401 - the module-scoped fixture
 
@@ -171,3 +171,58 @@ def test_a_pending_token_is_checked_in_the_signing_transaction(mem: Setup) -> No
     assert [r.hash_hex for r in mem.rows(SignatureRecord)] == [hashes[0].hex()]
     used = {r.hash_hex: r.used_at for r in mem.rows(ActivationHash)}
     assert [h for h in hashes if used[h.hex()] is not None] == [hashes[0]]
+
+
+def test_a_batch_that_waited_for_the_chains_lock_stays_within_its_bound(  # noqa: F811
+        mem: Setup, database_url: str) -> None:
+    """PostgreSQL bounds each statement's lock wait (5 s). A table lock on the signature log
+    (a migration, an operator's bulk change): the first process's batch holds the chain's
+    advisory lock while its insert waits the whole 5 s; a second process's batch waits for
+    that advisory lock, then for the table. Each is refused busy within its 5-s bound for
+    the whole transaction, not 5 s per statement (10 s, past a client's patience)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite takes its one write lock at BEGIN IMMEDIATE: nothing waits twice")
+    (first_info, first_totp), (second_info, second_totp) = mem.enrol(), mem.enrol()
+    h1, h2 = _digest("first"), _digest("second")
+    first_sad = mem.authorize(first_info, first_totp, [h1])
+    second_sad = mem.authorize(second_info, second_totp, [h2])
+    now = mem.clock.now()
+    first, second = _path(mem), SignPath(mem.world.service.context)  # two processes' paths
+    holder = sqlalchemy.create_engine(database_url)
+    took: dict[str, tuple[float, Any]] = {}
+
+    def commit(name: str, path: Any, info: Any, sad: str, digest: bytes) -> None:
+        job = Job(path.work(mem.client, info.credential_id, sad, [digest], SHA256, RSA, None,
+                            now))
+        started = time.monotonic()
+        try:
+            path.commit_batch([job], started + 5)
+            outcome: Any = job.error or job.result
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome = exc
+        took[name] = (time.monotonic() - started, outcome)
+
+    try:
+        with holder.connect() as connection:
+            connection.execute(sqlalchemy.text(
+                "LOCK TABLE signature_records IN EXCLUSIVE MODE"))
+            batches = [threading.Thread(target=commit, args=("first", first, first_info,
+                                                             first_sad, h1))]
+            batches[0].start()
+            time.sleep(1)  # the first holds the chain's lock and waits for the table
+            batches.append(threading.Thread(target=commit, args=(
+                "second", second, second_info, second_sad, h2)))
+            batches[1].start()
+            for batch in batches:
+                batch.join(30)
+            connection.rollback()
+    finally:
+        holder.dispose()
+    for name in ("first", "second"):
+        seconds, outcome = took[name]
+        assert isinstance(outcome, DatabaseBusyError), (name, outcome)
+        assert 3.5 <= seconds < 6.5, (name, seconds)  # one bound, not one per statement
+    assert mem.rows(SignatureRecord) == []
+    [signature] = mem.creds.sign_hashes(mem.client, second_info.credential_id, second_sad,
+                                        [h2], SHA256, RSA)  # the hash was not used up
+    assert signature

@@ -208,14 +208,18 @@ class SignPath:
         for job, (result, error) in zip(jobs, outcomes):
             job.result, job.error = result, error
 
-    def record_batch(self, cursor: Any, outcomes: list[tuple[Any, Exception | None]]) -> None:
+    def record_batch(self, cursor: Any, outcomes: list[tuple[Any, Exception | None]],
+                     bound: Callable[[Any], None]) -> None:
         """The granted requests' signature records, chained (ca.store.chain_store) and
-        inserted last in the batch's transaction; each Granted gets its records' ids."""
+        inserted last in the batch's transaction; each Granted gets its records' ids. The
+        chain's lock may have been waited for (another process's batch held it while it met
+        a table lock): ``bound`` leaves the inserts only what is left of the bound."""
         granted = [result for result, _ in outcomes if isinstance(result, Granted)]
         rows = [row for g in granted for row in g.records]
         if not rows:
             return
         self._chain.append(cursor, rows)
+        bound(cursor)
         record = self._statements[-1]
         for g in granted:
             for row in g.records:

@@ -201,13 +201,7 @@ class HotInsert:
         # positional parameters (SQLite): each in its place with its processor, looked up once
         self._positions = tuple((name, processors.get(name)) for name in compiled.positiontup
                                 or ()) if compiled.positional else None
-        milliseconds = max(1, int(busy_wait * 1000))
-        setup, teardown = {  # the write connection's own waits; the pool's defaults restored
-            "sqlite": (("PRAGMA busy_timeout=0",), (f"PRAGMA busy_timeout={SQLITE_BUSY_MS}",)),
-            "postgresql": ((f"SET lock_timeout = {milliseconds}",
-                            f"SET statement_timeout = {milliseconds}"),
-                           ("RESET lock_timeout", "RESET statement_timeout")),
-        }.get(dialect.name, ((), ()))
+        setup, teardown = lock_waits(dialect.name, busy_wait)
         self._connections = _KeptConnections(engine, autocommit=False, keep=keep,
                                              outage=outage, setup=setup, teardown=teardown)
 
@@ -253,19 +247,8 @@ class HotInsert:
                 cursor.close()
 
     def _bound_wait(self, cursor: Any, give_up: float) -> None:
-        """On PostgreSQL, once time has been spent (behind a batch that met the lock, or in
-        this transaction's earlier statements), the server's waits in this transaction end at
-        ``give_up``. Never on a normal commit: a batch's deadline is then busy_wait away."""
-        if self._retry_busy:
-            return
-        left = give_up - time.monotonic()
-        if left >= self.busy_wait - 0.25:
-            return
-        if left <= 0:
-            raise DatabaseBusyError("the write waited its whole bound for a lock")
-        milliseconds = max(1, int(left * 1000))
-        cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
-        cursor.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+        if not self._retry_busy:
+            bound_wait(cursor, give_up, self.busy_wait)
 
     def _bind(self, row: Mapping[str, Any]) -> Any:
         if self._positions is not None:
@@ -316,6 +299,35 @@ def _invalidate(fairy: Any) -> None:
         fairy.invalidate()
     except Exception:  # noqa: BLE001 - already broken; the pool replaces it
         pass
+
+
+def lock_waits(dialect: str, busy_wait: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The statements that set a kept write connection's own lock waits, and those that
+    restore the pool's defaults: on SQLite no busy handler (retry_while_busy sleeps
+    cooperatively instead), on PostgreSQL the server waits at most ``busy_wait`` seconds."""
+    milliseconds = max(1, int(busy_wait * 1000))
+    return {
+        "sqlite": (("PRAGMA busy_timeout=0",), (f"PRAGMA busy_timeout={SQLITE_BUSY_MS}",)),
+        "postgresql": ((f"SET lock_timeout = {milliseconds}",
+                        f"SET statement_timeout = {milliseconds}"),
+                       ("RESET lock_timeout", "RESET statement_timeout")),
+    }.get(dialect, ((), ()))
+
+
+def bound_wait(cursor: Any, give_up: float, busy_wait: float) -> None:
+    """On PostgreSQL, where each statement may wait ``busy_wait`` for a lock: once time has
+    been spent in a transaction (behind a batch that met a lock, or in its earlier
+    statements), the server's waits in the rest of it end at ``give_up``, so the whole
+    transaction, not each statement, stays within the bound. A transaction that has spent
+    next to nothing sets nothing (the usual commit pays no statement for it)."""
+    left = give_up - time.monotonic()
+    if left >= busy_wait - 0.25:
+        return
+    if left <= 0:
+        raise DatabaseBusyError("the write waited its whole bound for a lock")
+    milliseconds = max(1, int(left * 1000))
+    cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+    cursor.execute(f"SET LOCAL statement_timeout = {milliseconds}")
 
 
 def retry_while_busy(attempt: Callable[[], T], give_up: float, *, retry: bool) -> T:

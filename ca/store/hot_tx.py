@@ -12,7 +12,10 @@ the first read, so what was checked cannot change before the commit) on a connec
 busy timeout; a lock held elsewhere is retried after cooperative sleeps (never SQLite's busy
 handler, which sleeps in C and would stop every greenlet of a gevent worker; see
 ca.store.hot), at most ``busy_wait`` seconds, then DatabaseBusyError. PostgreSQL waits on
-the server, bounded by lock_timeout and statement_timeout.
+the server, bounded by lock_timeout and statement_timeout per statement; a transaction that
+has waited (behind another process's batch holding the signature log's chain lock while it
+meets a table lock) gives its later statements only the time left of its bound
+(ca.store.hot.bound_wait), so the whole transaction stays within ``busy_wait``.
 """
 from __future__ import annotations
 
@@ -23,8 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.sql import ClauseElement
 
 from ca.errors import DatabaseBusyError, StoreError
-from ca.store.db import SQLITE_BUSY_MS
-from ca.store.hot import _KeptConnections, retry_while_busy
+from ca.store.hot import _KeptConnections, bound_wait, lock_waits, retry_while_busy
 from ca.store.outage import DatabaseOutage, is_busy
 
 T = TypeVar("T")
@@ -71,13 +73,7 @@ class HotTransaction:
         self.engine = engine
         self.busy_wait = busy_wait
         self._sqlite = engine.dialect.name == "sqlite"
-        milliseconds = max(1, int(busy_wait * 1000))
-        setup, teardown = {
-            "sqlite": (("PRAGMA busy_timeout=0",), (f"PRAGMA busy_timeout={SQLITE_BUSY_MS}",)),
-            "postgresql": ((f"SET lock_timeout = {milliseconds}",
-                            f"SET statement_timeout = {milliseconds}"),
-                           ("RESET lock_timeout", "RESET statement_timeout")),
-        }.get(engine.dialect.name, ((), ()))
+        setup, teardown = lock_waits(engine.dialect.name, busy_wait)
         self._connections = _KeptConnections(engine, autocommit=False, keep=keep,
                                              outage=outage, setup=setup, teardown=teardown)
 
@@ -87,10 +83,21 @@ class HotTransaction:
     def run(self, work: Callable[[Any], T], *, deadline: float | None = None) -> T:
         """``work(cursor)``'s result once committed; a lock held elsewhere is waited for
         until ``deadline`` (``time.monotonic()``) or ``busy_wait`` from now, the earlier."""
+        return self._run(lambda cursor, give_up: work(cursor), deadline)
+
+    def _run(self, work: Callable[[Any, float], T], deadline: float | None) -> T:
         give_up = time.monotonic() + self.busy_wait
         if deadline is not None:
             give_up = min(give_up, deadline)
-        return retry_while_busy(lambda: self._once(work), give_up, retry=self._sqlite)
+        return retry_while_busy(lambda: self._once(lambda cursor: work(cursor, give_up)),
+                                give_up, retry=self._sqlite)
+
+    def bound(self, give_up: float) -> Callable[[Any], None]:
+        """``bound(cursor)``: the rest of this transaction's lock waits end at ``give_up``
+        (PostgreSQL; SQLite's transaction holds the write lock from its BEGIN)."""
+        if self._sqlite:
+            return lambda cursor: None
+        return lambda cursor: bound_wait(cursor, give_up, self.busy_wait)
 
     def _once(self, work: Callable[[Any], T]) -> T:
         failure: Exception | None = None
@@ -103,6 +110,9 @@ class HotTransaction:
                     cursor.execute("BEGIN IMMEDIATE")
                 result = work(cursor)
                 connection.commit()
+            except DatabaseBusyError:  # the bound spent between statements (bound_wait)
+                _rollback(connection)
+                raise
             except self._connections.errors as exc:
                 _rollback(connection)
                 if not is_busy(exc):
@@ -119,7 +129,8 @@ class HotTransaction:
 
     def run_each(self, works: Sequence[Callable[[Any], Any]], *,
                  deadline: float | None = None,
-                 finish: Callable[[Any, list[tuple[Any, Exception | None]]], None] | None = None
+                 finish: Callable[[Any, list[tuple[Any, Exception | None]],
+                                   Callable[[Any], None]], None] | None = None
                  ) -> list[tuple[Any, Exception | None]]:
         """Every work in one transaction, as if each ran in its own savepoint: a work that
         raises (a refusal) undoes only its own changes; one commit covers the others. Returns
@@ -130,26 +141,29 @@ class HotTransaction:
         without savepoints (two statements fewer per work); only when a work refuses is
         that transaction rolled back and the batch run again, each work in a savepoint.
         A work must therefore give the same answer when run again after a rollback.
-        ``finish(cursor, outcomes)`` runs last in the transaction, after every work (signHash
-        appends the batch's records to the signature log's hash chain there: its lock is
-        taken once, as late as it can be)."""
-        def finished(cursor: Any, outcomes: list[tuple[Any, Exception | None]]
-                     ) -> list[tuple[Any, Exception | None]]:
+        ``finish(cursor, outcomes, bound)`` runs last in the transaction, after every work
+        (signHash appends the batch's records to the signature log's hash chain there: its
+        lock is taken once, as late as it can be); ``bound(cursor)`` after a statement that
+        may have waited keeps the rest within the transaction's bound, as it is called here
+        before ``finish``."""
+        def finished(cursor: Any, outcomes: list[tuple[Any, Exception | None]],
+                     give_up: float) -> list[tuple[Any, Exception | None]]:
             if finish is not None:
-                finish(cursor, outcomes)
+                bound = self.bound(give_up)
+                bound(cursor)
+                finish(cursor, outcomes, bound)
             return outcomes
 
         try:
-            return self.run(lambda cursor: finished(cursor, [(work(cursor), None)
-                                                             for work in works]),
-                            deadline=deadline)
+            return self._run(lambda cursor, give_up: finished(
+                cursor, [(work(cursor), None) for work in works], give_up), deadline)
         except StoreError:
             raise  # the database's failure, not a work's refusal
         except Exception:  # noqa: BLE001 - a work refused: rolled back, each in a savepoint
             pass
         errors = self._connections.errors
 
-        def each(cursor: Any) -> list[tuple[Any, Exception | None]]:
+        def each(cursor: Any, give_up: float) -> list[tuple[Any, Exception | None]]:
             outcomes: list[tuple[Any, Exception | None]] = []
             for n, work in enumerate(works):
                 cursor.execute(f"SAVEPOINT hot_{n}")
@@ -161,9 +175,9 @@ class HotTransaction:
                     cursor.execute(f"ROLLBACK TO SAVEPOINT hot_{n}")
                     outcomes.append((None, exc))
                 cursor.execute(f"RELEASE SAVEPOINT hot_{n}")
-            return finished(cursor, outcomes)
+            return finished(cursor, outcomes, give_up)
 
-        return self.run(each, deadline=deadline)
+        return self._run(each, deadline)
 
     def close(self) -> None:
         self._connections.close()
