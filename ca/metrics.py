@@ -62,6 +62,10 @@ class Metrics:
         self.hsm_reconnects = Counter(
             "tincay_hsm_reconnects", "Sessions re-opened on a PKCS#11 token after it was lost",
             ["token"], registry=registry)
+        self.key_unwraps = Counter(
+            "tincay_subscriber_key_unwraps", "Wrapped subscriber keys unwrapped into the HSM "
+            "to sign: keys not in the process's cache (TINCAY_KEY_CACHE) when they signed",
+            registry=registry)
         self.token_log_batch = Histogram(
             "tincay_token_log_batch_size", "Time-stamp tokens committed per token-log "
             "transaction", buckets=BATCH_BUCKETS, registry=registry)
@@ -157,6 +161,12 @@ def hsm_error(token: str) -> None:
 def hsm_reconnect(token: str) -> None:
     m = metrics()
     m.child(m.hsm_reconnects, token).inc()
+
+
+def subscriber_key_unwrap() -> None:
+    """A wrapped subscriber key unwrapped into the HSM (a cold key: evicted, never used in
+    this process, or its session lost); beside the signatures made, the cache's miss rate."""
+    metrics().key_unwraps.inc()
 
 
 def token_log_commit(batch: int, seconds: float) -> None:

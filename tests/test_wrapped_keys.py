@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pkcs11 import Attribute, ObjectClass
 
+from ca import metrics
 from ca.clock import FrozenClock
 from ca.errors import KeyBackendError, KeyNotFoundError, UnsupportedKeyError
 from ca.keys.base import KeySpec
@@ -161,10 +162,19 @@ def test_the_cache_bound_evicts_and_destroys_session_objects(hsm_backend: Any) -
     signers = [wrapping.unwrap(blob, spec, public) for public, blob in keys]
     assert wrapping.cached() == 2  # type: ignore[attr-defined]
     assert len(_session_private_keys(hsm_backend)) == base + 2  # the first one destroyed
+    unwraps = _unwraps()
+    _verify(keys[2][0], signers[2])  # cached: no unwrap
+    assert _unwraps() == unwraps
     _verify(keys[0][0], signers[0])  # an evicted key unwraps again when it signs
+    assert _unwraps() == unwraps + 1  # counted: the cache's misses (/metrics)
     assert len(_session_private_keys(hsm_backend)) == base + 2
     wrapping.close()
     assert len(_session_private_keys(hsm_backend)) == base
+
+
+def _unwraps() -> float:
+    return metrics.metrics().registry.get_sample_value(
+        "tincay_subscriber_key_unwraps_total") or 0.0
 
 
 # --- the in-memory backend: the same capability -------------------------------------------

@@ -42,6 +42,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.constants import DEFAULT
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from ca import metrics
 from ca.errors import ConfigurationError, KeyBackendError, UnsupportedKeyError
 from ca.keys.base import KeyBackend, KeySpec, KeyWrapping, PrivateKey, PublicKey
 from ca.keys.pkcs11 import Pkcs11Backend, make_signer, unsupported_mechanism
@@ -185,6 +186,7 @@ class HsmKeyWrapping:
             self._objects.move_to_end(ref)
             return entry
         entry = _Unwrapped(s, self._unwrap(kek, blob, spec, public))
+        metrics.subscriber_key_unwrap()
         entry.checked = isinstance(public, rsa.RSAPublicKey)  # its modulus was compared
         self._objects[ref] = entry
         self._objects.move_to_end(ref)
