@@ -63,6 +63,20 @@ allowed networks on every request), the SQLite lookup 7%, Flask + metrics + prot
 about 7%, the access log 2%.
 ``--quick`` (three 4-s runs a side) at 15:15 the same day: TSA x0.34, pre-produced POST x1.27
 CFSSL, GET x1.47 and POST x1.01 OpenSSL's responder, nonce x0.40 the Java responder.
+
+On a quiet machine (load average under 1, 2026-12-03 18:10, ``--quick``) the peers gained more
+than tincay: TSA x0.34 (0.32-0.51; tincay 3,131-3,840 tokens/s, Java 7,567-10,660), pre-produced
+POST x0.70 (0.67-0.72) CFSSL (tincay 9,621-10,579/s, CFSSL 13,338-15,570; p99 73.0 ms against
+59.4 ms), GET x1.40 and POST x1.21 OpenSSL's responder, nonce x0.44 (0.39-0.50) the Java
+responder. The lever measured in the same rounds, tincay's app under granian
+(bench/wsgi_lever.py: 2 workers x 8 threads, without ``tincay serve``'s HTTP bounds):
+pre-produced POST 32,044-33,802/s, x2.17 (2.12-2.43) CFSSL with p99 6.3 ms; GET x3.80 and POST
+x4.44 OpenSSL's responder; nonce OCSP 7,725-9,564/s, x0.81 (0.73-0.84) the Java responder, p99
+14.4 ms; TSA 1,863-2,451 tokens/s, x0.21 the Java TSA and x0.66 ``tincay serve`` (p99 ~400 ms:
+on OS threads the token log's group commit pays the thread hand-offs ca/store/group_commit.py
+describes; a GIL switch interval of 0.5 or 50 ms changed nothing). So the HTTP stack, not the
+OCSP core, is what holds the OCSP answers back; the TSA needs gevent's gathering, or a commit
+path that does not wait between threads.
 """
 from __future__ import annotations
 
@@ -88,6 +102,7 @@ from typing import Callable
 
 from bench.http_load import (CONNECTIONS, _free_port, _ocsp_request, _wait, bench_instance,
                              bench_leaf, openssl_peer, openssl_wrk, serving)
+from bench.wsgi_lever import granian_server
 
 ROUNDS, SECONDS = 5, 10
 QUICK_ROUNDS, QUICK_SECONDS = 3, 4
@@ -143,6 +158,7 @@ class Pair:
     tincay: Callable[[], Run]
     peer: Callable[[], Run]
     tail_target: bool = False  # p99 no worse than the peer's, nothing over 2 s
+    lever: Callable[[], Run] | None = None  # tincay's app under granian (bench/wsgi_lever.py)
 
 
 def run(quick: bool = False) -> None:
@@ -161,6 +177,12 @@ def run(quick: bool = False) -> None:
         base = stack.enter_context(serving(env, port))
         _check_tsa(base + "/tsa", files, "tincay")
         _check_ocsp(base + "/ocsp", files, "tincay", nonce=True)
+        lever = granian_server(stack, env, home / "granian.log")
+        if lever:
+            _check_tsa(lever + "/tsa", files, "tincay under granian")
+            _check_ocsp(lever + "/ocsp", files, "tincay under granian", nonce=True)
+            print("lever: tincay's app under granian (2 workers x 8 threads, none of tincay "
+                  "serve's HTTP bounds), checked: measured in every round beside tincay serve")
         plain, nonced, tsq = files["plain"], files["nonced"], files["tsq"]
         get_path = "/ocsp/" + _b64_path(plain)
         ocsp_type, tsa_type = "application/ocsp-request", "application/timestamp-query"
@@ -168,11 +190,16 @@ def run(quick: bool = False) -> None:
         def wrk(url: str, body: Path | None = None, ctype: str = "") -> Callable[[], Run]:
             return lambda: _wrk(url, seconds, body, ctype)
 
+        def under_granian(path: str, body: Path | None = None, ctype: str = ""
+                          ) -> Callable[[], Run] | None:
+            return wrk(lever + path, body, ctype) if lever else None
+
         pairs: list[Pair] = []
         java = _java_peer(stack, env, files)
         if java:
             pairs.append(Pair("TSA token (tincay: fsynced into its log)", "Java TSA", 1.0,
-                              wrk(base + "/tsa", tsq, tsa_type), wrk(java + "/tsa", tsq, tsa_type)))
+                              wrk(base + "/tsa", tsq, tsa_type), wrk(java + "/tsa", tsq, tsa_type),
+                              lever=under_granian("/tsa", tsq, tsa_type)))
         cfssl = _cfssl_peer(stack, files)
         if cfssl:
             url, get_works = cfssl
@@ -181,18 +208,20 @@ def run(quick: bool = False) -> None:
                                   wrk(base + get_path), wrk(url + "/" + _b64_path(plain)), True))
             pairs.append(Pair("pre-produced POST", "CFSSL ocspserve", 1.5,
                               wrk(base + "/ocsp", plain, ocsp_type), wrk(url, plain, ocsp_type),
-                              True))
+                              True, under_granian("/ocsp", plain, ocsp_type)))
         openssl = _openssl_peer(Path(tmp), seconds)
         if openssl:
             get, post = openssl
             pairs.append(Pair("pre-produced GET", "OpenSSL ocsp -multi 2", 1.2,
-                              wrk(base + get_path), get))
+                              wrk(base + get_path), get, lever=under_granian(get_path)))
             pairs.append(Pair("pre-produced POST", "OpenSSL ocsp -multi 2", 1.2,
-                              wrk(base + "/ocsp", plain, ocsp_type), post))
+                              wrk(base + "/ocsp", plain, ocsp_type), post,
+                              lever=under_granian("/ocsp", plain, ocsp_type)))
         if java:
             pairs.append(Pair("nonce OCSP POST (signed live)", "Java/BC OCSP", 1.0,
                               wrk(base + "/ocsp", nonced, ocsp_type),
-                              wrk(java + "/ocsp", nonced, ocsp_type)))
+                              wrk(java + "/ocsp", nonced, ocsp_type),
+                              lever=under_granian("/ocsp", nonced, ocsp_type)))
         for pair in pairs:
             _measure(pair, rounds)
 
@@ -201,21 +230,34 @@ def run(quick: bool = False) -> None:
 
 def _measure(pair: Pair, rounds: int) -> None:
     print(f"{pair.name}: tincay vs {pair.peer_name}")
-    ratios, ours, theirs = [], [], []
+    ratios, ours, theirs, levered = [], [], [], []
     for round_ in range(rounds):
-        if round_ % 2 == 0:
-            mine, peer = pair.tincay(), pair.peer()
-        else:
-            peer = pair.peer()
-            mine = pair.tincay()
+        sides = [pair.tincay, pair.peer] + ([pair.lever] if pair.lever else [])
+        if round_ % 2:
+            sides.reverse()
+        runs = {side: side() for side in sides}
+        mine, peer = runs[pair.tincay], runs[pair.peer]
         ours.append(mine)
         theirs.append(peer)
         ratios.append(mine.rate / peer.rate)
-        print(f"  run {round_ + 1}: tincay {mine} | peer {peer} | x{ratios[-1]:.2f}", flush=True)
+        line = f"  run {round_ + 1}: tincay {mine} | peer {peer} | x{ratios[-1]:.2f}"
+        if pair.lever:
+            levered.append(runs[pair.lever])
+            line += f" || under granian {levered[-1]} | x{levered[-1].rate / peer.rate:.2f}"
+        print(line, flush=True)
     ratio = statistics.median(ratios)
     verdict = "met" if ratio >= pair.target else "MISSED"
     print(f"  ratio x{ratio:.2f} ({min(ratios):.2f}-{max(ratios):.2f}); "
           f"target >= x{pair.target}: {verdict}")
+    if levered:
+        lever_ratios = [run.rate / peer.rate for run, peer in zip(levered, theirs)]
+        p99 = statistics.median(run.p99 for run in levered)
+        over = sum(run.over + run.timeouts for run in levered)
+        gain = statistics.median(r.rate for r in levered) / statistics.median(
+            r.rate for r in ours)
+        print(f"  lever, tincay's app under granian: x{statistics.median(lever_ratios):.2f} "
+              f"({min(lever_ratios):.2f}-{max(lever_ratios):.2f}) the peer, median p99 "
+              f"{p99:.1f} ms, {over} over 2 s; x{gain:.2f} tincay serve")
     if pair.tail_target:
         p99, peer_p99 = (statistics.median(r.p99 for r in runs) for runs in (ours, theirs))
         over = sum(r.over + r.timeouts for r in ours)
