@@ -3,6 +3,7 @@ a caller left waiting gets a StoreError instead of hanging."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -126,3 +127,47 @@ def test_an_interrupted_retry_leaves_the_records_after_it_unrecorded() -> None:
     for item in (1, 2, 3):
         if item not in interrupted:
             assert isinstance(errors.get(item), StoreError), (item, errors)
+
+
+def _staggered(committer: GroupCommitter[int], count: int, apart: float) -> list[float]:
+    """``count`` threads submitting ``apart`` seconds after each other (requests whose bytes
+    arrive one after another); how long each waited for its commit."""
+    took = [0.0] * count
+
+    def submit(i: int) -> None:
+        time.sleep(i * apart)
+        start = time.monotonic()
+        committer.submit(i)
+        took[i] = time.monotonic() - start
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return took
+
+
+def test_under_threads_the_leader_gathers_records_that_keep_arriving() -> None:
+    """Under OS threads (gthread workers, granian) eight records arrive 5 ms apart: the leader
+    waits while they keep coming, each within the quiet pause, and one transaction takes
+    them all; committing at once took one transaction each."""
+    batches: list[list[int]] = []
+    committer = GroupCommitter(lambda items, deadline: batches.append(list(items)),
+                               gather=5.0, quiet=0.25)
+    _staggered(committer, 8, 0.005)
+    assert committer.commits == 1 and sorted(batches[0]) == list(range(8))
+
+
+def test_under_threads_a_lone_record_waits_only_the_quiet_pause() -> None:
+    committer = GroupCommitter(lambda items, deadline: None, gather=10.0, quiet=0.05)
+    [took] = _staggered(committer, 1, 0)
+    assert committer.commits == 1 and took < 2  # the pause, not the 10-s gathering bound
+
+
+def test_under_threads_gathering_is_bounded_while_records_never_stop() -> None:
+    """Records 20 ms apart for 0.6 s, each within the quiet pause of the one before: the
+    leader commits once its 0.1-s gathering bound is spent, not after the last record."""
+    committer = GroupCommitter(lambda items, deadline: None, gather=0.1, quiet=0.5)
+    took = _staggered(committer, 30, 0.02)
+    assert committer.commits >= 3
+    assert took[0] < 0.5
