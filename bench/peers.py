@@ -75,8 +75,12 @@ x4.44 OpenSSL's responder; nonce OCSP 7,725-9,564/s, x0.81 (0.73-0.84) the Java 
 14.4 ms; TSA 1,863-2,451 tokens/s, x0.21 the Java TSA and x0.66 ``tincay serve`` (p99 ~400 ms:
 on OS threads the token log's group commit pays the thread hand-offs ca/store/group_commit.py
 describes; a GIL switch interval of 0.5 or 50 ms changed nothing). So the HTTP stack, not the
-OCSP core, is what holds the OCSP answers back; the TSA needs gevent's gathering, or a commit
-path that does not wait between threads.
+OCSP core, is what holds the OCSP answers back. The TSA's loss was the group commit, which
+committed at once under threads; gathering there too (ca/store/group_commit.py, 18:00), the
+next ``--quick`` run: TSA under granian 3,991-4,158 tokens/s, x0.40 (0.31-0.44) the Java TSA
+and x1.02 ``tincay serve`` (which ran x0.32), p99 14.0 ms; pre-produced POST x2.40 (1.94-2.40)
+CFSSL, p99 5.4 ms against CFSSL's 51.5; GET x3.79 and POST x3.99 OpenSSL's responder; nonce
+x0.76 (0.72-0.78) the Java responder, x1.61 ``tincay serve``.
 """
 from __future__ import annotations
 
