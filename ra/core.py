@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -230,11 +230,28 @@ def _issuance_field(exc: IssuanceError, request: models.IssueRequest) -> str:
 
 
 class RegistrationApi:
-    """The registration API over ``service``."""
+    """The registration API over ``service``. ``status_changed(ca, serial)``, if given, is told
+    of every certificate the API issued, revoked, held or released (the app refreshes that
+    serial's pre-produced OCSP answer with it, as `tincay issue` and `tincay revoke` do)."""
 
-    def __init__(self, service: RegistrationService) -> None:
+    def __init__(self, service: RegistrationService,
+                 status_changed: Callable[[str, str], Any] | None = None) -> None:
         self.service = service
+        self._status_changed = status_changed
         self._openapi: dict[str, Any] | None = None
+
+    def _changed(self, ca: str, serial: str) -> None:
+        """Validators then get the new status pre-produced at once, not from the next
+        maintenance pass. The change is committed already, so a failure here is not the
+        client's: the answer is signed live meanwhile (a stored answer that disagrees with
+        the certificates table is never served: ocsp.sources), and the line says so."""
+        if self._status_changed is None:
+            return
+        try:
+            self._status_changed(ca, serial)
+        except Exception as exc:  # noqa: BLE001 - the call succeeded; the answer waits
+            log.warning("OCSP answer of %s %s not pre-produced (answered live until the next "
+                        "maintenance pass): %s", ca, serial, type(exc).__name__)
 
     def handle(self, method: str, path: str, caller: Caller | None, body: bytes,
                query: Mapping[str, str | Sequence[str]] | None = None,
@@ -345,6 +362,8 @@ class RegistrationApi:
             raise invalid(name, str(exc)) from None
         except ProfileError as exc:
             raise invalid("profile", str(exc)) from None
+        if not replayed:
+            self._changed(record["ca"], record["serial"])
         location = f"{PREFIX}certificates/{record['ca']}/{record['serial']}"
         return Answer(200 if replayed else 201, _dump(models.CertificateRecord, record),
                       (("Location", location),))
@@ -394,6 +413,7 @@ class RegistrationApi:
             if "invalidity date" in str(exc):
                 raise invalid("invalidity_date", str(exc)) from None
             raise Problem(409, "conflict", "Conflict", str(exc)) from None
+        self._changed(ca, record["serial"])
         return Answer(200, _dump(models.CertificateRecord, record))
 
     # --- listings ------------------------------------------------------------------------

@@ -20,12 +20,14 @@ import openapi_spec_validator
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.x509 import ocsp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
+from ca.errors import KeyBackendError
 from ca.store.models import AuditEvent, Certificate, IdempotencyKey
 from ca.testing import Hierarchy
 from ca.testing.hierarchy import DEMO_SPEC
@@ -655,3 +657,44 @@ def test_plain_http_from_elsewhere_is_refused_with_a_problem(shared: Api) -> Non
                     environ_overrides={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
     assert http.get(f"{API}/cas", headers=auth,
                     environ_overrides={"REMOTE_ADDR": "::1"}).status_code == 200
+
+
+def _stored_status(api: Api, serial: str) -> Any:
+    """The status the stored (pre-produced) OCSP answer of ``serial`` gives, or None."""
+    der = api.service.ocsp_answers.preproduced_response(HOSPITAL, int(serial, 16))
+    return None if der is None else ocsp.load_der_ocsp_response(der).certificate_status
+
+
+def test_each_status_change_pre_produces_the_ocsp_answer(api: Api, admin: str) -> None:
+    """As `tincay issue` and `tincay revoke` do: a validator asking right after an API call
+    gets the new status from a stored answer, not only after the next maintenance pass."""
+    serial = api.call("POST", "/certificates", issue_body(), token=admin).body["serial"]
+    assert _stored_status(api, serial) == ocsp.OCSPCertStatus.GOOD
+    path = f"/certificates/{HOSPITAL}/{serial}"
+    assert api.call("POST", f"{path}/hold", token=admin).status == 200
+    assert _stored_status(api, serial) == ocsp.OCSPCertStatus.REVOKED
+    assert api.call("POST", f"{path}/release", token=admin).status == 200
+    assert _stored_status(api, serial) == ocsp.OCSPCertStatus.GOOD
+    assert api.call("POST", f"{path}/revoke", {"reason": "superseded"}, token=admin).status == 200
+    assert _stored_status(api, serial) == ocsp.OCSPCertStatus.REVOKED
+
+
+def test_an_answer_that_cannot_be_pre_produced_leaves_the_call_done(
+        shared: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """The HSM refusing the OCSP signature after the change committed: the client still gets
+    its 201 and its certificate (the answer is signed live meanwhile), and the log one
+    warning line, no traceback."""
+    from ra.core import RegistrationApi
+
+    def refused(ca: str, serial: str) -> None:
+        raise KeyBackendError("the token is away")
+
+    token = shared.token("ocsp-away-admin", "admin")
+    api = RegistrationApi(shared.service.registration, status_changed=refused)
+    with caplog.at_level("WARNING", logger="tincay.ra"):
+        answer = api.handle("POST", "/api/v1/certificates", shared.service.clients.verify(token),
+                            json.dumps(issue_body()).encode())
+    assert answer.status == 201 and answer.body["status"] == "issued"
+    [line] = [r for r in caplog.records if r.name == "tincay.ra"]
+    assert "not pre-produced" in line.getMessage() and answer.body["serial"] in line.getMessage()
+    assert line.exc_info is None

@@ -23,6 +23,7 @@ from ca.errors import DatabaseBusyError, DatabaseUnavailableError
 from ca.services import CertificateAuthority
 from ca.settings import log_settings
 from csc.core import CscApi
+from ocsp.preproduce import PreProducer
 from ocsp.responder import Responder
 from ocsp.sources import StoreSource, responder_keys
 from ra.core import RegistrationApi
@@ -81,7 +82,11 @@ def create_app(service: CertificateAuthority) -> Flask:
 
     # the registration API (/api/v1/): enrolment and lifecycle over ca.services.registration,
     # for the same registered clients and bearer tokens as the CSC API
-    app.extensions["tincay.ra"] = RegistrationApi(service.registration)
+    # each certificate it issues, revokes, holds or releases gets its OCSP answer pre-produced
+    # at once by this worker's responder, as `tincay issue` and `tincay revoke` do
+    preproducer = PreProducer(service.ocsp_answers, app.extensions["tincay.ocsp"])
+    app.extensions["tincay.ra"] = RegistrationApi(service.registration,
+                                                  status_changed=preproducer.refresh)
     app.wsgi_app = RaEndpoint(app.wsgi_app,  # type: ignore[method-assign]
                               app.extensions["tincay.ra"], service.clients)  # before Flask
 
