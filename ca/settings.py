@@ -21,8 +21,8 @@ from typing import Annotated, Callable, Mapping
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from ca.errors import ConfigurationError
-from ca.validation import (DurationVariable, FieldError, InputModel, PositiveDurationVariable,
-                           read_variables)
+from ca.validation import (SWITCH_OFF, SWITCH_ON, DurationVariable, FieldError, InputModel,
+                           PositiveDurationVariable, read_variables)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CA_EXPIRY_WARNING = timedelta(days=180)  # TINCAY_CA_EXPIRY_WARNING: time to plan a CA's renewal
@@ -202,9 +202,9 @@ def _switch(value: object) -> object:
     if not isinstance(value, str):
         return value
     text = value.strip().lower()
-    if text in ("on", "yes", "true", "1"):
+    if text in SWITCH_ON:
         return True
-    if text in ("off", "no", "false", "0"):
+    if text in SWITCH_OFF:
         return False
     raise FieldError(f"{value!r} is not on or off")
 

@@ -251,6 +251,10 @@ class Where:
 
 # --- environment variables --------------------------------------------------------------------
 
+# the words an on/off environment variable takes (TINCAY_ACCESS_LOG, TINCAY_TSA_* flags)
+SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def variable_text(value: object) -> str | None:
     """An environment variable as set: blank (or only spaces) counts as unset. An environment
     holds strings only; anything else (a mapping an embedding program built) is named."""

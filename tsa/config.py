@@ -14,8 +14,8 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from ca.errors import ConfigurationError
 from ca.services import Authorities, TokenLog
-from ca.validation import (DurationVariable, FieldError, InputModel, read_variables,
-                           variable_text)
+from ca.validation import (SWITCH_OFF, SWITCH_ON, DurationVariable, FieldError, InputModel,
+                           read_variables, variable_text)
 from tsa.clock_sync import ClockCheck, ClockGuard, ClockReading, clock_source
 from tsa.core import TimeStampAuthority, TsaPolicy, TsaUnit
 from tsa.gen_time import HostMark
@@ -24,7 +24,6 @@ log = logging.getLogger("tincay.tsa")
 
 _MICROSECOND = timedelta(microseconds=1)
 _OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _listed(value: Any) -> Any:
@@ -39,9 +38,9 @@ def _flag(value: Any) -> bool | None:
     text = variable_text(value)
     if text is None:
         return None
-    if text.lower() not in _TRUE + _FALSE:
+    if text.lower() not in SWITCH_ON + SWITCH_OFF:
         raise FieldError(f"={value!r}: use yes or no")  # read_variables: NAME='maybe': ...
-    return text.lower() in _TRUE
+    return text.lower() in SWITCH_ON
 
 
 def _oids(values: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -150,7 +150,7 @@ class _Scrape:
                                   "readiness check (database, hsm, clock: those of /readyz; "
                                   "a check that is off passes), else 0", labels=["check"])
         for name, outcome in _checks(self.extensions).items():
-            ready.add_metric([name], 0 if _failed({name: outcome}) else 1)
+            ready.add_metric([name], 1 if outcome in _PASSED else 0)
         yield ready
 
 
@@ -179,8 +179,11 @@ def _checks(extensions: dict) -> dict[str, str]:
             "hsm": _hsm_check(extensions), "clock": _clock_check(extensions)}
 
 
+_PASSED = ("ok", "none", "off")  # a check's outcomes that are no reason to refuse traffic
+
+
 def _failed(checks: dict[str, str]) -> list[str]:
-    return [name for name, outcome in checks.items() if outcome not in ("ok", "none", "off")]
+    return [name for name, outcome in checks.items() if outcome not in _PASSED]
 
 
 def _database_check(service: Any) -> str:

@@ -32,7 +32,7 @@ from ca.errors import ConfigurationError
 from ca.keys.base import KeySpec, SigningKey
 from ca.services.context import ServiceContext, as_json
 from ca.store import queries
-from ca.store.chain_store import TABLES, head_of, last_row
+from ca.store.chain_store import TABLES, session_head
 from ca.store.models import LogCheckpoint
 
 AUDIT_KEY_LABEL = chain.AUDIT_KEY_LABEL
@@ -116,8 +116,7 @@ class AuditChain:
         key = self.ensure_key()  # first: a key made now is logged, and this covers it
         now = self.context.clock.now()
         with self.context.read() as session:
-            heads = {name: head_of(session.execute(last_row(name)).first())
-                     for name in chain.CHAINS}
+            heads = {name: session_head(session, name) for name in chain.CHAINS}
             signed = dict(session.execute(select(LogCheckpoint.chain, func.max(LogCheckpoint.seq))
                                           .group_by(LogCheckpoint.chain)).all())
         moved = {name: head for name, head in heads.items() if head[0] > (signed.get(name) or 0)}
@@ -159,7 +158,7 @@ class AuditChain:
         return keys.load(AUDIT_KEY_LABEL).public_key if keys.exists(AUDIT_KEY_LABEL) else None
 
     def _verify_chain(self, session: Session, name: str, public: Any) -> ChainReport:
-        head_seq = head_of(session.execute(last_row(name)).first())[0]
+        head_seq = session_head(session, name)[0]
         checkpoints = [chain.Checkpoint(row.id, row.seq, row.head_hex, row.at,
                                         _signature_ok(public, row))
                        for row in session.scalars(select(LogCheckpoint)

@@ -68,6 +68,11 @@ def head_of(found: Sequence[Any] | None) -> tuple[int, str]:
     return (int(found[0]), found[1]) if found else (0, chain.GENESIS)
 
 
+def session_head(session: Session, name: str) -> tuple[int, str]:
+    """Chain ``name``'s head, (seq, hash), as ``session``'s transaction sees it."""
+    return head_of(session.execute(last_row(name)).first())
+
+
 class ChainAppender:
     """``append(cursor, rows)``: the chain's lock, its last row, the rows' seq and hash, on a
     DBAPI cursor inside the caller's transaction (the rows are then the caller's to insert,
@@ -110,7 +115,7 @@ def link_in_session(session: Session, name: str,
                              "migration 0010?")
     else:
         session.execute(_POSTGRES_LOCK, {"key": ADVISORY_KEYS[name]})
-    seq, head = head_of(session.execute(last_row(name)).first())
+    seq, head = session_head(session, name)
     chain.link(name, seq, head, rows)
 
 

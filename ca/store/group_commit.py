@@ -17,17 +17,17 @@ transaction blocks them all, so a leader that committed at once would always com
 Instead the leader first lets the worker's other requests run until each waits (or 2 ms under a
 load that never pauses): every request in hand gets as far as queueing its record, and one
 transaction commits the lot. No thread wakes anyone; measured on 2 cores, this served 1.3-1.5x
-the tokens/s of gthread workers with the same log.
+the tokens/s of gthread workers with the same log. Waiting for the idle loop rather than
+yielding once doubled the batches (7.5 -> 14.6 tokens a commit, 16 connections a worker),
+which is what makes a synchronous (fsync'd) commit affordable: each blocks the worker for an
+fsync, about 0.2 ms here.
 
 Under OS threads (gthread workers, or another threaded WSGI server) a leader that committed at
 once took a few records a batch, and two worker processes took turns at SQLite's one write
 lock behind each other's fsyncs. It gathers too: while records keep arriving, each within
 ``quiet`` (0.5 ms) of the one before, for at most ``gather`` (2026-12-03, 2 workers, wrk -c32,
 P-256 on SoftHSM: gthread workers 1,052 -> 1,599-1,796 tokens/s, p99 232-297 -> 32-41 ms;
-granian's 2 x 8 threads 1,951-2,260 -> 3,618-3,794 tokens/s, p99 278-346 -> 16-17 ms). Waiting for the idle loop rather than
-yielding once doubled the batches (7.5 -> 14.6 tokens a commit, 16 connections a worker),
-which is what makes a synchronous (fsync'd) commit affordable: each blocks the worker for an
-fsync, about 0.2 ms here.
+granian's 2 x 8 threads 1,951-2,260 -> 3,618-3,794 tokens/s, p99 278-346 -> 16-17 ms).
 
 What the log costs under load is mostly not the database. Worker CPU per P-256 token on
 SoftHSM, wrk -c32 (2026-12-01): 265 us with no log, 305 us with no log but one
@@ -120,11 +120,7 @@ class GroupCommitter(Generic[T]):
         """Before leading, let the records of requests in hand reach the queue. Under gevent:
         until the event loop idles (ca.store.greenlets). Under OS threads (gthread workers,
         or another threaded WSGI server): while records keep arriving, each within ``quiet``
-        of the one before, for at most ``gather``. Committing at once made each batch
-        a few records and, with two worker processes taking turns at SQLite's one write lock,
-        tokens waited behind each other's commits: under granian (2 workers x 8 threads,
-        wrk -c32) 1,730-1,933 tokens/s with p99 380 ms, against 2,520-3,180 and 22-78 ms with
-        a pause of 0.5-2 ms before leading."""
+        of the one before, for at most ``gather`` (the module's docstring has the figures)."""
         if gevent_patched():
             wait_for_other_greenlets(self._gather)
             return
