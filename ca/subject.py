@@ -167,7 +167,9 @@ def parse_subject(text: str) -> list[tuple[str, str]]:
     """
     if not isinstance(text, str):
         raise TypeError("parse_subject expects a str")
-    text = _strip_unescaped(unicodedata.normalize("NFC", text))
+    # each value is NFC-normalised on its own (_plain_pairs, _decode): the whole line would
+    # compose a value's leading combining mark with the '=' before it (CN=\u0338 -> 'CN≠')
+    text = _strip_unescaped(text)
     if not text:
         return []
     plain = _plain_pairs(text)

@@ -295,3 +295,11 @@ def test_the_plain_split_reads_what_the_parser_reads(text: str,
     fast = parsed()
     monkeypatch.setattr(module, "_plain_pairs", lambda _text: None)
     assert fast == parsed()
+
+
+def test_a_value_that_starts_with_a_combining_mark_keeps_its_equals_sign() -> None:
+    """Found by the round trip above: NFC over the whole line made '=' + U+0338 one '≠'."""
+    assert parse_subject("C=VN, CN=\u0338 Ngọc, UID=CCCD:079073009568") == [
+        ("C", "VN"), ("CN", "\u0338 Ngọc"), ("UID", "CCCD:079073009568")]
+    assert parse_subject('CN="\u0338a, b"') == [("CN", "\u0338a, b")]
+    assert parse_subject("CN=Ngo\u0323c") == [("CN", "Ngọc")]  # values still NFC
