@@ -12,11 +12,16 @@ cost is mostly the PIN's memory-hard KDF, reported per check); wrk then sends ea
 signHash request once. The rate counts only signatures the service logged, so a request past
 the prepared pool (an error answer) never inflates it.
 
-Each round signs whole SADs, a signer's 10 hashes one after another, as an application signs
-right after its signer authorised. authorize left the key unwrapped in the worker that
-answered it; a signHash the other worker answers unwraps it there (SoftHSM's C_UnwrapKey is
-about 0.6 ms, a dozen signatures). The unwraps per signature (from /metrics) are printed per
-round: they are the share of the rate that depends on how requests meet workers.
+Each round's signers authorise just before the round signs their whole SADs, a signer's 10
+hashes one after another, as an application signs right after its signer authorised (the keys a
+round signs with in its seconds fit each worker's key cache, TINCAY_KEY_CACHE's default 1,000,
+as the keys active within a SAD's lifetime should: docs/operations.md). authorize left the key
+unwrapped in the worker that answered it; a signHash the other worker answers unwraps it there
+(SoftHSM's C_UnwrapKey costs about a dozen signatures). The unwraps per signature (from
+/metrics) are printed per round: they are the share of the rate that depends on how requests
+meet workers. Authorising every signer before the first round instead left each round with keys
+the later authorisations had evicted: two unwraps a SAD (0.2 a signature), none of them
+authorize's.
 """
 from __future__ import annotations
 
@@ -58,12 +63,15 @@ def run(quick: bool = False) -> None:
         enrolled, kdf_ms = _enrol(env, credentials)
         with serving(env, port) as base:
             token = _token(base, enrolled["client_id"], enrolled["client_secret"])
-            sads, authorize_rate = _authorize_all(base, token, enrolled["credentials"])
-            pools = _sign_pools(home, sads, ROUNDS)
             tsq = _tsa_query(home)
-            rows = []
+            rows, authorised, authorising = [], 0, 0.0
             with _ceiling_server() as ceiling:
-                for round_, pool in enumerate(pools):
+                for round_ in range(ROUNDS):
+                    started = time.perf_counter()
+                    sads = _authorize_all(base, token, enrolled["credentials"][round_::ROUNDS])
+                    authorising += time.perf_counter() - started
+                    authorised += len(sads)
+                    pool = _sign_pool(home, sads, round_)
                     before, unwrapped = _logged(env), _unwraps(base)
                     if round_ % 2 == 0:  # the order alternates, as in http_load
                         top = _wrk(ceiling, seconds)
@@ -76,7 +84,7 @@ def run(quick: bool = False) -> None:
                     logged = _logged(env) - before
                     rows.append((signed / wall, tsa, top, logged, signed, len(pool.read_text(
                         encoding="utf-8").splitlines()), _unwraps(base) - unwrapped))
-    _report(rows, authorize_rate, kdf_ms, credentials)
+    _report(rows, authorised / authorising, kdf_ms, credentials)
 
 
 def _enrol(env: dict[str, str], count: int) -> tuple[dict[str, Any], float]:
@@ -134,8 +142,8 @@ def _token(base: str, client_id: str, secret: str) -> str:
         return json.loads(response.read())["access_token"]
 
 
-def _authorize_all(base: str, token: str, credentials: list) -> tuple[list, float]:
-    """One SAD per credential for 10 fresh hashes, 8 clients at once; authorize/s."""
+def _authorize_all(base: str, token: str, credentials: list) -> list:
+    """One SAD per credential for 10 fresh hashes, 8 clients at once."""
     def authorize(item: tuple[str, Any]) -> tuple[str, str, list[str]]:
         credential_id, totp = item
         hashes = [base64.b64encode(hashlib.sha256(secrets.token_bytes(16)).digest()).decode()
@@ -147,24 +155,19 @@ def _authorize_all(base: str, token: str, credentials: list) -> tuple[list, floa
             token)
         return credential_id, answer["SAD"], hashes
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
-        sads = list(pool.map(authorize, credentials))
-    return sads, len(sads) / (time.perf_counter() - started)
+        return list(pool.map(authorize, credentials))
 
 
-def _sign_pools(home: Path, sads: list, rounds: int) -> list[Path]:
-    """The prepared signHash bodies, one line each, in one file per round: each round has
-    whole SADs, each SAD's hashes in a row."""
-    files = []
-    for round_ in range(rounds):
-        bodies = [json.dumps({"credentialID": credential_id, "SAD": sad, "hashes": [h],
-                              "hashAlgorithmOID": SHA256, "signAlgo": ECDSA_SHA256})
-                  for credential_id, sad, hashes in sads[round_::rounds] for h in hashes]
-        path = home / f"sign-{round_}.jsonl"
-        path.write_text("\n".join(bodies) + "\n", encoding="utf-8")
-        files.append(path)
-    return files
+def _sign_pool(home: Path, sads: list, round_: int) -> Path:
+    """A round's prepared signHash bodies, one line each: whole SADs, each SAD's hashes in a
+    row."""
+    bodies = [json.dumps({"credentialID": credential_id, "SAD": sad, "hashes": [h],
+                          "hashAlgorithmOID": SHA256, "signAlgo": ECDSA_SHA256})
+              for credential_id, sad, hashes in sads for h in hashes]
+    path = home / f"sign-{round_}.jsonl"
+    path.write_text("\n".join(bodies) + "\n", encoding="utf-8")
+    return path
 
 
 def _unwraps(base: str) -> float:

@@ -122,6 +122,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
     files_before, files, files_needed = raise_open_files(limits.connections)
     children: list[subprocess.Popen] = []
     counted_in = _metrics_directory()
+    peers_in = _key_peers_directory()
 
     def when_ready(server: Any) -> None:
         server.log.info("Open files per process: %s (was %s); %s connections per worker",
@@ -144,6 +145,7 @@ def serve(host: str, port: int, workers: int | None = None, threads: int = 4,
             except subprocess.TimeoutExpired:
                 child.kill()
         shutil.rmtree(counted_in, ignore_errors=True)
+        shutil.rmtree(peers_in, ignore_errors=True)
 
     if tsa_mark_file and not os.environ.get("TINCAY_TSA_MARK_FILE"):
         os.environ["TINCAY_TSA_MARK_FILE"] = tsa_mark_file
@@ -202,6 +204,17 @@ def _metrics_directory() -> str:
     return directory
 
 
+def _key_peers_directory() -> str:
+    """A fresh private directory (mode 0700) for the workers' key-warming sockets
+    (ca.services.key_peers), named to them in TINCAY_KEY_PEERS_DIR: made before the fork,
+    removed on exit."""
+    from ca.services.key_peers import PEERS_VARIABLE
+
+    directory = tempfile.mkdtemp(prefix="tincay-key-peers-")
+    os.environ[PEERS_VARIABLE] = directory
+    return directory
+
+
 def _worker_exited(server: Any, worker: Any) -> None:
     """A worker exited: its live gauges leave the sums (its counters stay, ca.metrics)."""
     from ca import metrics
@@ -225,7 +238,13 @@ def worker_app() -> Any:
     """The app of one gunicorn worker, composed from the environment after the fork: its own
     database pool and its own PKCS#11 session (DESIGN.md section 5). `tincay serve` migrated
     the database before forking, so workers do not."""
+    from ca.services.key_peers import PEERS_VARIABLE, KeyPeers
     from cli.context import AppContext
     from web.app import create_app
 
-    return create_app(AppContext(migrate=False).service)
+    service = AppContext(migrate=False).service
+    app = create_app(service)
+    peers = os.environ.get(PEERS_VARIABLE)
+    if peers:  # the host's workers warm each other's subscriber keys (ca.services.key_peers)
+        service.subscriber_keys.join_peers(KeyPeers(peers))
+    return app

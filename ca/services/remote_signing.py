@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session
 
 from ca import settings
 from ca.errors import CredentialError, InvalidOtpError, InvalidPinError, InvalidSadError
-from ca.keys.base import PublicKey, SigningKey
 from ca.services import credential_common as common
 from ca.services import sign_algorithms as algos
 from ca.services.clients import ClientInfo, PendingToken
@@ -86,19 +85,21 @@ class RemoteSigning:
                 key_uri, der = row.certificate.key_uri or "", row.certificate.der or b""
         if failure is not None:
             raise failure  # after the commit: the failed attempt is counted
-        self._warm(key_uri, der)
+        self._warm(key_uri, der, num_signatures)
         return common.Activation(sad, int(self.sad_lifetime.total_seconds()))
 
-    def _warm(self, key_uri: str, certificate_der: bytes) -> None:
-        """Unwrap the key now, in this worker, for the signHash calls the SAD is for: an
-        unwrap costs the HSM about as much as several signatures (bench/subscriber_keys.py),
-        and a signer's application signs right after it authorised, often on the same
-        connection. A key that cannot be made ready is left to signHash, which reports it."""
+    def _warm(self, key_uri: str, certificate_der: bytes, num_signatures: int) -> None:
+        """Unwrap the key now, for the signHash calls the SAD is for: an unwrap costs the HSM
+        about as much as several signatures (bench/subscriber_keys.py), and a signer's
+        application signs right after it authorised. In this worker (often the same
+        connection's), and in up to ``num_signatures - 1`` of the host's other workers
+        (ca.services.key_peers), where the SAD's other signatures may land. A key that cannot
+        be made ready is left to signHash, which reports it."""
         try:
             public: Any = x509.load_der_x509_certificate(certificate_der).public_key()
-            self._signer(key_uri, public)
-        except Exception:  # noqa: BLE001 - signHash meets the same failure and answers it
-            pass
+        except ValueError:
+            return
+        self.subscriber_keys.warm(key_uri, public, peers=num_signatures - 1)
 
     def _check_factors(self, session: Session, row: SigningCredential, api: ApiClient,
                        pin: str, otp: str, now: datetime) -> CredentialError | None:
@@ -293,9 +294,3 @@ class RemoteSigning:
                                                       "error": type(error).__name__}))
         except Exception:  # noqa: BLE001 - the signing error is the one to report
             pass
-
-    def _signer(self, key_uri: str, public_key: PublicKey) -> SigningKey:
-        """The subscriber's key, checked against its certificate's public key: unwrapped into
-        the HSM (and kept per process) for a wrapped key, found on the token for an older
-        token-object key."""
-        return self.subscriber_keys.signer(key_uri, public_key)

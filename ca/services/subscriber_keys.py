@@ -10,7 +10,9 @@ before) keep signing through :meth:`SubscriberKeys.signer` too.
 
 Each process keeps at most TINCAY_KEY_CACHE (default 1000) keys unwrapped: the HSM's session
 objects (ca.keys.wrapping, destroyed when evicted) and here the rows' signers, so a busy
-remote-signing worker reads a key's row and unwraps it once, not at each signature.
+remote-signing worker reads a key's row and unwraps it once, not at each signature. A key
+about to sign (an authorisation's) is unwrapped ahead by :meth:`SubscriberKeys.warm`, in this
+worker and, through ca.services.key_peers, in some of the host's other workers.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from ca.keys.pkcs11_session import public_key_der
 from ca.keys.uri import wrapped_key_id, wrapped_uri
 from ca.keys.wrapping import key_wrapping
 from ca.services.context import ServiceContext, as_json
+from ca.services.key_peers import KeyPeers
 from ca.settings import key_cache_size
 from ca.store import queries
 from ca.store.hot import HotQuery
@@ -54,6 +57,7 @@ class SubscriberKeys:
         self._wrapping: KeyWrapping | None = None
         self._lock = threading.Lock()
         self._signers: OrderedDict[int, _Cached] = OrderedDict()  # least recent first
+        self._peers: KeyPeers | None = None
 
     @property
     def wrapping(self) -> KeyWrapping:
@@ -120,6 +124,24 @@ class SubscriberKeys:
             entry.matched = public  # the signHash path hands the same parsed key each time
         return entry.key
 
+    def warm(self, key_uri: str, public: PublicKey, *, peers: int = 0) -> None:
+        """Unwrap ``key_uri``'s key now, checked against ``public``, for signatures about to
+        come (an authorisation's), and name it to at most ``peers`` of the host's other
+        workers (:meth:`join_peers`), which unwrap it too. A key that cannot be made ready is
+        left to the signature, which reports what is wrong."""
+        try:
+            self.signer(key_uri, public)
+        except Exception:  # noqa: BLE001 - signHash meets the same failure and answers it
+            return
+        if self._peers is not None and wrapped_key_id(key_uri) is not None:
+            self._peers.announce(key_uri, peers)
+
+    def join_peers(self, peers: KeyPeers) -> None:
+        """Take part in the host's warm-ups (`tincay serve`'s workers): keys other workers
+        name are unwrapped here, and :meth:`warm` names keys to them."""
+        self._peers = peers
+        peers.listen(lambda key_uri: self.signer(key_uri))
+
     def _load(self, key_id: int, key_uri: str, public: PublicKey | None,
               unwrap_now: bool) -> SigningKey:
         """The row read (one prebuilt query, no ORM session: signHash's cold keys) and its
@@ -174,6 +196,9 @@ class SubscriberKeys:
 
     def close(self) -> None:
         """Destroy this process's unwrapped session objects."""
+        peers, self._peers = self._peers, None
+        if peers is not None:
+            peers.close()
         with self._lock:
             self._signers.clear()
             wrapping, self._wrapping = self._wrapping, None
