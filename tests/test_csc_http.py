@@ -244,7 +244,7 @@ finally:
 class Instance:
     """`tincay demo` + `tincay serve` on a port of this suite, and the CLI beside it."""
 
-    def __init__(self, tmp_path: Path, stack: ExitStack) -> None:
+    def __init__(self, tmp_path: Path, stack: ExitStack, *serve_args: str) -> None:
         port = _port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TINCAY_", "SOFTHSM2_CONF"))}
@@ -255,7 +255,7 @@ class Instance:
         self.run("demo")
         log = stack.enter_context((tmp_path / "serve.log").open("wb"))
         server = subprocess.Popen([TINCAY, "serve", "--port", str(port), "--workers", "2",
-                                   "--no-maintenance"], env=env, stdout=log,
+                                   "--no-maintenance", *serve_args], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
         stack.callback(server.wait, timeout=30)
         stack.callback(server.terminate)

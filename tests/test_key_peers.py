@@ -144,10 +144,13 @@ def _served_unwraps(base: str) -> float:
 
 
 @pytest.mark.softhsm
+@pytest.mark.parametrize("worker_class", ["gevent_pywsgi", "gthread"])
 def test_both_workers_hold_an_authorised_key_before_its_first_signature(
-        tmp_path: Path) -> None:
+        tmp_path: Path, worker_class: str) -> None:
+    """Under gevent the listener is a greenlet, under gthread a thread beside the request
+    threads: both share the worker's one PKCS#11 session and its lock."""
     with ExitStack() as stack:
-        tincay = Instance(tmp_path, stack)
+        tincay = Instance(tmp_path, stack, "--worker-class", worker_class)
         base = tincay.base
         token = tincay.python(do="client", name="emr-q11")["token"]
         cert = tincay.issue("ec-p256")

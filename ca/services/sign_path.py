@@ -27,7 +27,7 @@ from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from cryptography import x509
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, literal_column, select, update
 
 from ca.errors import InvalidSadError
 from ca.services import credential_common as common
@@ -87,12 +87,11 @@ class SignPath:
     @cached_property
     def _statements(self) -> tuple[HotStatement, ...]:
         k, c, a, s = SigningCredential, Certificate, Authority, SignatureActivation
-        t = AccessToken
-        found = (select(ApiClient.id, ApiClient.name, ApiClient.status, k.id, k.credential_id,
-                        k.user_id, k.status, k.locked_at, c.id, c.status, c.not_before,
-                        c.not_after, c.key_uri, c.serial_hex, a.name, s.id, s.status,
-                        s.revoked_at, s.expires_at, s.signatures_used, s.num_signatures,
-                        s.hash_algorithm_oid)
+        t, now = AccessToken, bindparam("now")
+        # every check in the WHERE clause, so the row carries no datetime to parse: a request
+        # it does not find goes to the ORM path, which gives the refusal
+        found = (select(ApiClient.name, k.credential_id, k.user_id, c.id, c.key_uri,
+                        c.serial_hex, a.name, s.id, s.hash_algorithm_oid)
                  .select_from(ApiClient)
                  .join(CredentialClient, CredentialClient.client_pk == ApiClient.id)
                  .join(k, k.id == CredentialClient.credential_pk)
@@ -100,11 +99,18 @@ class SignPath:
                  .join(a, a.id == c.issuer_id)
                  .join(s, and_(s.credential_pk == k.id, s.client_pk == ApiClient.id,
                                s.sad_hash == bindparam("sad_hash")))
-                 .where(k.credential_id == bindparam("credential_id")))
+                 .where(k.credential_id == bindparam("credential_id"),
+                        ApiClient.status == literal_column("'active'"),
+                        k.status == literal_column("'active'"), k.locked_at.is_(None),
+                        c.status == literal_column(f"'{ISSUED}'"), c.not_before <= now,
+                        c.not_after >= now, s.status == literal_column("'authorized'"),
+                        s.revoked_at.is_(None), s.expires_at > now,
+                        s.signatures_used < s.num_signatures))
         by_client = found.where(ApiClient.client_id == bindparam("client_id"))
-        # the bearer token checked in the same query (a PendingToken): no query of its own
-        by_token = found.add_columns(t.revoked_at, t.expires_at).join(
-            t, t.client_pk == ApiClient.id).where(t.token_hash == bindparam("token_hash"))
+        # the bearer token checked in the same query (a PendingToken): no query of its own;
+        # a revoked or expired one is not found, and Clients.verify then says which
+        by_token = found.join(t, t.client_pk == ApiClient.id).where(
+            t.token_hash == bindparam("token_hash"), t.revoked_at.is_(None), t.expires_at > now)
         der = select(c.der).where(c.id == bindparam("certificate_pk"))
         use = update(ActivationHash).where(
             ActivationHash.activation_pk == bindparam("activation_pk"),
@@ -155,21 +161,12 @@ class SignPath:
 
         def work(cursor: Any) -> Granted | None:
             find.run(cursor, {**who, "credential_id": credential_id,
-                              "sad_hash": common.sad_digest(sad)})
+                              "sad_hash": common.sad_digest(sad), "now": now})
             rows = find.rows(cursor)
             if len(rows) != 1:
-                return None
-            (_, client_name, client_status, _, cred_id, user_id, cred_status, locked_at,
-             cert_pk, cert_status, not_before, not_after, key_uri, serial_hex, authority,
-             activation_pk, sad_status, revoked_at, expires_at, used, allowed,
-             sad_hash_oid, *token) = rows[0]
-            if token and (token[0] is not None or token[1] <= now):
-                return None  # a revoked or expired token: Clients.verify says which
-            if (client_status != "active" or cred_status != "active" or locked_at is not None
-                    or cert_status != ISSUED or not not_before <= now <= not_after
-                    or sad_status != "authorized" or revoked_at is not None
-                    or expires_at <= now or used >= allowed):
-                return None  # the ORM path gives the refusal
+                return None  # not plainly usable: the ORM path gives the refusal
+            (client_name, cred_id, user_id, cert_pk, key_uri, serial_hex, authority,
+             activation_pk, sad_hash_oid) = rows[0]
             public = self._public_key(cursor, der, cert_pk)
             scheme = algos.scheme(public, sign_algorithm_oid, hash_algorithm_oid,
                                   sign_parameters, sad_hash_oid)
