@@ -164,8 +164,9 @@ def hsm_reconnect(token: str) -> None:
 
 
 def subscriber_key_unwrap() -> None:
-    """A wrapped subscriber key unwrapped into the HSM (a cold key: evicted, never used in
-    this process, or its session lost); beside the signatures made, the cache's miss rate."""
+    """A wrapped subscriber key unwrapped into the HSM: ahead of an authorisation's
+    signatures (here or named by another worker, ca.services.key_peers), or a cold key at a
+    signature (evicted, never used in this process, or its session lost)."""
     metrics().key_unwraps.inc()
 
 
