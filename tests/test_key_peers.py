@@ -179,3 +179,19 @@ def test_both_workers_hold_an_authorised_key_before_its_first_signature(
             assert status == 200, signed
         assert _served_unwraps(base) == 2  # no signature unwrapped it again
         assert "Traceback" not in tincay.log.read_text()
+
+
+def test_a_worker_restarted_after_the_directory_went_still_joins(tmp_path: Path) -> None:
+    """A temporary-files cleaner may remove tincay serve's directory on a server up for
+    months: the next worker to start makes it again (0700) instead of failing to boot."""
+    directory = tmp_path / "gone"
+    heard: list[str] = []
+    listener = _peer(directory, "b", heard)
+    sender = KeyPeers(directory, "a")
+    try:
+        assert directory.stat().st_mode & 0o777 == 0o700
+        assert sender.announce(WRAPPED, 1) == 1
+        assert _eventually(lambda: heard == [WRAPPED])
+    finally:
+        sender.close()
+        listener.close()

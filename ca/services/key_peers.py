@@ -54,7 +54,9 @@ class KeyPeers:
     def listen(self, on_hint: Callable[[str], None]) -> None:
         """Bind this worker's socket and hand each key URI a peer names to ``on_hint``, in
         a daemon thread (a greenlet under gevent's patched threading). ``on_hint`` failing
-        is the hint's loss only."""
+        is the hint's loss only. The directory is made again if it went (a temporary-files
+        cleaner, on a server up for months): a worker restarted then still joins."""
+        self.directory.mkdir(mode=0o700, exist_ok=True)
         try:
             self.path.unlink()  # a dead worker's of the same pid
         except FileNotFoundError:
